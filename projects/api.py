@@ -1,0 +1,135 @@
+"""HTTP API of projects, memberships, the current user, tokens and health."""
+
+from __future__ import annotations
+
+from django.db import IntegrityError
+from drf_spectacular.utils import extend_schema
+from rest_framework import generics, status
+from rest_framework.authtoken.views import ObtainAuthToken
+from rest_framework.exceptions import ValidationError
+from rest_framework.permissions import AllowAny, IsAdminUser, IsAuthenticated
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from projects.health import platform_health
+from projects.models import Membership, Project
+from projects.permissions import ADMIN_ONLY, MEMBERS_READ_ADMIN_WRITE, ProjectScopedMixin
+from projects.selectors import projects_visible_to, roles_of
+from projects.serializers import (
+    HealthSerializer,
+    MembershipSerializer,
+    MembershipUpdateSerializer,
+    MeSerializer,
+    ProjectSerializer,
+    ProjectUpdateSerializer,
+)
+
+
+class HealthView(APIView):
+    """Database, Redis and Orthanc, each up or down; 503 naming what is down."""
+
+    permission_classes = [AllowAny]
+    authentication_classes: list = []
+
+    @extend_schema(responses={200: HealthSerializer, 503: HealthSerializer})
+    def get(self, request):
+        components = platform_health()
+        down = sorted(name for name, health in components.items() if not health.up)
+        body = {
+            "status": "degraded" if down else "ok",
+            "components": {name: health.as_dict() for name, health in components.items()},
+            "down": down,
+        }
+        return Response(body, status=status.HTTP_503_SERVICE_UNAVAILABLE if down else 200)
+
+
+class TokenView(ObtainAuthToken):
+    """POST username and password, get the API token (for the CLI and scripts)."""
+
+    permission_classes = [AllowAny]
+
+
+class MeView(APIView):
+    permission_classes = [IsAuthenticated]
+
+    @extend_schema(responses=MeSerializer)
+    def get(self, request):
+        projects = {p.slug: sorted(roles_of(request.user, p)) for p in projects_visible_to(request.user)}
+        return Response(
+            {"username": request.user.username, "is_staff": request.user.is_staff, "projects": projects}
+        )
+
+
+class ProjectListView(generics.ListCreateAPIView):
+    """Projects the user is a member of. Creating a project is for site staff."""
+
+    serializer_class = ProjectSerializer
+    lookup_field = "slug"
+
+    def get_permissions(self):
+        if self.request.method == "POST":
+            return [IsAdminUser()]
+        return [IsAuthenticated()]
+
+    def get_queryset(self):
+        return projects_visible_to(self.request.user)
+
+    def perform_create(self, serializer):
+        project = serializer.save()
+        Membership.objects.get_or_create(
+            project=project, user=self.request.user, defaults={"role": "admin"}
+        )
+
+
+class ProjectDetailView(ProjectScopedMixin, generics.RetrieveUpdateAPIView):
+    """A project; its admins may edit name, description and de-identification."""
+
+    project_roles = MEMBERS_READ_ADMIN_WRITE
+    serializer_class = ProjectUpdateSerializer
+
+    def get_object(self) -> Project:
+        return self.project
+
+
+class MembershipListView(ProjectScopedMixin, generics.ListCreateAPIView):
+    """Members of a project and their roles; project admins add members."""
+
+    project_roles = MEMBERS_READ_ADMIN_WRITE
+    serializer_class = MembershipSerializer
+    pagination_class = None
+
+    def get_queryset(self):
+        return Membership.objects.filter(project=self.project).select_related("user")
+
+    def perform_create(self, serializer):
+        try:
+            serializer.save(project=self.project)
+        except IntegrityError as exc:
+            raise ValidationError({"username": "This user is already a member."}) from exc
+
+
+class MembershipDetailView(ProjectScopedMixin, generics.RetrieveUpdateDestroyAPIView):
+    """Change a member's role or remove them (project admins only)."""
+
+    project_roles = ADMIN_ONLY
+    serializer_class = MembershipUpdateSerializer
+    http_method_names = ["get", "patch", "delete", "head", "options"]
+
+    def get_queryset(self):
+        return Membership.objects.filter(project=self.project)
+
+    def perform_destroy(self, instance: Membership) -> None:
+        remaining_admins = (
+            Membership.objects.filter(project=self.project, role="admin").exclude(pk=instance.pk)
+        )
+        if instance.role == "admin" and not remaining_admins.exists():
+            raise ValidationError({"detail": "A project must keep at least one admin."})
+        instance.delete()
+
+    def perform_update(self, serializer):
+        instance = serializer.instance
+        if instance.role == "admin" and serializer.validated_data.get("role") != "admin":
+            others = Membership.objects.filter(project=self.project, role="admin").exclude(pk=instance.pk)
+            if not others.exists():
+                raise ValidationError({"role": "A project must keep at least one admin."})
+        serializer.save()

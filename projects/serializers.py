@@ -1,0 +1,59 @@
+from __future__ import annotations
+
+from django.contrib.auth import get_user_model
+from rest_framework import serializers
+
+from projects.models import Membership, Project, Role
+from projects.selectors import roles_of
+
+User = get_user_model()
+
+
+class ProjectSerializer(serializers.ModelSerializer):
+    my_roles = serializers.SerializerMethodField()
+
+    class Meta:
+        model = Project
+        fields = ["slug", "name", "description", "deidentify", "created_at", "my_roles"]
+        read_only_fields = ["created_at", "my_roles"]
+
+    def get_my_roles(self, project: Project) -> list[str]:
+        return sorted(roles_of(self.context["request"].user, project))
+
+
+class ProjectUpdateSerializer(ProjectSerializer):
+    class Meta(ProjectSerializer.Meta):
+        read_only_fields = ["slug", "created_at", "my_roles"]
+
+
+class MembershipSerializer(serializers.ModelSerializer):
+    username = serializers.SlugRelatedField(
+        source="user", slug_field="username", queryset=User.objects.all()
+    )
+    role = serializers.ChoiceField(choices=Role.choices)
+
+    class Meta:
+        model = Membership
+        fields = ["id", "username", "role", "created_at"]
+        read_only_fields = ["id", "created_at"]
+
+
+class MembershipUpdateSerializer(serializers.ModelSerializer):
+    role = serializers.ChoiceField(choices=Role.choices)
+
+    class Meta:
+        model = Membership
+        fields = ["id", "role"]
+        read_only_fields = ["id"]
+
+
+class MeSerializer(serializers.Serializer):
+    username = serializers.CharField()
+    is_staff = serializers.BooleanField()
+    projects = serializers.DictField(child=serializers.ListField(child=serializers.CharField()))
+
+
+class HealthSerializer(serializers.Serializer):
+    status = serializers.ChoiceField(choices=["ok", "degraded"])
+    components = serializers.DictField()
+    down = serializers.ListField(child=serializers.CharField())
