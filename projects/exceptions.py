@@ -9,8 +9,6 @@ from __future__ import annotations
 
 from django.core.exceptions import ValidationError as DjangoValidationError
 from rest_framework import status
-from rest_framework.response import Response
-from rest_framework.views import exception_handler
 
 
 class PlatformError(Exception):
@@ -38,6 +36,10 @@ class Conflict(PlatformError):
 
 
 def api_exception_handler(exc, context):
+    # Imported here so that modules raising these errors import without Django settings.
+    from rest_framework.response import Response
+    from rest_framework.views import exception_handler
+
     if isinstance(exc, PlatformError):
         return Response(
             {"detail": exc.message, "code": exc.code, **exc.extra}, status=exc.status_code

@@ -1,0 +1,497 @@
+"""De-identification of DICOM datasets on ingest.
+
+Applies the DICOM PS3.15 Annex E Basic Application Level Confidentiality Profile
+(Table E.1-1, transcribed in :mod:`imaging.deid_profile`) to a pydicom ``Dataset``,
+replaces instance UIDs with a keyed hash that is stable within a project, records that
+the patient identity was removed, and flags files whose pixels may carry burned-in text
+so ingest can hold them in quarantine. Pure functions: no Django ORM, no network.
+
+Public API: :func:`deidentify`, :func:`uid_map`, :func:`burned_in_text_risk`,
+:class:`DeidentificationError`. ``docs/deidentification.md`` explains the choices.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import hmac
+import re
+from dataclasses import dataclass
+
+from pydicom import Dataset
+from pydicom.datadict import dictionary_VR
+from pydicom.dataelem import DataElement, empty_value_for_VR
+from pydicom.dataset import FileMetaDataset
+from pydicom.multival import MultiValue
+from pydicom.sequence import Sequence
+from pydicom.tag import BaseTag, Tag
+from pydicom.uid import (
+    PYDICOM_IMPLEMENTATION_UID,
+    UID,
+    EncapsulatedCDAStorage,
+    EncapsulatedPDFStorage,
+    ExplicitVRLittleEndian,
+    MultiFrameGrayscaleByteSecondaryCaptureImageStorage,
+    MultiFrameGrayscaleWordSecondaryCaptureImageStorage,
+    MultiFrameSingleBitSecondaryCaptureImageStorage,
+    MultiFrameTrueColorSecondaryCaptureImageStorage,
+    SecondaryCaptureImageStorage,
+    UID_dictionary,
+    UltrasoundImageStorage,
+    UltrasoundMultiFrameImageStorage,
+)
+
+from imaging.deid_profile import BASIC_PROFILE_ACTIONS, CURVE_GROUP_BASE, OVERLAY_GROUP_BASE
+from imaging.exceptions import ImagingError
+
+__all__ = [
+    "BASIC_PROFILE_CODE",
+    "DEIDENTIFICATION_METHOD",
+    "DeidentificationError",
+    "burned_in_text_risk",
+    "deidentify",
+    "resolve_action",
+    "uid_map",
+]
+
+
+class DeidentificationError(ImagingError):
+    """A dataset cannot be de-identified (e.g. it has no SOPInstanceUID)."""
+
+    code = "deidentification_failed"
+
+
+#: Values written to DeidentificationMethod (0012,0063). LO is limited to 64 characters,
+#: so the description is split into two values (the attribute is VM 1-n).
+DEIDENTIFICATION_METHOD: tuple[str, ...] = (
+    "DICOM PS3.15 Annex E Basic Application Confidentiality Profile",
+    "UIDs replaced by keyed hash (HMAC-SHA256, 2.25 root)",
+)
+#: CID 7050 code for the Basic Profile, written to DeidentificationMethodCodeSequence.
+BASIC_PROFILE_CODE: tuple[str, str, str] = (
+    "113100",
+    "DCM",
+    "Basic Application Confidentiality Profile",
+)
+
+_DUMMY_TEXT = "ANONYMIZED"
+#: Dummy value per VR for the D action ("non-zero length, consistent with the VR").
+_DUMMY_BY_VR: dict[str, object] = {
+    "AE": _DUMMY_TEXT,
+    "AS": "000Y",
+    "CS": _DUMMY_TEXT,
+    "DA": "19000101",
+    "DS": "0",
+    "DT": "19000101000000",
+    "IS": "0",
+    "LO": _DUMMY_TEXT,
+    "LT": _DUMMY_TEXT,
+    "PN": _DUMMY_TEXT,
+    "SH": _DUMMY_TEXT,
+    "ST": _DUMMY_TEXT,
+    "TM": "000000",
+    "UC": _DUMMY_TEXT,
+    "UR": _DUMMY_TEXT,
+    "UT": _DUMMY_TEXT,
+    "FL": 0.0,
+    "FD": 0.0,
+    "SL": 0,
+    "SS": 0,
+    "SV": 0,
+    "UL": 0,
+    "US": 0,
+    "UV": 0,
+    "OB": b"\x00\x00",
+    "OD": b"\x00" * 8,
+    "OF": b"\x00" * 4,
+    "OL": b"\x00" * 4,
+    "OV": b"\x00" * 8,
+    "OW": b"\x00\x00",
+    "UN": b"\x00\x00",
+}
+#: VRs that can hold free text, names, dates or times: inside a sequence whose action
+#: is D (e.g. Content Sequence) every such value is replaced by a dummy.
+_FREE_TEXT_VRS = frozenset(
+    {"AE", "AS", "DA", "DT", "LO", "LT", "PN", "SH", "ST", "TM", "UC", "UR", "UT"}
+)
+#: Coded-entry attributes (Code Sequence Macro) kept inside SR content trees and
+#: graphic annotations: they name concepts from controlled terminologies, not people.
+_CODED_ENTRY_KEYWORDS = frozenset(
+    {
+        "CodeValue",
+        "CodingSchemeDesignator",
+        "CodingSchemeVersion",
+        "CodeMeaning",
+        "LongCodeValue",
+        "URNCodeValue",
+        "ContextIdentifier",
+        "ContextGroupVersion",
+        "ContextGroupLocalVersion",
+        "MappingResource",
+        "MappingResourceName",
+        "MappingResourceUID",
+        "TemplateIdentifier",
+    }
+)
+_CODED_CONTENT_SEQUENCES = frozenset({Tag("ContentSequence"), Tag("GraphicAnnotationSequence")})
+#: UI attributes not listed in Table E.1-1 whose values name registered things (a
+#: class, a coding scheme, a template), not instances: they are kept as they are.
+_REGISTRY_UID_KEYWORDS = frozenset(
+    {
+        "CodingSchemeUID",
+        "ContextUID",
+        "ContextGroupExtensionCreatorUID",
+        "CreatorVersionUID",
+        "MappingResourceUID",
+        "PrivateInformationCreatorUID",
+        "SegmentationTemplateUID",
+    }
+)
+
+_TAG_PATIENT_NAME = Tag("PatientName")
+_TAG_PATIENT_ID = Tag("PatientID")
+_PREFIX_RE = re.compile(r"^[A-Za-z0-9_-]{1,32}$")
+
+
+def uid_map(uid: str, *, uid_secret: str) -> str:
+    """Map a source UID to the project's UID for it.
+
+    The new UID is ``2.25.<n>`` where ``n`` is the first 128 bits of
+    HMAC-SHA256(uid_secret, uid) with the version/variant bits of an RFC 9562 UUIDv8
+    set, so it is a valid UUID-derived UID of at most 44 characters. The same source
+    UID always gives the same result for one secret (a project) and, with overwhelming
+    probability, a different one for another secret; the source cannot be recovered
+    without the secret.
+
+    Args:
+        uid: the source UID; trailing NUL/space padding is ignored.
+        uid_secret: the project's key (``Project.uid_secret``).
+
+    Raises:
+        ValueError: ``uid_secret`` or ``uid`` is empty.
+    """
+    if not uid_secret:
+        raise ValueError("uid_secret must be a non-empty string")
+    source = str(uid).strip("\x00 ")
+    if not source:
+        raise ValueError("uid must be a non-empty UID string")
+    digest = bytearray(
+        hmac.new(uid_secret.encode("utf-8"), source.encode("utf-8"), hashlib.sha256).digest()[:16]
+    )
+    digest[6] = (digest[6] & 0x0F) | 0x80  # UUID version 8 (custom)
+    digest[8] = (digest[8] & 0x3F) | 0x80  # RFC 9562 variant
+    return f"2.25.{int.from_bytes(digest, 'big')}"
+
+
+def resolve_action(action: str, *, is_sequence: bool) -> str:
+    """Resolve a Table E.1-1 action (possibly compound) to the one this platform applies.
+
+    Without per-IOD module tables we cannot know whether an attribute is Type 1, 2 or 3
+    in the object at hand, so compound actions take the option that is legal in every
+    IOD and carries no identifying information (see docs/deidentification.md):
+
+    - plain elements: ``X/Z`` -> ``Z``; ``X/D``, ``Z/D``, ``X/Z/D`` -> ``D``;
+    - sequences: ``X/Z/U*`` -> ``U*`` (keep the items, replace their UIDs, clean them
+      recursively, so references still resolve); ``X/Z``, ``X/Z/D`` -> ``Z`` (an empty
+      sequence); ``X/D`` -> ``X`` (Operator Identification Sequence, the only such
+      sequence, whose dummy would need a made-up person);
+    - single actions are returned unchanged.
+    """
+    if is_sequence:
+        return {"X/Z/U*": "U*", "X/Z": "Z", "X/Z/D": "Z", "X/D": "X", "Z/D": "Z"}.get(
+            action, action
+        )
+    return {"X/Z": "Z", "X/D": "D", "Z/D": "D", "X/Z/D": "D", "X/Z/U*": "Z"}.get(action, action)
+
+
+@dataclass(frozen=True)
+class _Context:
+    uid_secret: str
+
+
+def deidentify(ds: Dataset, *, uid_secret: str, patient_id_prefix: str = "ANON") -> Dataset:
+    """Return a de-identified copy of ``ds`` (the input is never modified).
+
+    Applies the Basic Profile action of every attribute in Table E.1-1 at every
+    sequence depth, removes all private attributes, curve (50xx) and overlay (60xx)
+    groups, replaces instance UIDs with :func:`uid_map` (references inside sequences get
+    the same mapping, so they still resolve), sets PatientID to
+    ``<prefix>-<keyed hash of the source PatientID>`` and PatientName to
+    ``<prefix>^<same hash>`` (one patient's studies stay together within a project),
+    and records PatientIdentityRemoved, DeidentificationMethod and
+    DeidentificationMethodCodeSequence. The result has fresh file meta information
+    (MediaStorageSOPInstanceUID equals the new SOPInstanceUID) and a zeroed preamble;
+    the same input and secret always give byte-identical output.
+
+    It does not look at pixel data: call :func:`burned_in_text_risk` first.
+
+    Raises:
+        DeidentificationError: the dataset has no SOPInstanceUID or no SOP Class, or an
+            element of it cannot be parsed.
+        ValueError: ``uid_secret`` is empty or ``patient_id_prefix`` is not 1-32 of
+            ``A-Z a-z 0-9 _ -``.
+    """
+    if not isinstance(ds, Dataset):
+        raise TypeError(f"ds must be a pydicom Dataset, not {type(ds).__name__}")
+    if not uid_secret:
+        raise ValueError("uid_secret must be a non-empty string")
+    if not _PREFIX_RE.match(patient_id_prefix):
+        raise ValueError(
+            "patient_id_prefix must be 1-32 characters from A-Z, a-z, 0-9, '_' and '-'"
+        )
+    sop_instance_uid = str(ds.get("SOPInstanceUID", "") or "").strip("\x00 ")
+    if not sop_instance_uid:
+        raise DeidentificationError(
+            "The file has no SOPInstanceUID, so it cannot be de-identified consistently; "
+            "check that it is a DICOM composite object."
+        )
+    file_meta = getattr(ds, "file_meta", None) or FileMetaDataset()
+    sop_class_uid = ds.get("SOPClassUID") or file_meta.get("MediaStorageSOPClassUID")
+    if not sop_class_uid:
+        raise DeidentificationError(
+            "The file has no SOPClassUID (nor MediaStorageSOPClassUID); "
+            "it is not a DICOM composite object."
+        )
+    transfer_syntax = file_meta.get("TransferSyntaxUID") or ExplicitVRLittleEndian
+
+    source_patient_id = str(ds.get("PatientID", "") or "").strip()
+    study_uid = str(ds.get("StudyInstanceUID", "") or "").strip("\x00 ")
+    # A blank PatientID would put every such file under one pseudonym; derive the
+    # pseudonym from the study instead so unrelated studies stay apart.
+    pseudonym_source = (
+        f"PatientID={source_patient_id}" if source_patient_id else f"Study={study_uid}"
+    )
+    pseudonym = _keyed_hex(pseudonym_source, uid_secret=uid_secret)
+
+    out = copy.deepcopy(ds)
+    try:
+        out.remove_private_tags()
+        _clean(out, _Context(uid_secret=uid_secret), dummy_subtree=False, keep_codes=False)
+    except DeidentificationError:
+        raise
+    except Exception as exc:
+        # pydicom parses elements lazily: a malformed element or sequence only fails
+        # here (OSError, ValueError, struct.error...). The file is refused, not stored.
+        raise DeidentificationError(
+            f"The file could not be de-identified because an element is malformed: {exc}"
+        ) from exc
+
+    out.PatientID = f"{patient_id_prefix}-{pseudonym}"
+    out.PatientName = f"{patient_id_prefix}^{pseudonym}"
+    out.SOPClassUID = sop_class_uid
+    out.PatientIdentityRemoved = "YES"
+    _record_method(out)
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = UID(str(sop_class_uid))
+    meta.MediaStorageSOPInstanceUID = UID(out.SOPInstanceUID)
+    meta.TransferSyntaxUID = UID(str(transfer_syntax))
+    meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
+    out.file_meta = meta
+    out.preamble = b"\x00" * 128
+    return out
+
+
+def _keyed_hex(value: str, *, uid_secret: str) -> str:
+    """16 upper-case hex digits of HMAC-SHA256(uid_secret, value): a short pseudonym."""
+    mac = hmac.new(uid_secret.encode("utf-8"), value.encode("utf-8"), hashlib.sha256)
+    return mac.hexdigest()[:16].upper()
+
+
+def _is_repeating_group_removed(tag: BaseTag) -> bool:
+    """Curve Data (50xx) and Overlay (60xx) groups: removed whole (see the docs)."""
+    return tag.group % 2 == 0 and (tag.group & 0xFF00) in (CURVE_GROUP_BASE, OVERLAY_GROUP_BASE)
+
+
+def _clean(ds: Dataset, ctx: _Context, *, dummy_subtree: bool, keep_codes: bool) -> None:
+    """Apply the profile to ``ds`` in place, recursing into sequence items.
+
+    ``dummy_subtree`` is set inside a sequence whose action is D: there every free-text,
+    name, date and time value is replaced by a dummy (``keep_codes`` spares coded
+    entries inside SR content and graphic annotations).
+    """
+    for tag in list(ds.keys()):
+        elem = ds[tag]
+        if tag.is_private or _is_repeating_group_removed(tag):
+            del ds[tag]
+            continue
+        vr = _effective_vr(elem)
+        is_sequence = vr == "SQ"
+        action = BASIC_PROFILE_ACTIONS.get(int(tag))
+        if action is None:
+            if is_sequence:
+                for item in elem.value:
+                    _clean(item, ctx, dummy_subtree=dummy_subtree, keep_codes=keep_codes)
+            elif vr == "UI":
+                if not _is_registry_uid_element(elem):
+                    elem.value = _map_uid_value(elem.value, ctx)
+            elif (
+                dummy_subtree
+                and vr in _FREE_TEXT_VRS
+                and not elem.is_empty
+                and not (keep_codes and elem.keyword in _CODED_ENTRY_KEYWORDS)
+            ):
+                ds[tag] = DataElement(tag, vr, _DUMMY_BY_VR[vr])
+            continue
+
+        resolved = resolve_action(action, is_sequence=is_sequence)
+        if resolved == "X":
+            del ds[tag]
+        elif resolved == "Z":
+            ds[tag] = DataElement(tag, vr, empty_value_for_VR(vr))
+        elif resolved == "D":
+            if is_sequence:
+                codes = keep_codes or tag in _CODED_CONTENT_SEQUENCES
+                for item in elem.value:
+                    _clean(item, ctx, dummy_subtree=True, keep_codes=codes)
+            else:
+                ds[tag] = DataElement(tag, vr, _DUMMY_BY_VR.get(vr, _DUMMY_TEXT))
+        elif resolved == "U":
+            if not elem.is_empty:
+                elem.value = _map_uid_value(elem.value, ctx)
+        elif resolved == "U*":
+            for item in elem.value:
+                _clean(item, ctx, dummy_subtree=dummy_subtree, keep_codes=keep_codes)
+        else:  # pragma: no cover - the table holds only the actions handled above
+            raise DeidentificationError(f"Unknown profile action {action!r} for {tag}")
+
+
+def _effective_vr(elem: DataElement) -> str:
+    """The element's VR, taking the dictionary VR where the file gave UN or none."""
+    if elem.VR in ("UN", "") or " or " in elem.VR:
+        try:
+            vr = dictionary_VR(elem.tag)
+        except KeyError:
+            return elem.VR
+        return vr.split(" or ")[0]
+    return elem.VR
+
+
+def _is_registry_uid_element(elem: DataElement) -> bool:
+    """True for UI attributes naming classes, transfer syntaxes, coding schemes etc."""
+    keyword = elem.keyword
+    if "Class" in keyword or "TransferSyntax" in keyword or keyword in _REGISTRY_UID_KEYWORDS:
+        return True
+    values = elem.value if isinstance(elem.value, MultiValue) else [elem.value]
+    return all(not v or str(v) in UID_dictionary for v in values)
+
+
+def _map_uid_value(value: object, ctx: _Context) -> object:
+    """Map one UID or each UID of a multi-valued element; empty values stay empty."""
+    if isinstance(value, MultiValue | list | tuple):
+        return [_map_one_uid(v, ctx) for v in value]
+    return _map_one_uid(value, ctx)
+
+
+def _map_one_uid(value: object, ctx: _Context) -> str:
+    text = str(value or "").strip("\x00 ")
+    return uid_map(text, uid_secret=ctx.uid_secret) if text else ""
+
+
+def _record_method(out: Dataset) -> None:
+    """Record the profile in DeidentificationMethod(+CodeSequence), keeping prior entries."""
+    previous = out.get("DeidentificationMethod")
+    methods: list[str] = []
+    if previous:
+        methods = [str(v) for v in (previous if isinstance(previous, MultiValue) else [previous])]
+    for method in DEIDENTIFICATION_METHOD:
+        if method not in methods:
+            methods.append(method)
+    out.DeidentificationMethod = methods
+
+    code_value, scheme, meaning = BASIC_PROFILE_CODE
+    items = list(out.get("DeidentificationMethodCodeSequence") or [])
+    if not any(
+        item.get("CodeValue") == code_value and item.get("CodingSchemeDesignator") == scheme
+        for item in items
+    ):
+        item = Dataset()
+        item.CodeValue = code_value
+        item.CodingSchemeDesignator = scheme
+        item.CodeMeaning = meaning
+        items.append(item)
+    out.DeidentificationMethodCodeSequence = Sequence(items)
+
+
+_SECONDARY_CAPTURE_CLASSES = frozenset(
+    {
+        SecondaryCaptureImageStorage,
+        MultiFrameSingleBitSecondaryCaptureImageStorage,
+        MultiFrameGrayscaleByteSecondaryCaptureImageStorage,
+        MultiFrameGrayscaleWordSecondaryCaptureImageStorage,
+        MultiFrameTrueColorSecondaryCaptureImageStorage,
+    }
+)
+_ULTRASOUND_CLASSES = frozenset(
+    {
+        UltrasoundImageStorage,
+        UltrasoundMultiFrameImageStorage,
+        "1.2.840.10008.5.1.4.1.1.6",  # Ultrasound Image Storage (Retired)
+        "1.2.840.10008.5.1.4.1.1.3",  # Ultrasound Multi-frame Image Storage (Retired)
+        "1.2.840.10008.5.1.4.1.1.6.2",  # Enhanced US Volume Storage
+    }
+)
+_ENCAPSULATED_DOCUMENT_CLASSES = frozenset({EncapsulatedPDFStorage, EncapsulatedCDAStorage})
+_SCREEN_IMAGE_TYPES = ("SCREEN SAVE", "DOSE INFO")
+_DOSE_SCREEN_DESCRIPTIONS = ("dose report", "dose info", "patient protocol", "dose summary")
+
+
+def burned_in_text_risk(ds: Dataset) -> str | None:
+    """Say why the pixels of ``ds`` may carry identifying text, or None when no rule fires.
+
+    Header rules cannot clean text burned into pixels, so ingest holds such files in
+    quarantine. Rules, first match wins:
+
+    1. BurnedInAnnotation (0028,0301) is YES;
+    2. a screen capture or dose screen: ImageType contains SCREEN SAVE or DOSE INFO, or
+       SeriesDescription names a dose report / patient protocol (vendors label these
+       inconsistently, so BurnedInAnnotation NO does not clear them);
+    3. a Secondary Capture SOP Class, or any ConversionType, without
+       BurnedInAnnotation NO;
+    4. ultrasound (Modality US or an Ultrasound SOP Class) without BurnedInAnnotation NO;
+    5. an encapsulated document (PDF, CDA), whose content no header rule can clean.
+    """
+    burned_in = str(ds.get("BurnedInAnnotation", "") or "").strip().upper()
+    if burned_in == "YES":
+        return "BurnedInAnnotation is YES: the pixels carry burned-in text."
+
+    image_type = ds.get("ImageType") or []
+    if isinstance(image_type, str):
+        image_type = image_type.split("\\")
+    image_type_values = {str(v).strip().upper() for v in image_type}
+    for value in _SCREEN_IMAGE_TYPES:
+        if value in image_type_values:
+            return (
+                f"ImageType contains {value}: a screen capture, whose pixels usually show "
+                "patient details."
+            )
+    description = str(ds.get("SeriesDescription", "") or "").lower()
+    for phrase in _DOSE_SCREEN_DESCRIPTIONS:
+        if phrase in description:
+            return (
+                f"SeriesDescription {ds.SeriesDescription!r} suggests a dose report screen, "
+                "whose pixels usually show patient details."
+            )
+
+    sop_class = str(ds.get("SOPClassUID", "") or "").strip("\x00 ")
+    cleared = burned_in == "NO"
+    conversion_type = str(ds.get("ConversionType", "") or "").strip().upper()
+    if not cleared and (sop_class in _SECONDARY_CAPTURE_CLASSES or conversion_type):
+        kind = UID(sop_class).name if sop_class else "unknown SOP Class"
+        detail = f", ConversionType {conversion_type}" if conversion_type else ""
+        return (
+            f"Secondary capture ({kind}{detail}) without BurnedInAnnotation NO: "
+            "the pixels may carry burned-in text."
+        )
+    modality = str(ds.get("Modality", "") or "").strip().upper()
+    if not cleared and (modality == "US" or sop_class in _ULTRASOUND_CLASSES):
+        return (
+            "Ultrasound image without BurnedInAnnotation NO: ultrasound screens usually "
+            "show patient details."
+        )
+    if sop_class in _ENCAPSULATED_DOCUMENT_CLASSES:
+        return (
+            f"Encapsulated document ({UID(sop_class).name}): its content cannot be "
+            "de-identified by header rules."
+        )
+    return None
