@@ -209,7 +209,42 @@ class _Context:
     uid_secret: str
 
 
-def deidentify(ds: Dataset, *, uid_secret: str, patient_id_prefix: str = "ANON") -> Dataset:
+# Clean Descriptors Option (PS3.15 E.3.5), restricted to descriptors the AI and worklist
+# need: a descriptor keeps only the words of this vocabulary (sequence names, planes,
+# body parts, contrast words), so free text such as a name typed into a description
+# cannot survive. Everything else the profile removes stays removed.
+CLEAN_DESCRIPTOR_KEYWORDS = ("StudyDescription", "SeriesDescription", "ProtocolName")
+_SAFE_DESCRIPTOR_WORDS = frozenset(
+    """
+    T1 T1C T1CE T1GD T1W T1WI T2 T2W T2WI FLAIR T2FLAIR DWI ADC SWI GRE PD PDW MPRAGE SPGR
+    SE TSE FSE EPI DTI PERFUSION DSC DCE STIR POST PRE GD GAD CONTRAST C+ CE WITH WITHOUT
+    AX AXIAL COR CORONAL SAG SAGITTAL 3D 2D MIP MPR THIN THICK VOL VOLUME
+    CT MR MRI PET CHEST THORAX LUNG LUNGS ABDOMEN PELVIS HEAD BRAIN NECK SPINE
+    LOW DOSE LDCT SCREENING HRCT ANGIO CTA KERNEL SOFT TISSUE BONE MEDIASTINUM WINDOW
+    PHANTOM ROUTINE STANDARD SHARP SMOOTH AND OF
+    """.split()
+)
+CLEAN_DESCRIPTORS_CODE = ("113105", "DCM", "Clean Descriptors Option")
+
+
+def clean_descriptor(text: str) -> str:
+    """Keep only vocabulary words (and numbers of up to 4 digits) of a descriptor."""
+    kept = []
+    for word in re.split(r"[\s_^/,;:|()\[\]-]+", text or ""):
+        if word.upper() in _SAFE_DESCRIPTOR_WORDS or re.fullmatch(
+            r"\d{1,4}(\.\d{1,3})?(MM)?", word.upper()
+        ):
+            kept.append(word)
+    return " ".join(kept)[:64]
+
+
+def deidentify(
+    ds: Dataset,
+    *,
+    uid_secret: str,
+    patient_id_prefix: str = "ANON",
+    clean_descriptors: bool = True,
+) -> Dataset:
     """Return a de-identified copy of ``ds`` (the input is never modified).
 
     Applies the Basic Profile action of every attribute in Table E.1-1 at every
@@ -222,6 +257,11 @@ def deidentify(ds: Dataset, *, uid_secret: str, patient_id_prefix: str = "ANON")
     DeidentificationMethodCodeSequence. The result has fresh file meta information
     (MediaStorageSOPInstanceUID equals the new SOPInstanceUID) and a zeroed preamble;
     the same input and secret always give byte-identical output.
+
+    With ``clean_descriptors`` (the default) the Clean Descriptors Option is applied to
+    Study/Series descriptions and ProtocolName instead of removing them: only words of a
+    fixed vocabulary survive (e.g. "T1c", "FLAIR", "AXIAL", "CHEST"), so MRI sequences can
+    still be identified after de-identification; the option is recorded (113105).
 
     It does not look at pixel data: call :func:`burned_in_text_risk` first.
 
@@ -263,6 +303,13 @@ def deidentify(ds: Dataset, *, uid_secret: str, patient_id_prefix: str = "ANON")
     )
     pseudonym = _keyed_hex(pseudonym_source, uid_secret=uid_secret)
 
+    descriptors = {}
+    if clean_descriptors:
+        for keyword in CLEAN_DESCRIPTOR_KEYWORDS:
+            cleaned = clean_descriptor(str(ds.get(keyword, "") or ""))
+            if cleaned:
+                descriptors[keyword] = cleaned
+
     out = copy.deepcopy(ds)
     try:
         out.remove_private_tags()
@@ -281,6 +328,10 @@ def deidentify(ds: Dataset, *, uid_secret: str, patient_id_prefix: str = "ANON")
     out.SOPClassUID = sop_class_uid
     out.PatientIdentityRemoved = "YES"
     _record_method(out)
+    if clean_descriptors:
+        for keyword, value in descriptors.items():
+            setattr(out, keyword, value)
+        _record_code(out, CLEAN_DESCRIPTORS_CODE)
 
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = UID(str(sop_class_uid))
@@ -399,7 +450,12 @@ def _record_method(out: Dataset) -> None:
             methods.append(method)
     out.DeidentificationMethod = methods
 
-    code_value, scheme, meaning = BASIC_PROFILE_CODE
+    _record_code(out, BASIC_PROFILE_CODE)
+
+
+def _record_code(out: Dataset, code: tuple[str, str, str]) -> None:
+    """Add `code` to DeidentificationMethodCodeSequence unless it is there already."""
+    code_value, scheme, meaning = code
     items = list(out.get("DeidentificationMethodCodeSequence") or [])
     if not any(
         item.get("CodeValue") == code_value and item.get("CodingSchemeDesignator") == scheme

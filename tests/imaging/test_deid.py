@@ -27,9 +27,12 @@ from pydicom.uid import UID, ExplicitVRLittleEndian, generate_uid
 
 from imaging.deid import (
     BASIC_PROFILE_CODE,
+    CLEAN_DESCRIPTOR_KEYWORDS,
+    CLEAN_DESCRIPTORS_CODE,
     DEIDENTIFICATION_METHOD,
     DeidentificationError,
     burned_in_text_risk,
+    clean_descriptor,
     deidentify,
     resolve_action,
     uid_map,
@@ -335,6 +338,14 @@ def _check_item(
             continue
         if top and elem.keyword in ADDED_AT_TOP:
             continue
+        if top and elem.keyword in CLEAN_DESCRIPTOR_KEYWORDS:
+            # Clean Descriptors Option: only vocabulary words survive; with none, the
+            # profile's own action applies.
+            cleaned = clean_descriptor(str(elem.value or ""))
+            if cleaned:
+                assert output[tag].value == cleaned, name
+                seen["C-descriptor"] += 1
+                continue
         vr = elem.VR if elem.VR not in ("UN",) else get_entry(tag)[0]
         action = BASIC_PROFILE_ACTIONS.get(int(tag))
         if action is None:
@@ -458,13 +469,16 @@ def _leak_candidates(ds: Dataset) -> set[str]:
             if not registry:
                 identifying.update(values)
             return
-        if action is not None or elem.tag.is_private or elem.VR == "PN":
+        if dataset is ds and elem.keyword in CLEAN_DESCRIPTOR_KEYWORDS:
+            identifying.update(values)
+            kept.update(clean_descriptor(v) for v in values)
+        elif action is not None or elem.tag.is_private or elem.VR == "PN":
             identifying.update(values)
         else:
             kept.update(values)
 
     ds.walk(visit)
-    return {v for v in identifying if not any(v in k for k in kept)}
+    return {v for v in identifying if not any(v in k for k in kept if k)}
 
 
 # ---------------------------------------------------------------------------------------
@@ -543,8 +557,6 @@ def test_identifying_instance_spot_checks(identifying_pair) -> None:
         "PerformingPhysicianName",
         "NameOfPhysiciansReadingStudy",
         "PhysiciansOfRecord",
-        "StudyDescription",
-        "SeriesDescription",
         "ImageComments",
         "IconImageSequence",
         "RequestAttributesSequence",
@@ -833,3 +845,33 @@ def test_burned_in_text_risk_table(ds, expected) -> None:
 )
 def test_burned_in_text_risk_on_real_files(name, quarantined) -> None:
     assert (burned_in_text_risk(_read_pydicom_file(name)) is not None) is quarantined
+
+
+@pytest.mark.parametrize(
+    ("description", "expected"),
+    [
+        ("T1c AXIAL post", "T1c AXIAL post"),
+        ("FLAIR for John Smith", "FLAIR"),
+        ("Dr Jones chest 1.25mm", "chest 1.25mm"),
+        ("Smith^John", ""),
+        ("", ""),
+    ],
+)
+def test_clean_descriptors_keep_only_vocabulary_words(description, expected) -> None:
+    assert clean_descriptor(description) == expected
+
+
+def test_clean_descriptors_option_is_recorded_and_can_be_turned_off(identifying_pair) -> None:
+    ds = copy.deepcopy(identifying_pair[0])
+    ds.SeriesDescription = "T2 FLAIR axial for Jane Doe"
+    out = deidentify(ds, uid_secret=SECRET)
+    assert out.SeriesDescription == "T2 FLAIR axial"
+    codes = [
+        (i.CodeValue, i.CodingSchemeDesignator, i.CodeMeaning)
+        for i in out.DeidentificationMethodCodeSequence
+    ]
+    assert CLEAN_DESCRIPTORS_CODE in codes
+    strict = deidentify(ds, uid_secret=SECRET, clean_descriptors=False)
+    assert "SeriesDescription" not in strict
+    codes = [i.CodeValue for i in strict.DeidentificationMethodCodeSequence]
+    assert CLEAN_DESCRIPTORS_CODE[0] not in codes
