@@ -1,0 +1,162 @@
+"""Small synthetic CT series built with pydicom, for DICOMweb proxy tests and bench.
+
+Each dataset has a preamble and file meta so Orthanc stores a proper Part 10 file (see
+stack-facts: without them WADO-RS retrieval fails later). `jpeg_ls=True` encodes the pixel
+data JPEG-LS lossless (pydicom + pyjpegls) to test transfer-syntax negotiation.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from io import BytesIO
+
+import numpy as np
+import requests
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import (
+    PYDICOM_IMPLEMENTATION_UID,
+    CTImageStorage,
+    ExplicitVRLittleEndian,
+    JPEGLSLossless,
+    generate_uid,
+)
+
+
+@dataclass
+class CtSeries:
+    """A generated series: its UIDs and the datasets (in slice order)."""
+
+    study_instance_uid: str
+    series_instance_uid: str
+    patient_id: str
+    datasets: list[Dataset] = field(default_factory=list)
+
+    @property
+    def sop_instance_uids(self) -> list[str]:
+        return [str(ds.SOPInstanceUID) for ds in self.datasets]
+
+    def part10(self) -> list[bytes]:
+        """Each dataset as Part 10 bytes (for Orthanc's REST `POST /instances`)."""
+        out = []
+        for ds in self.datasets:
+            buffer = BytesIO()
+            ds.save_as(buffer, enforce_file_format=True)
+            out.append(buffer.getvalue())
+        return out
+
+
+def make_ct_series(
+    *,
+    slices: int = 8,
+    rows: int = 64,
+    columns: int = 64,
+    patient_id: str = "PAT-1",
+    patient_name: str = "Doe^Jane",
+    study_date: str = "20240115",
+    study_description: str = "CT CHEST",
+    study_instance_uid: str | None = None,
+    jpeg_ls: bool = False,
+    seed: int = 0,
+) -> CtSeries:
+    """A CT series of `slices` slices, `rows` x `columns`, 16-bit signed pixels."""
+    rng = np.random.default_rng(seed)
+    study_uid = study_instance_uid or generate_uid()
+    series = CtSeries(study_uid, generate_uid(), patient_id)
+    for index in range(slices):
+        meta = FileMetaDataset()
+        meta.MediaStorageSOPClassUID = CTImageStorage
+        meta.MediaStorageSOPInstanceUID = generate_uid()
+        meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
+
+        ds = Dataset()
+        ds.file_meta = meta
+        ds.preamble = b"\0" * 128
+        ds.SOPClassUID = CTImageStorage
+        ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
+        ds.StudyInstanceUID = study_uid
+        ds.SeriesInstanceUID = series.series_instance_uid
+        ds.PatientID = patient_id
+        ds.PatientName = patient_name
+        ds.PatientBirthDate = "19700101"
+        ds.PatientSex = "F"
+        ds.StudyDate = study_date
+        ds.StudyTime = "101500"
+        ds.StudyDescription = study_description
+        ds.AccessionNumber = f"ACC-{patient_id}"
+        ds.StudyID = "1"
+        ds.Modality = "CT"
+        ds.SeriesNumber = 1
+        ds.SeriesDescription = "Axial 1mm"
+        ds.InstanceNumber = index + 1
+        ds.ImagePositionPatient = [0.0, 0.0, float(index)]
+        ds.ImageOrientationPatient = [1.0, 0.0, 0.0, 0.0, 1.0, 0.0]
+        ds.PixelSpacing = [0.7, 0.7]
+        ds.SliceThickness = 1.0
+        ds.FrameOfReferenceUID = generate_uid(prefix=None, entropy_srcs=[study_uid])
+        ds.SamplesPerPixel = 1
+        ds.PhotometricInterpretation = "MONOCHROME2"
+        ds.Rows = rows
+        ds.Columns = columns
+        ds.BitsAllocated = 16
+        ds.BitsStored = 16
+        ds.HighBit = 15
+        ds.PixelRepresentation = 1
+        ds.RescaleIntercept = 0
+        ds.RescaleSlope = 1
+        ds.WindowCenter = 40
+        ds.WindowWidth = 400
+        pixels = rng.integers(-1000, 1000, size=(rows, columns), dtype=np.int16)
+        if jpeg_ls:
+            ds.compress(JPEGLSLossless, pixels, encoding_plugin="pyjpegls")
+        else:
+            ds.PixelData = pixels.tobytes()
+        series.datasets.append(ds)
+    return series
+
+
+def store_series(series: CtSeries, *, url: str, auth: tuple[str, str]) -> None:
+    """Store every instance in Orthanc with REST `POST /instances` (the fastest path)."""
+    with requests.Session() as session:
+        session.auth = auth
+        for blob in series.part10():
+            response = session.post(f"{url}/instances", data=blob, timeout=30)
+            response.raise_for_status()
+
+
+def index_series(project, series: CtSeries):
+    """Create the index rows (Patient, Study, Series, Instances) for `series` in `project`.
+
+    Done with the ORM directly so proxy tests do not depend on the ingest service.
+    """
+    from imaging.models import Instance, Patient, Series, Study
+
+    first = series.datasets[0]
+    patient, _ = Patient.objects.get_or_create(project=project, patient_id=series.patient_id)
+    study, _ = Study.objects.get_or_create(
+        study_instance_uid=series.study_instance_uid,
+        defaults={
+            "project": project,
+            "patient": patient,
+            "study_description": str(first.StudyDescription),
+            "modalities_in_study": "CT",
+        },
+    )
+    row = Series.objects.create(
+        study=study,
+        series_instance_uid=series.series_instance_uid,
+        modality="CT",
+        number_of_instances=len(series.datasets),
+        rows=int(first.Rows),
+        columns=int(first.Columns),
+    )
+    Instance.objects.bulk_create(
+        Instance(
+            series=row,
+            sop_instance_uid=str(ds.SOPInstanceUID),
+            sop_class_uid=str(ds.SOPClassUID),
+            instance_number=int(ds.InstanceNumber),
+        )
+        for ds in series.datasets
+    )
+    return study
