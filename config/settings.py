@@ -162,9 +162,15 @@ CELERY_RESULT_BACKEND = os.environ.get("CELERY_RESULT_BACKEND", REDIS_URL)
 CELERY_TASK_HARD_TIME_LIMIT_S = int(os.environ.get("CELERY_TASK_HARD_TIME_LIMIT_S", "3600"))
 # The broker must not redeliver a late-acked task while it is still legitimately running.
 CELERY_BROKER_TRANSPORT_OPTIONS = {
-    "visibility_timeout": int(CELERY_TASK_HARD_TIME_LIMIT_S * 1.5),
+    # Also how long an unacked task of a worker killed outright (SIGKILL of the main
+    # process) waits before Redis redelivers it; fault tests set it low with a low hard limit.
+    "visibility_timeout": int(
+        os.environ.get("CELERY_BROKER_VISIBILITY_TIMEOUT_S", CELERY_TASK_HARD_TIME_LIMIT_S * 1.5)
+    ),
 }
 CELERY_TASK_ALWAYS_EAGER = env_bool("CELERY_TASK_ALWAYS_EAGER", False)
+# How long `/api/health?deep=1` waits for a worker to answer `health_ping`.
+HEALTH_WORKER_TIMEOUT_S = float(os.environ.get("HEALTH_WORKER_TIMEOUT_S", "5"))
 
 # --- Platform data ---------------------------------------------------------------------
 MODEL_STORE_DIR = Path(os.environ.get("PLATFORM_MODEL_STORE", VAR_DIR / "models"))
@@ -172,6 +178,33 @@ UPLOAD_MAX_FILE_BYTES = int(os.environ.get("UPLOAD_MAX_FILE_BYTES", str(512 * 10
 DATA_UPLOAD_MAX_MEMORY_SIZE = 10 * 1024 * 1024
 FILE_UPLOAD_MAX_MEMORY_SIZE = 10 * 1024 * 1024
 FILE_UPLOAD_TEMP_DIR = os.environ.get("FILE_UPLOAD_TEMP_DIR") or None
+
+# --- Ingest limits and sync (imaging; see docs/imaging.md) ------------------------------
+INGEST_MAX_ARCHIVE_MEMBERS = int(os.environ.get("INGEST_MAX_ARCHIVE_MEMBERS", "10000"))
+INGEST_MAX_ARCHIVE_BYTES = int(
+    os.environ.get("INGEST_MAX_ARCHIVE_BYTES", str(8 * 1024 * 1024 * 1024))
+)  # total uncompressed size of one archive
+INGEST_MAX_COMPRESSION_RATIO = float(os.environ.get("INGEST_MAX_COMPRESSION_RATIO", "100"))
+INGEST_MAX_SEQUENCE_DEPTH = int(os.environ.get("INGEST_MAX_SEQUENCE_DEPTH", "16"))
+INGEST_DEFER_SIZE = int(os.environ.get("INGEST_DEFER_SIZE", str(1024 * 1024)))
+INGEST_STOW_BATCH_INSTANCES = int(os.environ.get("INGEST_STOW_BATCH_INSTANCES", "16"))
+INGEST_STOW_BATCH_BYTES = int(os.environ.get("INGEST_STOW_BATCH_BYTES", str(64 * 1024 * 1024)))
+# Project (slug) for studies that reach Orthanc directly (C-STORE, REST); empty: not indexed.
+SYNC_DEFAULT_PROJECT = os.environ.get("SYNC_DEFAULT_PROJECT", "")
+SYNC_INTERVAL_S = float(os.environ.get("SYNC_INTERVAL_S", "30"))
+CELERY_BEAT_SCHEDULE = {
+    "imaging-sync-orthanc-changes": {
+        "task": "imaging.tasks.sync_orthanc_changes_task",
+        "schedule": SYNC_INTERVAL_S,
+        "options": {"queue": "cpu", "expires": SYNC_INTERVAL_S},
+    },
+    # Model monitoring (acceptance/agreement alerts) and retraining after N new labels.
+    "registry-check-models": {
+        "task": "worker.tasks.check_models",
+        "schedule": float(os.environ.get("MODEL_CHECK_INTERVAL_S", "300")),
+        "options": {"queue": "cpu", "expires": 300},
+    },
+}
 
 # --- Security (production) -------------------------------------------------------------
 SESSION_COOKIE_HTTPONLY = True

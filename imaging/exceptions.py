@@ -23,3 +23,39 @@ class OrthancUnavailable(OrthancError, ServiceUnavailable):
 
     status_code = status.HTTP_503_SERVICE_UNAVAILABLE
     code = "orthanc_unavailable"
+
+
+class OrthancNotFound(OrthancError):
+    """Orthanc has no such resource (HTTP 404)."""
+
+    status_code = status.HTTP_404_NOT_FOUND
+    code = "orthanc_not_found"
+
+
+class InvalidUpload(ImagingError):
+    """A file or archive failed validation; `reason` says why (one per rejected file)."""
+
+    code = "invalid_upload"
+
+
+class EmptyUpload(ImagingError):
+    """The upload had no files."""
+
+    code = "empty_upload"
+
+
+class NothingAccepted(ImagingError):
+    """Every file of an upload was rejected; the summary lists why, file by file."""
+
+    code = "nothing_accepted"
+
+
+class StudyBelongsToAnotherProject(ImagingError):
+    status_code = status.HTTP_409_CONFLICT
+    code = "study_in_another_project"
+
+
+class SyncNotConfigured(ImagingError):
+    """The sync has no project to put studies that reach Orthanc directly."""
+
+    code = "sync_not_configured"

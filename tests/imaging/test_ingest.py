@@ -1,0 +1,202 @@
+"""Ingest end to end against a real Orthanc: API and CLI, de-identification, quarantine,
+idempotence, ownership across projects, Orthanc down."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from django.core.management import CommandError, call_command
+
+from imaging.deid import deidentify
+from imaging.models import Instance, Patient, QuarantinedFile, Series, Study, UploadBatch
+from imaging.orthanc import OrthancClient
+from imaging.signals import study_indexed
+from tests.factories import ProjectFactory
+from tests.imaging.dicom_files import ct_series, to_bytes, write_series
+from tests.imaging.uploads import dicom_files, upload, zip_bytes
+from tests.support.orthanc import free_port
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def signals():
+    received = []
+
+    def handler(sender, study, created, **kwargs):
+        received.append((study.study_instance_uid, created))
+
+    study_indexed.connect(handler)
+    yield received
+    study_indexed.disconnect(handler)
+
+
+def test_upload_deidentifies_stores_and_indexes(
+    orthanc, project, annotator_client, signals, django_capture_on_commit_callbacks
+):
+    source = ct_series(4, patient_id="MRN-123", patient_name="Doe^Jane")
+    with django_capture_on_commit_callbacks(execute=True):
+        response = upload(annotator_client, project, dicom_files(source))
+    assert response.status_code == 200, response.data
+    body = response.data
+    assert (body["accepted"], body["already_present"], body["rejected"]) == (4, 0, [])
+
+    study = Study.objects.get(project=project)
+    # De-identified: new UIDs, no source patient identity anywhere in the index.
+    assert study.study_instance_uid != source[0].StudyInstanceUID
+    assert study.patient.patient_id != "MRN-123" and "Doe" not in study.patient.patient_name
+    assert body["studies"][0]["study_instance_uid"] == study.study_instance_uid
+    assert body["studies"][0]["series"][0]["number_of_instances"] == 4
+    assert (study.number_of_series, study.number_of_instances) == (1, 4)
+    assert study.modalities == ["CT"]
+    # The index holds what the de-identified files say (policy owned by imaging.deid).
+    expected = deidentify(source[0], uid_secret=project.uid_secret)
+    assert study.study_instance_uid == expected.StudyInstanceUID
+    assert study.study_description == expected.get("StudyDescription", "")
+    assert study.patient.patient_id == expected.PatientID
+    series = study.series.get()
+    assert series.rows == 32 and series.pixel_spacing == [0.8, 0.8]
+    assert series.image_orientation_patient == [1, 0, 0, 0, 1, 0]
+    assert series.slice_thickness == 2.5 and series.body_part_examined == "CHEST"
+    positions = sorted(i.image_position_patient[2] for i in Instance.objects.filter(series=series))
+    assert positions == [0.0, 2.5, 5.0, 7.5]
+
+    # Orthanc holds exactly that, under the ids the index computed.
+    client = OrthancClient()
+    assert client.studies() == [study.orthanc_id]
+    orthanc_study = client.study(study.orthanc_id)
+    assert orthanc_study["MainDicomTags"]["StudyInstanceUID"] == study.study_instance_uid
+    assert orthanc_study["PatientMainDicomTags"]["PatientID"] == study.patient.patient_id
+    assert orthanc_study["Series"] == [series.orthanc_id]
+    assert client.study_statistics(study.orthanc_id)["CountInstances"] == 4
+    assert signals == [(study.study_instance_uid, True)]
+    assert UploadBatch.objects.get().accepted == 4
+
+
+def test_uploading_again_changes_nothing(
+    orthanc, project, admin_client, signals, django_capture_on_commit_callbacks
+):
+    files = dicom_files(ct_series(3))
+    assert upload(admin_client, project, files).status_code == 200
+    study = Study.objects.get()
+    before = (study.updated_at, Instance.objects.count(), Series.objects.count())
+    signals.clear()
+    with django_capture_on_commit_callbacks(execute=True):
+        response = upload(admin_client, project, files)
+    assert response.status_code == 200
+    assert (response.data["accepted"], response.data["already_present"]) == (0, 3)
+    study.refresh_from_db()
+    assert (study.updated_at, Instance.objects.count(), Series.objects.count()) == before
+    assert OrthancClient().study_statistics(study.orthanc_id)["CountInstances"] == 3
+    assert signals == []
+
+
+def test_zip_upload_two_series(orthanc, project, admin_client):
+    first = ct_series(3, series_number=1)
+    second = ct_series(2, study_uid=first[0].StudyInstanceUID, series_number=2, modality="PT")
+    archive = zip_bytes(
+        {f"dir/a{i}.dcm": to_bytes(ds) for i, ds in enumerate(first)}
+        | {f"dir/b{i}.dcm": to_bytes(ds) for i, ds in enumerate(second)}
+    )
+    response = upload(admin_client, project, {"study.zip": archive})
+    assert response.status_code == 200, response.data
+    assert response.data["accepted"] == 5
+    study = Study.objects.get()
+    assert study.modalities == ["CT", "PT"]
+    assert sorted(s.number_of_instances for s in study.series.all()) == [2, 3]
+
+
+def test_without_deidentification_uids_are_kept_and_other_projects_refused(
+    orthanc, project, admin_client, users
+):
+    project.deidentify = False
+    project.save()
+    source = ct_series(2, patient_id="MRN-9")
+    assert upload(admin_client, project, dicom_files(source)).status_code == 200
+    study = Study.objects.get()
+    assert study.study_instance_uid == source[0].StudyInstanceUID
+    assert study.patient.patient_id == "MRN-9"
+
+    other = ProjectFactory(deidentify=False)
+    other.memberships.create(user=users["admin"], role="admin")
+    extra = ct_series(1, study_uid=source[0].StudyInstanceUID)
+    response = upload(admin_client, other, dicom_files(extra))
+    assert response.status_code == 400
+    assert "already belongs to another project" in response.data["rejected"][0]["reason"]
+    assert Study.objects.get().project == project
+    assert OrthancClient().study_statistics(study.orthanc_id)["CountInstances"] == 2
+
+
+def test_burned_in_text_goes_to_quarantine(orthanc, project, admin_client, settings, tmp_path):
+    settings.MEDIA_ROOT = tmp_path
+    risky = ct_series(1)[0]
+    risky.BurnedInAnnotation = "YES"
+    response = upload(admin_client, project, {"risky.dcm": to_bytes(risky)})
+    assert response.status_code == 200, response.data
+    assert response.data["quarantined_count"] == 1 and response.data["accepted"] == 0
+    quarantined = QuarantinedFile.objects.get()
+    assert "BurnedInAnnotation" in quarantined.reason
+    stored = Path(tmp_path) / quarantined.stored_path
+    assert stored.read_bytes() == to_bytes(risky)
+    assert stored.parent == Path(tmp_path) / "quarantine" / project.slug
+    assert OrthancClient().studies() == [] and not Study.objects.exists()
+
+    listed = admin_client.get(f"/api/projects/{project.slug}/quarantine")
+    assert listed.status_code == 200
+    assert listed.data["results"][0]["original_name"] == "risky.dcm"
+
+
+def test_orthanc_down_gives_503_and_indexes_nothing(project, admin_client, settings, db):
+    settings.ORTHANC_URL = f"http://127.0.0.1:{free_port()}"
+    response = upload(admin_client, project, dicom_files(ct_series(2)))
+    assert response.status_code == 503
+    assert response.data["code"] == "orthanc_unavailable"
+    assert not Study.objects.exists() and not Patient.objects.exists()
+
+
+def test_cli_ingests_files_folders_and_zips(orthanc, project, tmp_path, capsys):
+    project.deidentify = False
+    project.save()
+    folder_series = ct_series(3)
+    write_series(folder_series, tmp_path / "folder" / "nested")
+    zipped = ct_series(2, study_uid=folder_series[0].StudyInstanceUID, series_number=2)
+    archive = tmp_path / "more.zip"
+    archive.write_bytes(zip_bytes({f"z{i}.dcm": to_bytes(ds) for i, ds in enumerate(zipped)}))
+    single = tmp_path / "single.dcm"
+    single.write_bytes(to_bytes(ct_series(1)[0]))
+
+    call_command(
+        "ingest", str(tmp_path / "folder"), str(archive), str(single), "--project", project.slug
+    )
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["accepted"] == 6 and summary["rejected"] == []
+    assert len(summary["studies"]) == 2
+    assert Study.objects.filter(project=project).count() == 2
+    assert UploadBatch.objects.get().source == "cli"
+
+
+def test_cli_exits_non_zero_and_reports_rejections(orthanc, project, tmp_path, capsys):
+    good = tmp_path / "good.dcm"
+    good.write_bytes(to_bytes(ct_series(1)[0]))
+    bad = tmp_path / "bad.dcm"
+    bad.write_bytes(b"garbage" * 40)
+    with pytest.raises(CommandError) as excinfo:
+        call_command("ingest", str(good), str(bad), "--project", project.slug)
+    assert excinfo.value.returncode == 1
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["accepted"] == 1
+    assert summary["rejected"] == [
+        {"name": str(bad), "reason": "not a DICOM file (no 128-byte preamble and 'DICM' prefix)"}
+    ]
+
+
+@pytest.mark.django_db
+def test_cli_usage_errors(tmp_path, project):
+    with pytest.raises(CommandError, match="no project"):
+        call_command("ingest", str(tmp_path), "--project", "nope")
+    with pytest.raises(CommandError, match="no such file"):
+        call_command("ingest", str(tmp_path / "missing"), "--project", project.slug)
+    with pytest.raises(CommandError, match="no files"):
+        call_command("ingest", str(tmp_path), "--project", project.slug)
