@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from django.db import IntegrityError
-from drf_spectacular.utils import extend_schema
+from django.db import IntegrityError, transaction
+from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import generics, status
 from rest_framework.authtoken.views import ObtainAuthToken
 from rest_framework.exceptions import ValidationError
@@ -26,14 +26,26 @@ from projects.serializers import (
 
 
 class HealthView(APIView):
-    """Database, Redis and Orthanc, each up or down; 503 naming what is down."""
+    """Database, Redis and Orthanc, each up or down; 503 naming what is down.
+
+    `?deep=1` also sends a `health_ping` task through the broker and waits for a Celery
+    worker's answer (component `worker`).
+    """
 
     permission_classes = [AllowAny]
     authentication_classes: list = []
 
-    @extend_schema(responses={200: HealthSerializer, 503: HealthSerializer})
+    @extend_schema(
+        parameters=[
+            OpenApiParameter(
+                "deep", bool, description="Also round-trip a task through a Celery worker."
+            )
+        ],
+        responses={200: HealthSerializer, 503: HealthSerializer},
+    )
     def get(self, request):
-        components = platform_health()
+        deep = request.query_params.get("deep", "").lower() in {"1", "true", "yes"}
+        components = platform_health(deep=deep)
         down = sorted(name for name, health in components.items() if not health.up)
         body = {
             "status": "degraded" if down else "ok",
@@ -54,9 +66,15 @@ class MeView(APIView):
 
     @extend_schema(responses=MeSerializer)
     def get(self, request):
-        projects = {p.slug: sorted(roles_of(request.user, p)) for p in projects_visible_to(request.user)}
+        projects = {
+            p.slug: sorted(roles_of(request.user, p)) for p in projects_visible_to(request.user)
+        }
         return Response(
-            {"username": request.user.username, "is_staff": request.user.is_staff, "projects": projects}
+            {
+                "username": request.user.username,
+                "is_staff": request.user.is_staff,
+                "projects": projects,
+            }
         )
 
 
@@ -99,11 +117,19 @@ class MembershipListView(ProjectScopedMixin, generics.ListCreateAPIView):
     pagination_class = None
 
     def get_queryset(self):
+        if getattr(self, "swagger_fake_view", False):  # schema generation: no request project
+            return Membership.objects.none()
         return Membership.objects.filter(project=self.project).select_related("user")
 
     def perform_create(self, serializer):
+        user = serializer.validated_data["user"]
+        if Membership.objects.filter(project=self.project, user=user).exists():
+            raise ValidationError({"username": "This user is already a member."})
         try:
-            serializer.save(project=self.project)
+            with (
+                transaction.atomic()
+            ):  # a savepoint: a racing duplicate must not poison the request
+                serializer.save(project=self.project)
         except IntegrityError as exc:
             raise ValidationError({"username": "This user is already a member."}) from exc
 
@@ -116,11 +142,13 @@ class MembershipDetailView(ProjectScopedMixin, generics.RetrieveUpdateDestroyAPI
     http_method_names = ["get", "patch", "delete", "head", "options"]
 
     def get_queryset(self):
+        if getattr(self, "swagger_fake_view", False):  # schema generation: no request project
+            return Membership.objects.none()
         return Membership.objects.filter(project=self.project)
 
     def perform_destroy(self, instance: Membership) -> None:
-        remaining_admins = (
-            Membership.objects.filter(project=self.project, role="admin").exclude(pk=instance.pk)
+        remaining_admins = Membership.objects.filter(project=self.project, role="admin").exclude(
+            pk=instance.pk
         )
         if instance.role == "admin" and not remaining_admins.exists():
             raise ValidationError({"detail": "A project must keep at least one admin."})
@@ -129,7 +157,9 @@ class MembershipDetailView(ProjectScopedMixin, generics.RetrieveUpdateDestroyAPI
     def perform_update(self, serializer):
         instance = serializer.instance
         if instance.role == "admin" and serializer.validated_data.get("role") != "admin":
-            others = Membership.objects.filter(project=self.project, role="admin").exclude(pk=instance.pk)
+            others = Membership.objects.filter(project=self.project, role="admin").exclude(
+                pk=instance.pk
+            )
             if not others.exists():
                 raise ValidationError({"role": "A project must keep at least one admin."})
         serializer.save()

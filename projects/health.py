@@ -29,7 +29,7 @@ def _timed(check) -> ComponentHealth:
     started = time.perf_counter()
     try:
         check()
-    except Exception as exc:  # noqa: BLE001 - any failure means "down", reported with its text
+    except Exception as exc:  # any failure means "down", reported with its text
         return ComponentHealth(False, (time.perf_counter() - started) * 1000, f"{exc}"[:300])
     return ComponentHealth(True, (time.perf_counter() - started) * 1000)
 
@@ -56,9 +56,35 @@ def _orthanc() -> None:
         raise ConnectionError(str(exc)) from exc
 
 
-def platform_health() -> dict[str, ComponentHealth]:
-    return {
+def _worker(queue: str, timeout_s: float) -> None:
+    from projects.tasks import health_ping
+
+    result = health_ping.apply_async(queue=queue, expires=timeout_s)
+    try:
+        reply = result.get(timeout=timeout_s)
+    except Exception as exc:  # a timeout here means no worker consumed the queue
+        raise ConnectionError(
+            f"no Celery worker answered on queue {queue!r} within {timeout_s:g} s"
+        ) from exc
+    finally:
+        result.forget()
+    if not (isinstance(reply, dict) and reply.get("pong")):
+        raise ConnectionError(f"unexpected worker reply {reply!r}")
+
+
+def platform_health(*, deep: bool = False) -> dict[str, ComponentHealth]:
+    """Each backing service, up or down. `deep` also round-trips a task through a worker."""
+    components = {
         "database": _timed(_database),
         "redis": _timed(_redis),
         "orthanc": _timed(_orthanc),
     }
+    if deep:
+        from worker.celery import CPU_QUEUE
+
+        timeout_s = settings.HEALTH_WORKER_TIMEOUT_S
+        if components["redis"].up:
+            components["worker"] = _timed(lambda: _worker(CPU_QUEUE, timeout_s))
+        else:
+            components["worker"] = ComponentHealth(False, 0.0, "Redis (the broker) is down")
+    return components

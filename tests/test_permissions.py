@@ -45,7 +45,9 @@ def _api_endpoints():
             continue
         if pattern.name in {"api-schema", "api-docs"}:
             continue
-        view = getattr(pattern.callback, "cls", None) or getattr(pattern.callback, "view_class", None)
+        view = getattr(pattern.callback, "cls", None) or getattr(
+            pattern.callback, "view_class", None
+        )
         methods = {"GET", "POST", "PUT", "PATCH", "DELETE"}
         if view is not None:
             methods = {m for m in methods if hasattr(view, m.lower())}
@@ -78,7 +80,9 @@ def test_permission_table(case: Case, actor: str, project, users, request):
         kwargs = {"project": project.slug, **kwargs}
     url = reverse(case.url_name, kwargs=kwargs)
     client = client_for(None if actor == "anonymous" else users[actor])
-    response = getattr(client, case.method.lower())(url, data=case.data(project), format=case.format)
+    response = getattr(client, case.method.lower())(
+        url, data=case.data(project), format=case.format
+    )
     assert response.status_code == case.expected[actor], (
         f"{case.id} as {actor}: got {response.status_code}, expected {case.expected[actor]}: "
         f"{getattr(response, 'data', b'')!r}"

@@ -15,17 +15,31 @@ def _new_member(project):
 
 CASES = [
     Case("project-list", "GET", table(200, 200, 200, 200, 401), project_scoped=False),
-    Case("project-list", "POST", table(403, 403, 403, 403, 401), project_scoped=False,
-         data=lambda p: {"slug": "new-project", "name": "New"}),
+    Case(
+        "project-list",
+        "POST",
+        table(403, 403, 403, 403, 401),
+        project_scoped=False,
+        data=lambda p: {"slug": "new-project", "name": "New"},
+    ),
     Case("project-detail", "GET", table(200, 200, 200)),
-    Case("project-detail", "PUT", table(200, 403, 403),
-         data=lambda p: {"name": "Renamed", "description": "", "deidentify": True}),
+    Case(
+        "project-detail",
+        "PUT",
+        table(200, 403, 403),
+        data=lambda p: {"name": "Renamed", "description": "", "deidentify": True},
+    ),
     Case("project-detail", "PATCH", table(200, 403, 403), data=lambda p: {"name": "Renamed"}),
     Case("membership-list", "GET", table(200, 200, 200)),
     Case("membership-list", "POST", table(201, 403, 403), data=_new_member),
     Case("membership-detail", "GET", table(200, 403, 403), setup=_membership),
-    Case("membership-detail", "PATCH", table(200, 403, 403), setup=_membership,
-         data=lambda p: {"role": "radiologist"}),
+    Case(
+        "membership-detail",
+        "PATCH",
+        table(200, 403, 403),
+        setup=_membership,
+        data=lambda p: {"role": "radiologist"},
+    ),
     Case("membership-detail", "DELETE", table(204, 403, 403), setup=_membership),
     Case("me", "GET", table(200, 200, 200, 200, 401), project_scoped=False),
 ]

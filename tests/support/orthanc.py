@@ -58,7 +58,9 @@ class OrthancProcess:
                     f"Orthanc exited with {self.process.returncode}; see {self.workdir}/orthanc.log"
                 )
             try:
-                r = requests.get(f"{self.url}/system", auth=(self.username, self.password), timeout=1)
+                r = requests.get(
+                    f"{self.url}/system", auth=(self.username, self.password), timeout=1
+                )
                 if r.ok:
                     return
             except requests.RequestException:

@@ -33,13 +33,17 @@ class Case:
     data: Callable[[Project], Any] = field(default=lambda project: None)
     format: str = "json"
     project_scoped: bool = True
+    # Fixtures the case needs active (e.g. ("orthanc",)), requested by the table test.
+    needs: tuple[str, ...] = ()
 
     @property
     def id(self) -> str:
         return f"{self.method} {self.url_name}"
 
 
-def table(admin: int, radiologist: int, annotator: int, non_member: int = 404, anonymous: int = 401) -> dict[str, int]:
+def table(
+    admin: int, radiologist: int, annotator: int, non_member: int = 404, anonymous: int = 401
+) -> dict[str, int]:
     return {
         "admin": admin,
         "radiologist": radiologist,

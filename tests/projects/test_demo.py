@@ -1,0 +1,106 @@
+"""`manage.py demo`: users per role, a project, a kept password; safe to run again."""
+
+from __future__ import annotations
+
+import io
+
+import pytest
+from django.contrib.auth import get_user_model
+from django.core.management import call_command
+from django.core.management.base import CommandError
+from django.test import Client
+
+from projects.management.commands import demo
+from projects.models import Membership, Project
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture
+def var_dir(settings, tmp_path, monkeypatch):
+    settings.VAR_DIR = tmp_path
+    monkeypatch.delenv("DEMO_PASSWORD", raising=False)
+    return tmp_path
+
+
+def _demo(**options) -> str:
+    out = io.StringIO()
+    call_command("demo", no_data=True, stdout=out, **options)
+    return out.getvalue()
+
+
+def test_creates_users_per_role_and_the_project(var_dir):
+    output = _demo()
+    password = (var_dir / "demo" / "password").read_text().strip()
+    assert password in output
+    assert oct((var_dir / "demo" / "password").stat().st_mode & 0o777) == "0o600"
+    project = Project.objects.get(slug="demo")
+    roles = dict(Membership.objects.filter(project=project).values_list("user__username", "role"))
+    assert roles == {
+        "demo-admin": "admin",
+        "demo-radiologist": "radiologist",
+        "demo-annotator": "annotator",
+    }
+    admin = get_user_model().objects.get(username="admin")
+    assert admin.is_superuser and admin.is_staff and admin.check_password(password)
+    assert "demo-radiologist" in (var_dir / "demo-credentials.txt").read_text()
+
+
+def test_running_again_changes_nothing_and_keeps_the_password(var_dir):
+    _demo()
+    password = (var_dir / "demo" / "password").read_text().strip()
+    user = get_user_model().objects.get(username="demo-annotator")
+    user.set_password("changed-by-someone")
+    user.save()
+    Membership.objects.filter(user=user).update(role="admin")
+    _demo()
+    assert Project.objects.filter(slug="demo").count() == 1
+    assert Membership.objects.filter(project__slug="demo").count() == 3
+    user.refresh_from_db()
+    assert user.check_password(password)  # reset to the demo password
+    assert Membership.objects.get(user=user).role == "annotator"  # role restored
+
+
+def test_demo_user_can_log_in_and_sees_the_demo_project(var_dir):
+    _demo(password="a-long-demo-password")
+    browser = Client()
+    assert browser.login(username="demo-radiologist", password="a-long-demo-password")
+    home = browser.get("/")
+    assert home.status_code == 200 and "demo" in home.content.decode()
+
+
+def test_password_from_the_environment(var_dir, monkeypatch):
+    monkeypatch.setenv("DEMO_PASSWORD", "from-the-environment")
+    _demo()
+    assert (
+        get_user_model().objects.get(username="demo-admin").check_password("from-the-environment")
+    )
+
+
+def test_too_short_password_is_refused(var_dir):
+    with pytest.raises(CommandError, match="at least 12"):
+        _demo(password="short")
+    assert not Project.objects.filter(slug="demo").exists()
+
+
+def test_missing_optional_steps_are_reported_as_skipped(var_dir, monkeypatch):
+    monkeypatch.setattr(
+        demo,
+        "MODEL_STEPS",
+        [("imaginary model", "ai_engine.no_such_module", [["x", "--out", "{out}"]])],
+    )
+    out = io.StringIO()
+    command = demo.Command(stdout=out)
+    command._models(var_dir)
+    assert "skipped imaginary model: ai_engine.no_such_module does not exist yet" in out.getvalue()
+
+
+def test_a_failing_step_is_reported_with_its_error(var_dir, monkeypatch):
+    monkeypatch.setattr(
+        demo,
+        "MODEL_STEPS",
+        [("broken model", "ai_engine", [["ai_engine", "no-such-group", "--out", "{out}/m"]])],
+    )
+    out = io.StringIO()
+    demo.Command(stdout=out)._models(var_dir)
+    assert "skipped broken model: exit 2" in out.getvalue()
