@@ -12,6 +12,7 @@ from collections.abc import Callable
 from typing import Any
 
 from celery import Celery
+from celery.utils.imports import gen_task_name
 from kombu import Queue
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
@@ -24,6 +25,18 @@ CPU_QUEUE = "cpu"
 
 app.conf.task_queues = (Queue(GPU_QUEUE), Queue(CPU_QUEUE))
 app.conf.task_default_queue = CPU_QUEUE
+
+# Queue of each platform task, filled by `platform_task` and read by the router (Celery 6
+# drops the per-task `queue` attribute; routing is the supported way).
+TASK_QUEUES: dict[str, str] = {}
+
+
+def route_platform_task(name, args, kwargs, options, task=None, **kw):
+    queue = TASK_QUEUES.get(name)
+    return {"queue": queue} if queue else None
+
+
+app.conf.task_routes = (route_platform_task,)
 # One task at a time per worker process: AI tasks are long and memory-hungry.
 app.conf.worker_prefetch_multiplier = 1
 app.conf.task_acks_late = True
@@ -64,17 +77,22 @@ def platform_task(
         raise ValueError(
             f"hard_time_limit_s={hard} must stay below the broker visibility timeout {visibility}"
         )
-    return app.task(
-        bind=True,
-        queue=queue,
-        acks_late=True,
-        reject_on_worker_lost=True,
-        time_limit=hard,
-        soft_time_limit=int(hard * 0.9),
-        autoretry_for=autoretry_for,
-        retry_backoff=True,
-        retry_backoff_max=retry_backoff_max_s,
-        retry_jitter=True,
-        max_retries=max_retries,
-        **options,
-    )
+
+    def decorate(fn: Callable) -> Any:
+        name = options.get("name") or gen_task_name(app, fn.__name__, fn.__module__)
+        TASK_QUEUES[name] = queue
+        return app.task(
+            bind=True,
+            acks_late=True,
+            reject_on_worker_lost=True,
+            time_limit=hard,
+            soft_time_limit=int(hard * 0.9),
+            autoretry_for=autoretry_for,
+            retry_backoff=True,
+            retry_backoff_max=retry_backoff_max_s,
+            retry_jitter=True,
+            max_retries=max_retries,
+            **options,
+        )(fn)
+
+    return decorate
