@@ -1,0 +1,1 @@
+"""Data: phantom generators (`phantoms`), datalists (`datalist`), the phantoms CLI."""
