@@ -142,6 +142,7 @@ SPECTACULAR_SETTINGS = {
     "DESCRIPTION": "Projects, studies in Orthanc, annotations, AI findings, feedback, models and jobs.",
     "VERSION": "0.1.0",
     "SERVE_INCLUDE_SCHEMA": False,
+    "PREPROCESSING_HOOKS": ["config.schema.exclude_dicomweb"],
     # Swagger UI served from our own static files: no CDN.
     "SWAGGER_UI_DIST": "SIDECAR",
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",

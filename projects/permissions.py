@@ -83,4 +83,6 @@ class ProjectScopedMixin:
 
     permission_classes = [ProjectRolePermission]
     project_roles: Mapping[str, frozenset[str]] = MEMBERS_READ_ADMIN_WRITE
-    project: Project
+    # Set by ProjectRolePermission before any handler runs. None only where no request
+    # was authorized (OpenAPI schema generation): querysets filtered by it are then empty.
+    project: Project | None = None
