@@ -1,6 +1,7 @@
 """Ingest throughput: the platform's ingest vs raw STOW-RS, side by side on the same files.
 
     .venv/bin/python bench/bench_ingest.py [--series 3] [--slices 64] [--size 256] [--repeats 3]
+    .venv/bin/python bench/bench_ingest.py --profile   # one platform ingest under cProfile
 
 Self-contained: writes phantom chest CT series (ai_engine.data.phantoms) into a temporary
 folder, starts its own Orthanc (tests.support.orthanc.make_orthanc) and uses a temporary
@@ -54,6 +55,9 @@ def main() -> None:
     parser.add_argument("--slices", type=int, default=64)
     parser.add_argument("--size", type=int, default=256)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument(
+        "--profile", action="store_true", help="run one platform ingest under cProfile instead"
+    )
     args = parser.parse_args()
 
     workdir = Path(tempfile.mkdtemp(prefix="bench-ingest-"))
@@ -98,6 +102,21 @@ def main() -> None:
 
         Study.objects.all().delete()
         Patient.objects.all().delete()
+
+    if args.profile:
+        import cProfile
+        import pstats
+
+        try:
+            reset()
+            platform()  # warm up (imports, connections)
+            reset()
+            profiler = cProfile.Profile()
+            profiler.runcall(platform)
+        finally:
+            orthanc.stop()
+        pstats.Stats(profiler).sort_stats("cumulative").print_stats(40)
+        return
 
     timings: dict[str, list[float]] = {"raw STOW-RS": [], "platform ingest": []}
     try:

@@ -13,14 +13,15 @@ Public API: :func:`deidentify`, :func:`uid_map`, :func:`burned_in_text_risk`,
 from __future__ import annotations
 
 import copy
+import datetime
 import hashlib
 import hmac
 import re
 from dataclasses import dataclass
 
-from pydicom import Dataset
+from pydicom import Dataset, config
 from pydicom.datadict import dictionary_VR
-from pydicom.dataelem import DataElement, empty_value_for_VR
+from pydicom.dataelem import DataElement, RawDataElement, empty_value_for_VR
 from pydicom.dataset import FileMetaDataset
 from pydicom.multival import MultiValue
 from pydicom.sequence import Sequence
@@ -47,8 +48,10 @@ from imaging.exceptions import ImagingError
 __all__ = [
     "BASIC_PROFILE_CODE",
     "DEIDENTIFICATION_METHOD",
+    "MODIFIED_DATES_CODE",
     "DeidentificationError",
     "burned_in_text_risk",
+    "date_shift_days",
     "deidentify",
     "resolve_action",
     "uid_map",
@@ -148,7 +151,23 @@ _REGISTRY_UID_KEYWORDS = frozenset(
     }
 )
 
+#: CID 7050 code for the Retain Longitudinal Temporal Information with Modified Dates
+#: Option (PS3.15 E.3.6), recorded when dates are shifted.
+MODIFIED_DATES_CODE: tuple[str, str, str] = (
+    "113107",
+    "DCM",
+    "Retain Longitudinal Temporal Information Modified Dates Option",
+)
+#: Bounds of the per-patient date shift, in days (dates move back by 1..3650 days).
+DATE_SHIFT_MAX_DAYS = 3650
+_DATE_VRS = frozenset({"DA", "DT"})
+#: Stays empty even with shifted dates: a birth date gives the age, which identifies.
+_TAG_PATIENT_BIRTH_DATE = Tag("PatientBirthDate")
+#: Table E.1-1 actions resolved once per tag: (plain element, sequence).
+_RESOLVED_ACTIONS: dict[int, tuple[str, str]] = {}
 _TAG_PATIENT_NAME = Tag("PatientName")
+_TAG_PATIENT_IDENTITY_REMOVED = Tag("PatientIdentityRemoved")
+_TAG_LTI_MODIFIED = Tag("LongitudinalTemporalInformationModified")
 _TAG_PATIENT_ID = Tag("PatientID")
 _PREFIX_RE = re.compile(r"^[A-Za-z0-9_-]{1,32}$")
 
@@ -204,9 +223,19 @@ def resolve_action(action: str, *, is_sequence: bool) -> str:
     return {"X/Z": "Z", "X/D": "D", "Z/D": "D", "X/Z/D": "D", "X/Z/U*": "Z"}.get(action, action)
 
 
+_RESOLVED_ACTIONS.update(
+    {
+        tag: (resolve_action(action, is_sequence=False), resolve_action(action, is_sequence=True))
+        for tag, action in BASIC_PROFILE_ACTIONS.items()
+    }
+)
+
+
 @dataclass(frozen=True)
 class _Context:
     uid_secret: str
+    #: Days every date moves back (Modified Dates Option); 0 when the option is off.
+    shift_days: int = 0
 
 
 # Clean Descriptors Option (PS3.15 E.3.5), restricted to descriptors the AI and worklist
@@ -244,6 +273,7 @@ def deidentify(
     uid_secret: str,
     patient_id_prefix: str = "ANON",
     clean_descriptors: bool = True,
+    shift_dates: bool = True,
 ) -> Dataset:
     """Return a de-identified copy of ``ds`` (the input is never modified).
 
@@ -263,7 +293,19 @@ def deidentify(
     fixed vocabulary survive (e.g. "T1c", "FLAIR", "AXIAL", "CHEST"), so MRI sequences can
     still be identified after de-identification; the option is recorded (113105).
 
-    It does not look at pixel data: call :func:`burned_in_text_risk` first.
+    With ``shift_dates`` (the default) the Retain Longitudinal Temporal Information with
+    Modified Dates Option is applied: every DA value and the date part of every DT value
+    (those the profile would empty or dummy, those it keeps, and those in cleaned
+    sequences) moves back by :func:`date_shift_days` of the source PatientID, the same
+    for all of a patient's studies in a project, so intervals between them survive. Times
+    of day (TM, the time part of DT) are kept. PatientBirthDate stays empty and
+    attributes the profile removes stay removed. A date that cannot be parsed gets the
+    profile's own action. The option is recorded (113107) and
+    LongitudinalTemporalInformationModified is set to MODIFIED.
+
+    It does not look at pixel data: call :func:`burned_in_text_risk` first. Pixel Data
+    and other values the profile keeps are shared with the input, not copied (their
+    bytes are immutable); elements that change are new objects.
 
     Raises:
         DeidentificationError: the dataset has no SOPInstanceUID or no SOP Class, or an
@@ -310,10 +352,12 @@ def deidentify(
             if cleaned:
                 descriptors[keyword] = cleaned
 
-    out = copy.deepcopy(ds)
+    ctx = _Context(
+        uid_secret=uid_secret,
+        shift_days=_shift_days_for(pseudonym_source, uid_secret) if shift_dates else 0,
+    )
     try:
-        out.remove_private_tags()
-        _clean(out, _Context(uid_secret=uid_secret), dummy_subtree=False, keep_codes=False)
+        out = _clean_copy(ds, ctx, dummy_subtree=False, keep_codes=False)
     except DeidentificationError:
         raise
     except Exception as exc:
@@ -323,15 +367,18 @@ def deidentify(
             f"The file could not be de-identified because an element is malformed: {exc}"
         ) from exc
 
-    out.PatientID = f"{patient_id_prefix}-{pseudonym}"
-    out.PatientName = f"{patient_id_prefix}^{pseudonym}"
+    out[_TAG_PATIENT_ID] = _element(_TAG_PATIENT_ID, "LO", f"{patient_id_prefix}-{pseudonym}")
+    out[_TAG_PATIENT_NAME] = _element(_TAG_PATIENT_NAME, "PN", f"{patient_id_prefix}^{pseudonym}")
     out.SOPClassUID = sop_class_uid
-    out.PatientIdentityRemoved = "YES"
+    out[_TAG_PATIENT_IDENTITY_REMOVED] = _element(_TAG_PATIENT_IDENTITY_REMOVED, "CS", "YES")
     _record_method(out)
     if clean_descriptors:
         for keyword, value in descriptors.items():
             setattr(out, keyword, value)
         _record_code(out, CLEAN_DESCRIPTORS_CODE)
+    if shift_dates:
+        out[_TAG_LTI_MODIFIED] = _element(_TAG_LTI_MODIFIED, "CS", "MODIFIED")
+        _record_code(out, MODIFIED_DATES_CODE)
 
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = UID(str(sop_class_uid))
@@ -354,66 +401,215 @@ def _is_repeating_group_removed(tag: BaseTag) -> bool:
     return tag.group % 2 == 0 and (tag.group & 0xFF00) in (CURVE_GROUP_BASE, OVERLAY_GROUP_BASE)
 
 
-def _clean(ds: Dataset, ctx: _Context, *, dummy_subtree: bool, keep_codes: bool) -> None:
-    """Apply the profile to ``ds`` in place, recursing into sequence items.
+def date_shift_days(patient_id: str, *, uid_secret: str, study_instance_uid: str = "") -> int:
+    """Days (1..3650) that the Modified Dates Option moves a patient's dates back.
+
+    Derived from HMAC-SHA256(uid_secret, "date-shift:PatientID=<id>"): the same patient
+    gets the same shift within a project (intervals between studies survive), another
+    project gets an unrelated one, and the shift cannot be learned without the secret.
+    When ``patient_id`` is blank it is derived from ``study_instance_uid`` instead, as
+    the pseudonym is (unrelated studies without an ID do not share a shift).
+    """
+    if not uid_secret:
+        raise ValueError("uid_secret must be a non-empty string")
+    patient_id = str(patient_id or "").strip()
+    source = (
+        f"PatientID={patient_id}"
+        if patient_id
+        else f"Study={str(study_instance_uid or '').strip(chr(0) + ' ')}"
+    )
+    return _shift_days_for(source, uid_secret)
+
+
+def _shift_days_for(pseudonym_source: str, uid_secret: str) -> int:
+    mac = hmac.new(
+        uid_secret.encode("utf-8"), f"date-shift:{pseudonym_source}".encode(), hashlib.sha256
+    )
+    return 1 + int.from_bytes(mac.digest()[:8], "big") % DATE_SHIFT_MAX_DAYS
+
+
+def _shift_date(text: str, days: int) -> str | None:
+    """``YYYYMMDD`` moved back by ``days``; None when ``text`` is not such a date."""
+    if len(text) != 8 or not text.isdigit():
+        return None
+    try:
+        day = datetime.date(int(text[:4]), int(text[4:6]), int(text[6:]))
+        day -= datetime.timedelta(days=days)
+    except (ValueError, OverflowError):
+        return None
+    return f"{day.year:04d}{day.month:02d}{day.day:02d}"
+
+
+def _shifted_value(value: object, vr: str, days: int) -> object | None:
+    """A DA/DT value (or each of a multi-value) with its date moved back by ``days``.
+
+    DT keeps everything after the date (time, fraction, UTC offset). Empty values stay
+    empty; None when any value is not a full date (the caller then applies the profile).
+    """
+    values = list(value) if isinstance(value, MultiValue | list | tuple) else [value]
+    out = []
+    for item in values:
+        text = str(item if item is not None else "").strip()
+        if not text:
+            out.append("")
+            continue
+        head, rest = (text, "") if vr == "DA" else (text[:8], text[8:])
+        shifted = _shift_date(head, days)
+        if shifted is None:
+            return None
+        out.append(shifted + rest)
+    return out if len(out) != 1 else out[0]
+
+
+#: Dataset attributes describing how it was read (encoding, character set): copied to a
+#: de-identified dataset so its unchanged raw elements are written back byte for byte.
+_ENCODING_ATTRIBUTES = (
+    "_parent_encoding",
+    "_read_little",
+    "_read_implicit",
+    "_read_charset",
+    "_is_little_endian",
+    "_is_implicit_VR",
+    "is_undefined_length_sequence_item",
+)
+
+
+def _element(tag: BaseTag | int, vr: str, value: object) -> DataElement:
+    """A new element for a value this module made (mapped UID, dummy, shifted date):
+    pydicom's per-value regex validation is skipped, it costs more than the rest of
+    de-identification and these values are valid by construction."""
+    return DataElement(tag, vr, value, validation_mode=config.IGNORE)
+
+
+def _new_like(src: Dataset) -> Dataset:
+    """An empty Dataset with the encoding state of ``src`` (not its elements)."""
+    out = Dataset()
+    state = src.__dict__
+    for name in _ENCODING_ATTRIBUTES:
+        if name in state:
+            out.__dict__[name] = state[name]
+    return out
+
+
+def _shared(elem: DataElement | RawDataElement) -> DataElement | RawDataElement:
+    """An element to put in the output unchanged without tying it to the input.
+
+    Raw (not yet parsed) elements are immutable and shared as they are, so kept values,
+    Pixel Data above all, are neither parsed nor copied. A parsed element is copied
+    (shallow: its str/bytes/number value is immutable; multi-values are copied).
+    """
+    if isinstance(elem, RawDataElement):
+        return elem
+    if isinstance(elem.value, MultiValue | list):
+        return copy.deepcopy(elem)
+    return copy.copy(elem)
+
+
+def _clean_copy(src: Dataset, ctx: _Context, *, dummy_subtree: bool, keep_codes: bool) -> Dataset:
+    """Apply the profile to ``src``: a new Dataset, recursing into sequence items.
+
+    ``src`` is not changed (beyond pydicom parsing an element on access). Attributes the
+    profile keeps are shared (see :func:`_shared`); only sequences, UIDs, dates and the
+    attributes the table names are looked at.
 
     ``dummy_subtree`` is set inside a sequence whose action is D: there every free-text,
     name, date and time value is replaced by a dummy (``keep_codes`` spares coded
-    entries inside SR content and graphic annotations).
+    entries inside SR content and graphic annotations); with the Modified Dates Option
+    dates there are shifted and times kept instead.
     """
-    for tag in list(ds.keys()):
-        elem = ds[tag]
+    out = _new_like(src)
+    shift = ctx.shift_days
+    for tag in list(src.keys()):
         if tag.is_private or _is_repeating_group_removed(tag):
-            del ds[tag]
             continue
-        vr = _effective_vr(elem)
+        raw = src.get_item(tag)
+        vr = _effective_vr(raw)
         is_sequence = vr == "SQ"
-        action = BASIC_PROFILE_ACTIONS.get(int(tag))
-        if action is None:
+        actions = _RESOLVED_ACTIONS.get(tag)
+        if actions is None:
             if is_sequence:
-                for item in elem.value:
-                    _clean(item, ctx, dummy_subtree=dummy_subtree, keep_codes=keep_codes)
+                out[tag] = _sequence_copy(src[tag], ctx, dummy_subtree, keep_codes)
             elif vr == "UI":
-                if not _is_registry_uid_element(elem):
-                    elem.value = _map_uid_value(elem.value, ctx)
-            elif (
-                dummy_subtree
-                and vr in _FREE_TEXT_VRS
-                and not elem.is_empty
-                and not (keep_codes and elem.keyword in _CODED_ENTRY_KEYWORDS)
-            ):
-                ds[tag] = DataElement(tag, vr, _DUMMY_BY_VR[vr])
+                elem = src[tag]
+                if _is_registry_uid_element(elem):
+                    out[tag] = _shared(elem)
+                else:
+                    out[tag] = _element(tag, vr, _map_uid_value(elem.value, ctx))
+            elif shift and vr in _DATE_VRS:
+                elem = src[tag]
+                shifted = None if elem.is_empty else _shifted_value(elem.value, vr, shift)
+                if shifted is not None:
+                    out[tag] = _element(tag, vr, shifted)
+                elif elem.is_empty:
+                    out[tag] = _shared(elem)
+                else:  # not a date: it could only leak the real one
+                    value = _DUMMY_BY_VR[vr] if dummy_subtree else empty_value_for_VR(vr)
+                    out[tag] = _element(tag, vr, value)
+            elif dummy_subtree and vr in _FREE_TEXT_VRS and not (shift and vr == "TM"):
+                elem = src[tag]
+                if not elem.is_empty and not (keep_codes and elem.keyword in _CODED_ENTRY_KEYWORDS):
+                    out[tag] = _element(tag, vr, _DUMMY_BY_VR[vr])
+                else:
+                    out[tag] = _shared(elem)
+            else:
+                out[tag] = _shared(raw)
             continue
 
-        resolved = resolve_action(action, is_sequence=is_sequence)
+        resolved = actions[1] if is_sequence else actions[0]
         if resolved == "X":
-            del ds[tag]
-        elif resolved == "Z":
-            ds[tag] = DataElement(tag, vr, empty_value_for_VR(vr))
+            continue
+        if shift and resolved in ("Z", "D") and not is_sequence:
+            if vr in _DATE_VRS and tag != _TAG_PATIENT_BIRTH_DATE:
+                elem = src[tag]
+                shifted = None if elem.is_empty else _shifted_value(elem.value, vr, shift)
+                if shifted is not None:
+                    out[tag] = _element(tag, vr, shifted)
+                    continue
+            elif vr == "TM":  # the time of day survives a shift by whole days
+                out[tag] = _shared(raw)
+                continue
+        if resolved == "Z":
+            out[tag] = _element(tag, vr, empty_value_for_VR(vr))
         elif resolved == "D":
             if is_sequence:
                 codes = keep_codes or tag in _CODED_CONTENT_SEQUENCES
-                for item in elem.value:
-                    _clean(item, ctx, dummy_subtree=True, keep_codes=codes)
+                out[tag] = _sequence_copy(src[tag], ctx, True, codes)
             else:
-                ds[tag] = DataElement(tag, vr, _DUMMY_BY_VR.get(vr, _DUMMY_TEXT))
+                out[tag] = _element(tag, vr, _DUMMY_BY_VR.get(vr, _DUMMY_TEXT))
         elif resolved == "U":
-            if not elem.is_empty:
-                elem.value = _map_uid_value(elem.value, ctx)
+            elem = src[tag]
+            if elem.is_empty:
+                out[tag] = _shared(elem)
+            else:
+                out[tag] = _element(tag, vr, _map_uid_value(elem.value, ctx))
         elif resolved == "U*":
-            for item in elem.value:
-                _clean(item, ctx, dummy_subtree=dummy_subtree, keep_codes=keep_codes)
+            out[tag] = _sequence_copy(src[tag], ctx, dummy_subtree, keep_codes)
         else:  # pragma: no cover - the table holds only the actions handled above
-            raise DeidentificationError(f"Unknown profile action {action!r} for {tag}")
+            raise DeidentificationError(f"Unknown profile action {resolved!r} for {tag}")
+    return out
 
 
-def _effective_vr(elem: DataElement) -> str:
-    """The element's VR, taking the dictionary VR where the file gave UN or none."""
-    if elem.VR in ("UN", "") or " or " in elem.VR:
+def _sequence_copy(
+    elem: DataElement, ctx: _Context, dummy_subtree: bool, keep_codes: bool
+) -> DataElement:
+    """A new SQ element whose items are the cleaned copies of ``elem``'s items."""
+    items = [
+        _clean_copy(item, ctx, dummy_subtree=dummy_subtree, keep_codes=keep_codes)
+        for item in elem.value
+    ]
+    new = _element(elem.tag, "SQ", Sequence(items))
+    new.is_undefined_length = elem.is_undefined_length
+    return new
+
+
+def _effective_vr(elem: DataElement | RawDataElement) -> str:
+    """The element's VR, taking the dictionary VR where the file gave UN or none
+    (implicit VR raw elements have none)."""
+    if not elem.VR or elem.VR == "UN" or " or " in elem.VR:
         try:
             vr = dictionary_VR(elem.tag)
         except KeyError:
-            return elem.VR
+            return elem.VR or "UN"
         return vr.split(" or ")[0]
     return elem.VR
 
@@ -453,6 +649,9 @@ def _record_method(out: Dataset) -> None:
     _record_code(out, BASIC_PROFILE_CODE)
 
 
+_CODE_TAGS = {k: Tag(k) for k in ("CodeValue", "CodingSchemeDesignator", "CodeMeaning")}
+
+
 def _record_code(out: Dataset, code: tuple[str, str, str]) -> None:
     """Add `code` to DeidentificationMethodCodeSequence unless it is there already."""
     code_value, scheme, meaning = code
@@ -462,9 +661,12 @@ def _record_code(out: Dataset, code: tuple[str, str, str]) -> None:
         for item in items
     ):
         item = Dataset()
-        item.CodeValue = code_value
-        item.CodingSchemeDesignator = scheme
-        item.CodeMeaning = meaning
+        for keyword, vr, value in (
+            ("CodeValue", "SH", code_value),
+            ("CodingSchemeDesignator", "SH", scheme),
+            ("CodeMeaning", "LO", meaning),
+        ):
+            item[_CODE_TAGS[keyword]] = _element(_CODE_TAGS[keyword], vr, value)
         items.append(item)
     out.DeidentificationMethodCodeSequence = Sequence(items)
 

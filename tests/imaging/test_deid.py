@@ -9,6 +9,7 @@ sequences that reference each other.
 from __future__ import annotations
 
 import copy
+import datetime
 import io
 import re
 from collections import Counter
@@ -30,9 +31,11 @@ from imaging.deid import (
     CLEAN_DESCRIPTOR_KEYWORDS,
     CLEAN_DESCRIPTORS_CODE,
     DEIDENTIFICATION_METHOD,
+    MODIFIED_DATES_CODE,
     DeidentificationError,
     burned_in_text_risk,
     clean_descriptor,
+    date_shift_days,
     deidentify,
     resolve_action,
     uid_map,
@@ -104,6 +107,7 @@ ADDED_AT_TOP = {
     "PatientName",
     "PatientID",
     "SOPClassUID",
+    "LongitudinalTemporalInformationModified",
 }
 
 
@@ -323,8 +327,14 @@ def _check_item(
     top: bool,
     dummy_subtree: bool,
     keep_codes: bool,
+    shift: int | None = None,
 ) -> None:
-    """Assert the action of every attribute of ``original`` on ``output``, recursively."""
+    """Assert the action of every attribute of ``original`` on ``output``, recursively.
+
+    ``shift``: the patient's date shift when the Modified Dates Option is on (dates the
+    profile empties, dummies or keeps must be moved back by exactly that many days, times
+    kept); None checks the plain Basic Profile.
+    """
     for elem in original:
         tag = elem.tag
         name = elem.keyword or str(tag)
@@ -349,7 +359,14 @@ def _check_item(
         vr = elem.VR if elem.VR not in ("UN",) else get_entry(tag)[0]
         action = BASIC_PROFILE_ACTIONS.get(int(tag))
         if action is None:
-            _check_unlisted(elem, output, seen, dummy_subtree=dummy_subtree, keep_codes=keep_codes)
+            _check_unlisted(
+                elem,
+                output,
+                seen,
+                dummy_subtree=dummy_subtree,
+                keep_codes=keep_codes,
+                shift=shift,
+            )
             continue
         seen[action] += 1
         is_sequence = vr == "SQ"
@@ -360,6 +377,19 @@ def _check_item(
             continue
         assert tag in output, f"{name} ({action}) should be present"
         new = output[tag]
+        if shift is not None and not is_sequence and resolved in ("Z", "D"):
+            if vr in ("DA", "DT") and elem.keyword != "PatientBirthDate":
+                expected = None if _is_empty(elem) else _expected_shift(elem.value, vr, shift)
+                if expected is not None:  # else (empty, not a date) the profile's action
+                    assert _values(new.value) == _values(expected), (
+                        f"{name} {elem.value!r} should move back {shift} days, is {new.value!r}"
+                    )
+                    seen["date-shifted"] += 1
+                    continue
+            elif vr == "TM":
+                assert new.value == elem.value, f"{name}: times are kept with shifted dates"
+                seen["time-kept"] += 1
+                continue
         if resolved == "Z":
             assert _is_empty(new), f"{name} ({action}) should be empty, is {new.value!r}"
         elif resolved == "D" and not is_sequence:
@@ -370,7 +400,13 @@ def _check_item(
             codes = keep_codes or elem.keyword in ("ContentSequence", "GraphicAnnotationSequence")
             for old_item, new_item in zip(elem.value, new.value, strict=True):
                 _check_item(
-                    old_item, new_item, seen, top=False, dummy_subtree=True, keep_codes=codes
+                    old_item,
+                    new_item,
+                    seen,
+                    top=False,
+                    dummy_subtree=True,
+                    keep_codes=codes,
+                    shift=shift,
                 )
         elif resolved == "U":
             expected = [uid_map(v, uid_secret=SECRET) if v else "" for v in _values(elem.value)]
@@ -385,13 +421,20 @@ def _check_item(
                     top=False,
                     dummy_subtree=dummy_subtree,
                     keep_codes=keep_codes,
+                    shift=shift,
                 )
         else:  # pragma: no cover
             pytest.fail(f"unexpected action {resolved}")
 
 
 def _check_unlisted(
-    elem: DataElement, output: Dataset, seen: Counter, *, dummy_subtree: bool, keep_codes: bool
+    elem: DataElement,
+    output: Dataset,
+    seen: Counter,
+    *,
+    dummy_subtree: bool,
+    keep_codes: bool,
+    shift: int | None = None,
 ) -> None:
     """Attributes the table does not name: kept (K), except instance UIDs and D subtrees."""
     tag = elem.tag
@@ -407,6 +450,7 @@ def _check_unlisted(
                 top=False,
                 dummy_subtree=dummy_subtree,
                 keep_codes=keep_codes,
+                shift=shift,
             )
         return
     if elem.VR == "UI" and not _is_empty(elem):
@@ -421,6 +465,18 @@ def _check_unlisted(
             assert _values(new.value) == expected, f"instance UID {elem.keyword} not mapped"
             seen["U-unlisted"] += 1
         return
+    if shift is not None and elem.VR in ("DA", "DT") and not _is_empty(elem):
+        expected = _expected_shift(elem.value, elem.VR, shift)
+        if expected is None:  # not a date: emptied (or a dummy in a D subtree)
+            assert _is_empty(new) or str(new.value) in DUMMIES, elem.keyword
+        else:
+            assert _values(new.value) == _values(expected), f"{elem.keyword} not shifted"
+            seen["date-shifted-K"] += 1
+        return
+    if shift is not None and dummy_subtree and elem.VR == "TM":
+        assert new.value == elem.value, f"{elem.keyword}: times are kept with shifted dates"
+        seen["time-kept"] += 1
+        return
     if (
         dummy_subtree
         and elem.VR in FREE_TEXT_VRS
@@ -432,6 +488,34 @@ def _check_unlisted(
         return
     assert new.value == elem.value, f"{elem.keyword or tag} should be kept"
     seen["K"] += 1
+
+
+def _expected_shift(value, vr: str, days: int):
+    """``value`` (DA or DT, possibly multi-valued) with its dates ``days`` earlier, or None
+    when a value has no full YYYYMMDD date."""
+    out = []
+    for item in _values(value):
+        text = str(item).strip()
+        if not text:
+            out.append("")
+            continue
+        if not re.fullmatch(r"\d{8}", text[:8]) or (vr == "DA" and len(text) != 8):
+            return None
+        try:
+            day = datetime.date(int(text[:4]), int(text[4:6]), int(text[6:8]))
+        except ValueError:
+            return None
+        moved = day - datetime.timedelta(days=days)
+        out.append(f"{moved.year:04d}{moved.month:02d}{moved.day:02d}" + text[8:])
+    return out[0] if len(out) == 1 else out
+
+
+def _shift_of(ds: Dataset, secret: str = SECRET) -> int:
+    return date_shift_days(
+        str(ds.get("PatientID", "") or ""),
+        uid_secret=secret,
+        study_instance_uid=str(ds.get("StudyInstanceUID", "") or ""),
+    )
 
 
 def _is_registry_keyword(keyword: str) -> bool:
@@ -449,10 +533,11 @@ def _write(ds: Dataset) -> bytes:
     return buffer.getvalue()
 
 
-def _leak_candidates(ds: Dataset) -> set[str]:
+def _leak_candidates(ds: Dataset, *, shifted_dates: bool = False) -> set[str]:
     """Identifying strings of ``ds``: values of attributes the table removes, empties or
     dummies, and every instance UID, minus values that also sit in attributes the
-    profile keeps (those are legitimately still there)."""
+    profile keeps (those are legitimately still there). With ``shifted_dates`` every
+    real date is identifying (all of them move) and times are kept."""
     identifying: set[str] = set()
     kept: set[str] = set()
 
@@ -468,6 +553,12 @@ def _leak_candidates(ds: Dataset) -> set[str]:
             )
             if not registry:
                 identifying.update(values)
+            return
+        if shifted_dates and elem.VR == "TM":
+            kept.update(values)
+            return
+        if shifted_dates and elem.VR in ("DA", "DT"):
+            identifying.update(values)
             return
         if dataset is ds and elem.keyword in CLEAN_DESCRIPTOR_KEYWORDS:
             identifying.update(values)
@@ -487,12 +578,16 @@ def _leak_candidates(ds: Dataset) -> set[str]:
 
 
 @pytest.mark.filterwarnings("ignore:Invalid value for VR UI")  # rtdose_rle_1frame.dcm's own UID
-def test_profile_applied_to_every_input(identifying_pair, phantom_pair) -> None:
+@pytest.mark.parametrize("shift_dates", [False, True], ids=["basic", "modified-dates"])
+def test_profile_applied_to_every_input(identifying_pair, phantom_pair, shift_dates) -> None:
     seen: Counter = Counter()
     for name, original in _all_inputs(identifying_pair, phantom_pair):
         before = copy.deepcopy(original)
         preamble_before = getattr(original, "preamble", None)
-        output = deidentify(original, uid_secret=SECRET, patient_id_prefix=PREFIX)
+        output = deidentify(
+            original, uid_secret=SECRET, patient_id_prefix=PREFIX, shift_dates=shift_dates
+        )
+        shift = _shift_of(original) if shift_dates else None
 
         # (f) the input is untouched
         assert original == before, name
@@ -500,7 +595,15 @@ def test_profile_applied_to_every_input(identifying_pair, phantom_pair) -> None:
         assert getattr(original, "preamble", None) == preamble_before
 
         # (a) every attribute against its action, recursively
-        _check_item(original, output, seen, top=True, dummy_subtree=False, keep_codes=False)
+        _check_item(
+            original,
+            output,
+            seen,
+            top=True,
+            dummy_subtree=False,
+            keep_codes=False,
+            shift=shift,
+        )
 
         # identity attributes and the record of the method
         pseudonym = output.PatientID.removeprefix(f"{PREFIX}-")
@@ -513,6 +616,9 @@ def test_profile_applied_to_every_input(identifying_pair, phantom_pair) -> None:
             for i in output.DeidentificationMethodCodeSequence
         ]
         assert BASIC_PROFILE_CODE in codes
+        assert (MODIFIED_DATES_CODE in codes) == shift_dates
+        if shift_dates:
+            assert output.LongitudinalTemporalInformationModified == "MODIFIED"
 
         # (b) no private attribute anywhere
         privates = [e.tag for e in output.iterall() if e.tag.is_private]
@@ -530,7 +636,11 @@ def test_profile_applied_to_every_input(identifying_pair, phantom_pair) -> None:
             assert back.PixelData == original.PixelData, name
 
         # no identifying string or source instance UID anywhere in the written file
-        leaks = [v for v in _leak_candidates(original) if v.encode("latin-1", "ignore") in data]
+        leaks = [
+            v
+            for v in _leak_candidates(original, shifted_dates=shift_dates)
+            if v.encode("latin-1", "ignore") in data
+        ]
         assert leaks == [], f"{name} leaks {leaks}"
 
     # the inputs exercise every kind of action of the table, so the checks above are real
@@ -538,12 +648,16 @@ def test_profile_applied_to_every_input(identifying_pair, phantom_pair) -> None:
         assert seen[action] > 0, f"no input exercised action {action}: {seen}"
     for kind in ("private", "curve/overlay", "K", "U-unlisted", "K-registry-uid", "D-subtree"):
         assert seen[kind] > 0, f"no input exercised {kind}: {seen}"
+    if shift_dates:
+        for kind in ("date-shifted", "date-shifted-K", "time-kept"):
+            assert seen[kind] > 0, f"no input exercised {kind}: {seen}"
 
 
 def test_identifying_instance_spot_checks(identifying_pair) -> None:
-    """Literal expectations on the hand-built instance, independent of the checker."""
+    """Literal expectations on the hand-built instance, independent of the checker
+    (plain Basic Profile; the dates option has its own spot checks below)."""
     original = identifying_pair[1]
-    out = deidentify(original, uid_secret=SECRET)
+    out = deidentify(original, uid_secret=SECRET, shift_dates=False)
     for keyword in (
         "InstitutionAddress",
         "OtherPatientIDs",
@@ -592,6 +706,142 @@ def test_identifying_instance_spot_checks(identifying_pair) -> None:
     assert out.AcquisitionUID == uid_map(original.AcquisitionUID, uid_secret=SECRET)
     assert out.ImageType == original.ImageType
     assert "Smith" not in str(out) and "MRN-00412977" not in str(out)
+
+
+# ---------------------------------------------------------------------------------------
+# Retain Longitudinal Temporal Information with Modified Dates Option (113107)
+
+
+def test_modified_dates_spot_checks(identifying_pair) -> None:
+    """Literal expectations: every date moves back by the patient's shift, times stay."""
+    original = identifying_pair[1]
+    out = deidentify(original, uid_secret=SECRET)
+    shift = date_shift_days(original.PatientID, uid_secret=SECRET)
+    assert 1 <= shift <= 3650
+    moved = datetime.date(2024, 3, 11) - datetime.timedelta(days=shift)
+    day = moved.strftime("%Y%m%d")
+    # Z (StudyDate), X/D (SeriesDate), X/Z (AcquisitionDate), Z/D (ContentDate), X/Z/D (DT)
+    for keyword in ("StudyDate", "SeriesDate", "AcquisitionDate", "ContentDate"):
+        assert out[keyword].value == day, keyword
+    assert out.AcquisitionDateTime == day + "101500"
+    for keyword in ("StudyTime", "SeriesTime", "AcquisitionTime", "ContentTime"):
+        assert out[keyword].value == "101500", keyword
+    # a DT inside a D sequence: shifted too, its time part kept
+    verified = datetime.date(2024, 3, 12) - datetime.timedelta(days=shift)
+    assert out.VerifyingObserverSequence[0].VerificationDateTime == (
+        verified.strftime("%Y%m%d") + "093000"
+    )
+    # age is identifying: the birth date stays empty, birth time removed
+    assert out.PatientBirthDate == "" and "PatientBirthTime" not in out
+    assert out.LongitudinalTemporalInformationModified == "MODIFIED"
+    codes = [
+        (i.CodeValue, i.CodingSchemeDesignator) for i in out.DeidentificationMethodCodeSequence
+    ]
+    assert ("113107", "DCM") in codes and ("113100", "DCM") in codes
+    assert "20240311" not in str(out) and "20240312" not in str(out)
+
+
+def _study_of(ds: Dataset, *, study_uid: str, when: str) -> Dataset:
+    """A copy of ``ds`` as an instance of another study of the same patient on ``when``."""
+    other = copy.deepcopy(ds)
+    other.StudyInstanceUID = study_uid
+    other.SeriesInstanceUID = study_uid + ".1"
+    other.SOPInstanceUID = study_uid + ".1.1"
+    other.StudyDate = other.SeriesDate = other.ContentDate = when
+    other.AcquisitionDateTime = when + "083000"
+    return other
+
+
+def test_two_studies_of_one_patient_keep_their_interval(identifying_pair) -> None:
+    first = _study_of(
+        identifying_pair[0], study_uid="1.2.826.0.1.3680043.9.7001.5", when="20230105"
+    )
+    second = _study_of(
+        identifying_pair[0], study_uid="1.2.826.0.1.3680043.9.7001.6", when="20240229"
+    )
+    a, b = (deidentify(ds, uid_secret=SECRET) for ds in (first, second))
+    assert a.PatientID == b.PatientID
+    interval = datetime.date(2024, 2, 29) - datetime.date(2023, 1, 5)
+
+    def day(value: str) -> datetime.date:
+        return datetime.datetime.strptime(value[:8], "%Y%m%d").date()
+
+    for keyword in ("StudyDate", "SeriesDate", "ContentDate", "AcquisitionDateTime"):
+        assert day(b[keyword].value) - day(a[keyword].value) == interval, keyword
+        assert a[keyword].value != first[keyword].value, keyword
+    shift = datetime.date(2023, 1, 5) - day(a.StudyDate)
+    assert shift.days == date_shift_days(first.PatientID, uid_secret=SECRET)
+
+
+def test_date_shift_depends_on_patient_and_project(identifying_pair) -> None:
+    ids = [f"MRN-{n:05d}" for n in range(40)]
+    here = [date_shift_days(i, uid_secret=SECRET) for i in ids]
+    there = [date_shift_days(i, uid_secret=OTHER_SECRET) for i in ids]
+    assert all(1 <= d <= 3650 for d in here + there)
+    assert here == [date_shift_days(i, uid_secret=SECRET) for i in ids]  # stable
+    assert len(set(here)) > 30  # spread over patients, not one constant
+    assert sum(a != b for a, b in zip(here, there, strict=True)) >= 38  # per project
+    original = identifying_pair[0]
+    a = deidentify(original, uid_secret=SECRET)
+    b = deidentify(original, uid_secret=OTHER_SECRET)
+    assert date_shift_days(original.PatientID, uid_secret=SECRET) != date_shift_days(
+        original.PatientID, uid_secret=OTHER_SECRET
+    )
+    assert a.StudyDate != b.StudyDate
+    # a blank PatientID takes the study, like the pseudonym
+    blank = copy.deepcopy(original)
+    blank.PatientID = ""
+    assert deidentify(blank, uid_secret=SECRET).StudyDate == _expected_shift(
+        original.StudyDate,
+        "DA",
+        date_shift_days("", uid_secret=SECRET, study_instance_uid=original.StudyInstanceUID),
+    )
+
+
+@pytest.mark.parametrize(
+    ("keyword", "value", "expected"),
+    [
+        ("StudyDate", "2024", ""),  # Z, not a full date: the profile's action
+        ("SeriesDate", "20241399", "19000101"),  # X/D, no such day: the dummy
+        ("AcquisitionDateTime", "2024", "19000101000000"),  # X/Z/D, DT without a day
+        ("InstanceCreationDate", "garbage", ""),  # kept by the profile: emptied, not leaked
+        ("AcquisitionDateTime", "20240311101500.123456+0100", None),  # suffix kept
+        ("CalibrationDate", ["20240101", "20240201"], None),  # every value of a VM 2
+    ],
+)
+@pytest.mark.filterwarnings("ignore:Invalid value for VR DA")
+def test_odd_dates(identifying_pair, keyword, value, expected) -> None:
+    original = copy.deepcopy(identifying_pair[0])
+    setattr(original, keyword, value)
+    out = deidentify(original, uid_secret=SECRET)
+    shift = date_shift_days(original.PatientID, uid_secret=SECRET)
+    if expected is None:
+        vr = original[keyword].VR
+        expected = _expected_shift(original[keyword].value, vr, shift)
+        assert expected is not None and _values(expected) != _values(original[keyword].value)
+    assert _values(out[keyword].value) == _values(expected)
+
+
+def test_shift_dates_off_gives_the_basic_profile(identifying_pair) -> None:
+    out = deidentify(identifying_pair[0], uid_secret=SECRET, shift_dates=False)
+    assert out.StudyDate == "" and out.SeriesDate == "19000101" and out.StudyTime == ""
+    assert "LongitudinalTemporalInformationModified" not in out
+    codes = [i.CodeValue for i in out.DeidentificationMethodCodeSequence]
+    assert "113107" not in codes
+
+
+def test_kept_values_are_shared_not_copied_and_input_untouched(phantom_pair) -> None:
+    """Pixel Data of the output is the input's bytes object (no copy), and changing the
+    output does not reach the input."""
+    data = _write(phantom_pair[0])
+    original = pydicom.dcmread(io.BytesIO(data))
+    out = deidentify(original, uid_secret=SECRET)
+    assert out.PixelData is original.PixelData
+    before = copy.deepcopy(original)
+    out.ImageType = ["DERIVED"]
+    out.Manufacturer = "changed"
+    out.PixelSpacing = [9, 9]
+    assert original == before
 
 
 # ---------------------------------------------------------------------------------------
