@@ -130,9 +130,15 @@ def test_study_list_query_count_is_constant_on_10000_studies(project, admin_clie
         data = _list(admin_client, project, modality="CT", ordering="-study_date", q="study")
     assert data["count"] == 5000 and len(data["results"]) == 50
     assert len(large.captured_queries) == len(small.captured_queries)
-    # And the plan uses an index for the project + date ordering (not a scan of all rows).
-    queryset = Study.objects.filter(project=project).order_by("-study_date")[:50]
-    assert "study_project_date" in queryset.explain()
+    # And an index serves the project + date ordering. The planner's choice depends on
+    # statistics (PostgreSQL plans small fresh tables with a sort), so the plan is asserted
+    # on SQLite and the index's presence on every backend.
+    with connection.cursor() as cursor:
+        constraints = connection.introspection.get_constraints(cursor, Study._meta.db_table)
+    assert constraints["study_project_date"]["columns"][:2] == ["project_id", "study_date"]
+    if connection.vendor == "sqlite":
+        queryset = Study.objects.filter(project=project).order_by("-study_date")[:50]
+        assert "study_project_date" in queryset.explain()
 
 
 @pytest.mark.django_db

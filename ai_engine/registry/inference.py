@@ -1,0 +1,188 @@
+"""The one door from Django to ai_engine's predict functions: `run_inference(version, study)`.
+
+It picks the study's series that fit the model's task, fetches them from Orthanc as
+Volumes (`imaging.volumes`), runs the model folder's predict function and turns its output
+into `FindingData` with heat maps (and masks) written as NIfTI on the series grid under
+`out_dir`. Nothing else on the Django side imports ai_engine's detection or grading code.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from django.conf import settings
+
+from ai_engine.registry.exceptions import InferenceUnavailable, StudyNotReady
+from ai_engine.registry.models import ModelTask, ModelVersion
+
+Progress = Callable[[float, str], None]
+
+
+@dataclass(frozen=True)
+class FindingData:
+    """One finding as the worker writes it (plain data; paths relative to MEDIA_ROOT)."""
+
+    kind: str
+    series_instance_uid: str
+    center_lps_mm: list[float] | None = None
+    center_voxel: list[float] | None = None
+    diameter_mm: float | None = None
+    score: float | None = None
+    grade: int | None = None
+    class_probabilities: dict[str, float] | None = None
+    heatmap_path: str = ""
+    mask_path: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def _noop(fraction: float, message: str = "") -> None:
+    return None
+
+
+def _relative(path: Path) -> str:
+    return str(Path(path).resolve().relative_to(Path(settings.MEDIA_ROOT).resolve()))
+
+
+def ct_series_for_detection(study):
+    """The CT series with the most instances (the thin-slice chest series)."""
+    series = study.series.filter(modality="CT").order_by("-number_of_instances", "pk").first()
+    if series is None:
+        raise StudyNotReady(f"Study {study.study_instance_uid} has no CT series.")
+    return series
+
+
+def mr_series_for_grading(study) -> dict[str, Any]:
+    """{T1, T1c, T2, FLAIR: Series} identified from the indexed series descriptions."""
+    from pydicom.dataset import Dataset
+
+    from ai_engine.io.dicom import MR_SEQUENCES, identify_mr_sequence
+
+    found: dict[str, Any] = {}
+    for series in study.series.filter(modality="MR").order_by("series_number", "pk"):
+        header = Dataset()
+        header.SeriesDescription = series.series_description
+        name = identify_mr_sequence(header)
+        if name and name not in found:
+            found[name] = series
+    missing = [name for name in MR_SEQUENCES if name not in found]
+    if missing:
+        raise StudyNotReady(
+            f"Study {study.study_instance_uid} lacks MR sequences {missing} for grading."
+        )
+    return found
+
+
+def run_inference(
+    model_version: ModelVersion,
+    study,
+    *,
+    out_dir: Path,
+    progress: Progress = _noop,
+) -> list[FindingData]:
+    """Run `model_version` on `study`; heat maps and masks go under `out_dir` (in MEDIA_ROOT).
+
+    Raises `imaging.exceptions.OrthancUnavailable` when Orthanc cannot be reached (the task
+    retries) and `JobCancelled` from `progress` when the job was cancelled.
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if model_version.task == ModelTask.NODULE_DETECTION:
+        return _run_detection(model_version, study, out_dir, progress)
+    if model_version.task == ModelTask.TUMOR_GRADING:
+        return _run_grading(model_version, study, out_dir, progress)
+    raise InferenceUnavailable(f"No inference for task {model_version.task!r}.")
+
+
+def _run_detection(
+    version: ModelVersion, study, out_dir: Path, progress: Progress
+) -> list[FindingData]:
+    from ai_engine.detection import predict as detection_predict
+    from ai_engine.io import Volume, save_nifti
+    from imaging.volumes import load_series_volume
+
+    series = ct_series_for_detection(study)
+    progress(0.05, f"Loading series {series.series_instance_uid} from Orthanc")
+    volume = load_series_volume(series)
+    progress(0.3, "Detecting nodules")
+    result = detection_predict.predict_volume(version.path, volume)
+    progress(0.85, "Writing heat map")
+    heatmap = out_dir / f"{series.series_instance_uid}-heatmap.nii.gz"
+    save_nifti(
+        Volume(np.asarray(result.heatmap, dtype=np.float32), volume.affine),
+        heatmap,
+        dtype=np.float32,
+    )
+    mask_path = ""
+    if result.mask is not None:
+        mask_file = out_dir / f"{series.series_instance_uid}-mask.nii.gz"
+        save_nifti(
+            Volume(np.asarray(result.mask, dtype=np.float32), volume.affine),
+            mask_file,
+            dtype=np.uint8,
+        )
+        mask_path = _relative(mask_file)
+    return [
+        FindingData(
+            kind="nodule",
+            series_instance_uid=series.series_instance_uid,
+            center_lps_mm=[float(v) for v in item["center_lps_mm"]],
+            center_voxel=[float(v) for v in item["center_voxel"]],
+            diameter_mm=float(item["diameter_mm"]),
+            score=float(item["score"]),
+            heatmap_path=_relative(heatmap),
+            mask_path=mask_path,
+        )
+        for item in result.findings
+    ]
+
+
+def _run_grading(
+    version: ModelVersion, study, out_dir: Path, progress: Progress
+) -> list[FindingData]:
+    from ai_engine.explain import save_heatmap
+    from ai_engine.grading.data import preprocess
+    from ai_engine.grading.explain import explain_study
+    from ai_engine.grading.model import load_grading_model
+    from ai_engine.io import Volume, resample_to_grid
+    from ai_engine.io.dicom import MR_SEQUENCES
+    from imaging.volumes import load_series_volume
+
+    series_by_name = mr_series_for_grading(study)
+    volumes = {}
+    for n, name in enumerate(MR_SEQUENCES):
+        progress(0.05 + 0.1 * n, f"Loading {name} from Orthanc")
+        volumes[name] = load_series_volume(series_by_name[name])
+    reference = volumes[MR_SEQUENCES[0]]
+    stack = np.stack(
+        [
+            resample_to_grid(volumes[name], reference.affine, reference.spatial_shape)
+            for name in MR_SEQUENCES
+        ]
+    )
+    volume = Volume(stack, reference.affine, {"channel_names": list(MR_SEQUENCES)})
+    progress(0.5, "Grading")
+    model = load_grading_model(version.path)
+    prepared = preprocess(volume, model.spatial_size, model.channels)
+    prediction = model.grade(prepared)
+    progress(0.7, "Explaining (Grad-CAM)")
+    explanation = explain_study(model, prepared, grade=prediction["grade"])
+    series = series_by_name[MR_SEQUENCES[0]]
+    heatmap = out_dir / f"{series.series_instance_uid}-gradcam.nii.gz"
+    save_heatmap(explanation.heat_source, heatmap)
+    probabilities = {str(k): float(v) for k, v in prediction["probabilities"].items()}
+    grade = int(prediction["grade"])
+    return [
+        FindingData(
+            kind="grade",
+            series_instance_uid=series.series_instance_uid,
+            grade=grade,
+            score=probabilities[str(grade)],
+            class_probabilities=probabilities,
+            heatmap_path=_relative(heatmap),
+            extra={"missing_sequences": prediction["missing_sequences"]},
+        )
+    ]

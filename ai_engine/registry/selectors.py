@@ -1,0 +1,61 @@
+"""Read side of the registry: queue positions, labels since training, version listings."""
+
+from __future__ import annotations
+
+from django.db.models import Q, QuerySet
+
+from ai_engine.registry.models import Job, ModelAlert, ModelTask, ModelVersion
+from projects.models import Project
+
+
+def jobs_of_project(*, project: Project) -> QuerySet[Job]:
+    return Job.objects.filter(project=project).select_related("study", "model_version")
+
+
+def queue_position(*, job: Job) -> int | None:
+    """1-based place of a queued job in its worker queue (all projects); None when not queued."""
+    if job.status != Job.Status.QUEUED:
+        return None
+    ahead = Job.objects.filter(queue=job.queue, status=Job.Status.QUEUED).filter(
+        Q(created_at__lt=job.created_at) | Q(created_at=job.created_at, pk__lt=job.pk)
+    )
+    return ahead.count() + 1
+
+
+def versions_of_project(*, project: Project) -> QuerySet[ModelVersion]:
+    return ModelVersion.objects.filter(project=project).select_related("data_snapshot", "parent")
+
+
+def open_alerts(*, project: Project) -> QuerySet[ModelAlert]:
+    return ModelAlert.objects.filter(
+        version__project=project, resolved_at__isnull=True
+    ).select_related("version")
+
+
+def last_training_start(*, project: Project, task: str):
+    """When the last training run that did not fail or get cancelled was created, or None."""
+    job = (
+        Job.objects.filter(project=project, task=task, kind=Job.Kind.TRAINING)
+        .exclude(status__in=[Job.Status.FAILED, Job.Status.CANCELLED])
+        .order_by("-created_at")
+        .first()
+    )
+    return job.created_at if job else None
+
+
+def labels_since_last_training(*, project: Project, task: str) -> int:
+    """Ground-truth labels (accepts, corrections, added findings) made since the last training."""
+    from annotations.models import AddedFinding, FindingFeedback, FindingKind, Verdict
+
+    kind = FindingKind.NODULE if task == ModelTask.NODULE_DETECTION else FindingKind.GRADE
+    since = last_training_start(project=project, task=task)
+    feedback = FindingFeedback.objects.filter(
+        finding__project=project,
+        finding__kind=kind,
+        verdict__in=[Verdict.ACCEPT, Verdict.CORRECT],
+    )
+    added = AddedFinding.objects.filter(project=project, kind=kind)
+    if since is not None:
+        feedback = feedback.filter(updated_at__gt=since)
+        added = added.filter(created_at__gt=since)
+    return feedback.count() + added.count()

@@ -1,0 +1,182 @@
+"""Representations of jobs, model versions, alerts, settings and the active-learning queue."""
+
+from __future__ import annotations
+
+from rest_framework import serializers
+
+from ai_engine.registry.models import (
+    ActiveLearningScore,
+    Job,
+    ModelAlert,
+    ModelTask,
+    ModelVersion,
+    ProjectAISettings,
+)
+from ai_engine.registry.selectors import queue_position
+
+
+class JobSerializer(serializers.ModelSerializer):
+    study_instance_uid = serializers.CharField(
+        source="study.study_instance_uid", read_only=True, default=None
+    )
+    queue_position = serializers.SerializerMethodField()
+    created_by = serializers.CharField(source="created_by.username", read_only=True, default=None)
+
+    class Meta:
+        model = Job
+        fields = [
+            "id",
+            "kind",
+            "task",
+            "status",
+            "study_instance_uid",
+            "model_version",
+            "produced_version",
+            "queue",
+            "queue_position",
+            "progress",
+            "eta_at",
+            "message",
+            "error",
+            "cancel_requested",
+            "attempts",
+            "params",
+            "result",
+            "created_by",
+            "created_at",
+            "started_at",
+            "finished_at",
+        ]
+        read_only_fields = fields
+
+    def get_queue_position(self, obj: Job) -> int | None:
+        return queue_position(job=obj)
+
+
+class JobCreateSerializer(serializers.Serializer):
+    """inference: `study` (StudyInstanceUID) and optional `task`, or `scope: "project"`
+    for the whole project; training / scoring: `task`."""
+
+    kind = serializers.ChoiceField(choices=Job.Kind.choices)
+    task = serializers.ChoiceField(choices=ModelTask.choices, required=False)
+    study = serializers.CharField(max_length=64, required=False)
+    scope = serializers.ChoiceField(
+        choices=[("study", "study"), ("project", "project")], default="study"
+    )
+    params = serializers.DictField(required=False, default=dict)
+
+    def validate(self, attrs: dict) -> dict:
+        if attrs["kind"] == Job.Kind.SCORING:
+            raise serializers.ValidationError(
+                {"kind": "Active-learning scoring is not available yet on this platform."}
+            )
+        if attrs["kind"] == Job.Kind.INFERENCE:
+            if attrs["scope"] == "study" and not attrs.get("study"):
+                raise serializers.ValidationError(
+                    {"study": "Name the study (StudyInstanceUID) or use scope=project."}
+                )
+        elif not attrs.get("task"):
+            raise serializers.ValidationError({"task": f"A {attrs['kind']} job needs a task."})
+        return attrs
+
+
+class AlertSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = ModelAlert
+        fields = ["id", "version", "message", "figures", "created_at", "resolved_at"]
+        read_only_fields = fields
+
+
+class ModelVersionSerializer(serializers.ModelSerializer):
+    data_snapshot = serializers.SerializerMethodField()
+    alert = serializers.SerializerMethodField()
+
+    class Meta:
+        model = ModelVersion
+        fields = [
+            "id",
+            "task",
+            "version",
+            "status",
+            "provenance",
+            "parent",
+            "data_snapshot",
+            "metrics",
+            "validation_metric_name",
+            "validation_metric",
+            "validation_set_hash",
+            "baseline_acceptance",
+            "baseline_agreement",
+            "alert",
+            "mlflow_run_id",
+            "notes",
+            "created_at",
+            "promoted_at",
+        ]
+        read_only_fields = fields
+
+    def get_data_snapshot(self, obj: ModelVersion) -> dict | None:
+        snap = obj.data_snapshot
+        if snap is None:
+            return None
+        return {"sha256": snap.sha256, "n_items": snap.n_items, "n_labels": snap.n_labels}
+
+    def get_alert(self, obj: ModelVersion) -> dict | None:
+        alert = next((a for a in obj.alerts.all() if a.resolved_at is None), None)
+        return AlertSerializer(alert).data if alert else None
+
+
+class RollbackSerializer(serializers.Serializer):
+    task = serializers.ChoiceField(choices=ModelTask.choices)
+
+
+class AISettingsSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = ProjectAISettings
+        fields = [
+            "auto_inference",
+            "retrain_after_labels",
+            "monitoring_window",
+            "alert_margin",
+            "train_args",
+            "updated_at",
+        ]
+        read_only_fields = ["updated_at"]
+        extra_kwargs = {
+            "alert_margin": {"min_value": 0.0, "max_value": 1.0},
+            "monitoring_window": {"min_value": 1},
+        }
+
+    def validate_train_args(self, value):
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise serializers.ValidationError(
+                "train_args must be a list of strings (CLI arguments)."
+            )
+        return value
+
+
+class ActiveLearningScoreSerializer(serializers.ModelSerializer):
+    study_instance_uid = serializers.CharField(source="study.study_instance_uid", read_only=True)
+
+    class Meta:
+        model = ActiveLearningScore
+        fields = [
+            "rank",
+            "study_instance_uid",
+            "score",
+            "strategy",
+            "components",
+            "model_version",
+            "created_at",
+        ]
+        read_only_fields = fields
+
+
+class MonitoringSerializer(serializers.Serializer):
+    window = serializers.IntegerField()
+    verdicts = serializers.IntegerField()
+    acceptance = serializers.FloatField(allow_null=True)
+    agreement = serializers.FloatField(allow_null=True)
+    baseline_acceptance = serializers.FloatField(allow_null=True)
+    baseline_agreement = serializers.FloatField(allow_null=True)
+    alert = AlertSerializer(allow_null=True)
