@@ -127,8 +127,14 @@ class ModelVersionListView(ProjectScopedMixin, generics.ListAPIView):
         return selectors.versions_of_project(project=self.project).prefetch_related("alerts")
 
 
-class ModelVersionDetailView(ModelVersionListView, generics.RetrieveAPIView):
-    pass
+class ModelVersionDetailView(ProjectScopedMixin, generics.RetrieveAPIView):
+    """One model version with its metrics, provenance and alerts."""
+
+    project_roles = MEMBERS_READ
+    serializer_class = ModelVersionSerializer
+
+    def get_queryset(self):
+        return selectors.versions_of_project(project=self.project).prefetch_related("alerts")
 
 
 class ModelVersionPromoteView(ProjectScopedMixin, APIView):

@@ -81,6 +81,8 @@ def _redis_url(db: int) -> str:
 
 def _env(tmp_path: Path, **extra: str) -> dict[str, str]:
     env = {**os.environ, "REDIS_URL": _redis_url(TEST_REDIS_DB), "PLATFORM_VAR_DIR": str(tmp_path)}
+    # The probe and worker need a database that answers, not the test database's rows.
+    env["DATABASE_URL"] = f"sqlite:///{tmp_path / 'probe.sqlite3'}"
     env["DJANGO_SETTINGS_MODULE"] = "config.settings"
     for name in ("CELERY_BROKER_URL", "CELERY_RESULT_BACKEND"):
         env.pop(name, None)
