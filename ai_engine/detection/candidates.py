@@ -1,0 +1,121 @@
+"""Candidates: connected components of the U-Net's foreground probability map."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import ndimage
+
+
+@dataclass
+class Candidate:
+    """One candidate on the resampled (RAS) grid.
+
+    Attributes:
+        center_voxel: probability-weighted centroid (fractional voxel indices, resampled grid).
+        diameter_mm: equivalent-sphere diameter of the component.
+        prob: highest foreground probability in the component.
+        component: label of the component in the label map returned with it.
+        n_voxels: component size.
+        bbox: (lo, hi) voxel corners of the component (hi exclusive).
+    """
+
+    center_voxel: np.ndarray
+    diameter_mm: float
+    prob: float
+    component: int
+    n_voxels: int
+    bbox: tuple[tuple[int, int, int], tuple[int, int, int]]
+
+
+def extract_candidates(
+    prob: np.ndarray,
+    spacing_mm: np.ndarray,
+    threshold: float = 0.5,
+    min_voxels: int = 1,
+    max_candidates: int | None = None,
+) -> tuple[list[Candidate], np.ndarray]:
+    """Connected components (26-connectivity) of `prob >= threshold`.
+
+    Args:
+        prob: (X, Y, Z) foreground probability.
+        spacing_mm: voxel size along X, Y, Z.
+        threshold: probability threshold.
+        min_voxels: drop smaller components.
+        max_candidates: keep the most probable ones.
+
+    Returns:
+        (candidates sorted by prob, highest first; int32 label map whose value k marks the
+        voxels of the candidate with `component == k`).
+    """
+    spacing_mm = np.asarray(spacing_mm, dtype=np.float64)
+    labels, n = ndimage.label(prob >= threshold, structure=np.ones((3, 3, 3), bool))
+    if n == 0:
+        return [], labels.astype(np.int32)
+    index = np.arange(1, n + 1)
+    sizes = ndimage.sum_labels(np.ones_like(prob, dtype=np.float32), labels, index)
+    peaks = ndimage.maximum(prob, labels, index)
+    centers = ndimage.center_of_mass(prob, labels, index)
+    boxes = ndimage.find_objects(labels)
+    voxel_mm3 = float(np.prod(spacing_mm))
+    out = []
+    for k, size, peak, center, box in zip(index, sizes, peaks, centers, boxes, strict=True):
+        if size < min_voxels or box is None:
+            continue
+        diameter = float((6.0 * size * voxel_mm3 / np.pi) ** (1.0 / 3.0))
+        out.append(
+            Candidate(
+                center_voxel=np.asarray(center, dtype=np.float64),
+                diameter_mm=diameter,
+                prob=float(peak),
+                component=int(k),
+                n_voxels=int(size),
+                bbox=(tuple(s.start for s in box), tuple(s.stop for s in box)),  # type: ignore[arg-type]
+            )
+        )
+    out.sort(key=lambda c: -c.prob)
+    if max_candidates is not None:
+        out = out[:max_candidates]
+    return out, labels.astype(np.int32)
+
+
+def combine_scores(
+    p_candidate: np.ndarray, p_classifier: np.ndarray, mode: str = "geometric"
+) -> np.ndarray:
+    """Final score from the candidate probability and the classifier probability."""
+    p = np.asarray(p_candidate, dtype=np.float64)
+    q = np.asarray(p_classifier, dtype=np.float64)
+    if mode == "geometric":
+        return np.sqrt(p * q)
+    if mode == "product":
+        return p * q
+    if mode == "mean":
+        return (p + q) / 2.0
+    if mode == "classifier":
+        return q
+    raise ValueError(f"unknown combine mode {mode!r}")
+
+
+def merge_close(
+    centers_mm: np.ndarray, radii_mm: np.ndarray, scores: np.ndarray
+) -> list[list[int]]:
+    """Greedy merge: highest score first; a detection whose center lies within the radius of a
+    kept one (the larger of the two radii) joins it.
+
+    Returns:
+        Groups of indices; the first index of each group is the kept detection.
+    """
+    order = np.argsort(-np.asarray(scores), kind="stable")
+    centers_mm = np.asarray(centers_mm, dtype=np.float64).reshape(-1, 3)
+    radii_mm = np.asarray(radii_mm, dtype=np.float64)
+    groups: list[list[int]] = []
+    for i in order:
+        for group in groups:
+            k = group[0]
+            if np.linalg.norm(centers_mm[i] - centers_mm[k]) <= max(radii_mm[i], radii_mm[k]):
+                group.append(int(i))
+                break
+        else:
+            groups.append([int(i)])
+    return groups

@@ -1,0 +1,220 @@
+"""`python -m ai_engine detection {train,evaluate,predict}`: lung-nodule detection on CT."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+from ai_engine.errors import InputError
+
+
+def _triple(text: str, kind: type = float) -> tuple:
+    parts = [p for p in text.replace("x", ",").split(",") if p.strip()]
+    if len(parts) == 1:
+        parts = parts * 3
+    if len(parts) != 3:
+        raise argparse.ArgumentTypeError(
+            f"expected one or three comma-separated numbers, got {text!r}"
+        )
+    try:
+        return tuple(kind(p) for p in parts)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def build_parser(prog: str) -> argparse.ArgumentParser:
+    """Sub-commands train, evaluate, predict."""
+    parser = argparse.ArgumentParser(
+        prog=prog,
+        description="Lung-nodule detection on CT (3D U-Net candidates + 3D ResNet false-positive reduction).",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    t = sub.add_parser("train", help="train both stages and write a model folder")
+    t.add_argument("--data", required=True, help="DATALIST json (training + validation splits)")
+    t.add_argument("--out", required=True, help="model folder to write")
+    t.add_argument("--epochs", type=int, default=20, help="U-Net epochs (default 20)")
+    t.add_argument("--steps-per-epoch", type=int, default=20)
+    t.add_argument("--fp-epochs", type=int, default=10, help="classifier epochs (default 10)")
+    t.add_argument("--fp-steps-per-epoch", type=int, default=20)
+    t.add_argument("--batch-size", type=int, default=4, help="U-Net patches per micro-batch")
+    t.add_argument(
+        "--fp-batch-size", type=int, default=32, help="classifier patches per micro-batch"
+    )
+    t.add_argument(
+        "--patch-size",
+        type=lambda s: _triple(s, int),
+        default=(48, 48, 48),
+        help="U-Net training patch (voxels), e.g. 48 or 64,64,48",
+    )
+    t.add_argument(
+        "--roi-size",
+        type=lambda s: _triple(s, int),
+        default=(64, 64, 64),
+        help="sliding-window ROI at inference (voxels)",
+    )
+    t.add_argument(
+        "--spacing",
+        type=_triple,
+        default=(1.5, 1.5, 1.5),
+        help="resampling spacing in mm, e.g. 1.5 or 1.5,1.5,2",
+    )
+    t.add_argument("--lr", type=float, default=5e-3)
+    t.add_argument("--fp-lr", type=float, default=1e-3)
+    t.add_argument("--accumulation-steps", type=int, default=1)
+    t.add_argument("--warmup-steps", type=int, default=10)
+    t.add_argument(
+        "--patience", type=int, default=6, help="early stopping patience in epochs (0: off)"
+    )
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    t.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
+    t.add_argument("--init-weights", help="weights file for the U-Net, or a detection model folder")
+    t.add_argument("--max-steps", type=int, help="cap on optimizer steps per stage (quick runs)")
+    t.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+    e = sub.add_parser("evaluate", help="FROC of a model on a datalist split")
+    e.add_argument("--model", required=True, help="model folder")
+    e.add_argument("--data", required=True, help="DATALIST json")
+    e.add_argument(
+        "--out", required=True, help="METRICS.json to write (the FROC PNG goes beside it)"
+    )
+    e.add_argument("--split", default="testing", choices=["training", "validation", "testing"])
+    e.add_argument("--candidates-only", action="store_true", help="skip false-positive reduction")
+    e.add_argument("--device", default="cpu")
+
+    p = sub.add_parser("predict", help="find nodules in one CT")
+    p.add_argument("--model", required=True, help="model folder")
+    p.add_argument("--image", required=True, help="DICOM series folder or NIfTI file")
+    p.add_argument(
+        "--out", help="FINDINGS.json (default: print to stdout); the mask goes beside it"
+    )
+    p.add_argument(
+        "--threshold",
+        type=float,
+        help="report findings scoring at least this (default: the model's)",
+    )
+    p.add_argument("--device", default="cpu")
+    return parser
+
+
+def _check_device(device: str) -> None:
+    import torch
+
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise InputError(f"--device {device}: CUDA is not available on this machine")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run one sub-command; errors of input raise `InputError`/`ModelFolderError` (exit 2)."""
+    from ai_engine.detection.transforms import input_errors_unwrapped
+
+    _check_device(args.device)
+    with input_errors_unwrapped():
+        if args.command == "train":
+            return _train(args)
+        if args.command == "evaluate":
+            return _evaluate(args)
+        return _predict(args)
+
+
+def _train(args: argparse.Namespace) -> int:
+    from ai_engine.data.datalist import load_datalist
+    from ai_engine.detection.config import DetectionConfig
+    from ai_engine.detection.train import DetectionTrainOptions, train_detector
+
+    datalist = load_datalist(args.data)
+    if args.init_weights and not Path(args.init_weights).exists():
+        raise InputError(f"--init-weights {args.init_weights} does not exist")
+    try:
+        config = DetectionConfig(
+            spacing_mm=args.spacing, patch_size=args.patch_size, sw_roi_size=args.roi_size
+        )
+    except ValueError as exc:
+        raise InputError(str(exc)) from None
+    options = DetectionTrainOptions(
+        epochs=args.epochs,
+        steps_per_epoch=args.steps_per_epoch,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        fp_epochs=args.fp_epochs,
+        fp_steps_per_epoch=args.fp_steps_per_epoch,
+        fp_batch_size=args.fp_batch_size,
+        fp_lr=args.fp_lr,
+        accumulation_steps=args.accumulation_steps,
+        warmup_steps=args.warmup_steps,
+        early_stopping_patience=args.patience or None,
+        seed=args.seed,
+        device=args.device,
+        max_steps=args.max_steps,
+        init_weights=args.init_weights,
+        resume=args.resume,
+        progress=not args.no_progress,
+    )
+    out = train_detector(datalist, args.out, config, options)
+    print(f"model folder written to {out}")
+    return 0
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from ai_engine.data.datalist import load_datalist
+    from ai_engine.detection.evaluate import evaluate_detector, write_metrics
+    from ai_engine.detection.pipeline import NoduleDetector
+
+    detector = NoduleDetector.from_model_folder(args.model, device=args.device)
+    datalist = load_datalist(args.data)
+    items = datalist.get(args.split, [])
+    if not items:
+        raise InputError(f"datalist {args.data} has no {args.split!r} items to evaluate")
+    metrics = evaluate_detector(detector, items, use_classifier=not args.candidates_only)
+    metrics["split"] = args.split
+    metrics["model"] = str(Path(args.model).resolve())
+    out, png = write_metrics(metrics, args.out, title=f"{Path(args.model).name} on {args.split}")
+    print(
+        f"CPM {metrics['cpm']:.3f} on {metrics['n_images']} scans / {metrics['n_nodules']} nodules; "
+        f"wrote {out} and {png}"
+    )
+    return 0
+
+
+def _predict(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from ai_engine.detection.pipeline import NoduleDetector, findings_on_source
+    from ai_engine.detection.transforms import load_ct
+    from ai_engine.io import save_nifti
+    from ai_engine.io.volume import Volume
+
+    detector = NoduleDetector.from_model_folder(args.model, device=args.device)
+    t0 = time.perf_counter()
+    volume = load_ct(args.image)
+    result = detector.detect(volume)
+    threshold = detector.config.finding_threshold if args.threshold is None else args.threshold
+    findings, label_map = findings_on_source(result, volume, threshold)
+    doc = {
+        "image": str(Path(args.image).resolve()),
+        "model": str(Path(args.model).resolve()),
+        "threshold": threshold,
+        "source_geometry": {
+            "affine_lps": volume.affine.tolist(),
+            "shape": list(volume.spatial_shape),
+        },
+        "findings": findings,
+        "timings_s": {
+            **{k: round(v, 3) for k, v in result.timings.items()},
+            "total_s": round(time.perf_counter() - t0, 3),
+        },
+    }
+    if args.out:
+        out = Path(args.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        mask_path = out.parent / "findings_mask.nii.gz"
+        save_nifti(Volume(label_map.astype(np.float32), volume.affine), mask_path, dtype=np.uint16)
+        doc["mask"] = mask_path.name
+        out.write_text(json.dumps(doc, indent=2) + "\n")
+        print(f"{len(findings)} findings written to {out} (mask {mask_path})")
+    else:
+        print(json.dumps(doc, indent=2))
+    return 0

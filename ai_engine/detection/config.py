@@ -1,0 +1,108 @@
+"""Configuration of the nodule detector: preprocessing, both networks, post-processing.
+
+Defaults are chosen for CPU: 1.5 mm isotropic resampling keeps a 3 mm nodule at two voxels
+while a 512 x 512 x 300 CT (about 358 x 358 x 375 mm) becomes 239 x 239 x 250 voxels; the
+U-Net trains on 48^3 patches and infers with 64^3 windows overlapping by 1/8 on the body's
+bounding box (about 25 s for the U-Net on 2 CPU threads).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+
+@dataclass
+class DetectionConfig:
+    """Everything `predict` needs besides the weights (stored in the model folder).
+
+    Attributes:
+        spacing_mm: resampling target (RAS axes), mm.
+        hu_range: HU window mapped to [0, 1] (clipped).
+        patch_size: U-Net training patch and sliding-window ROI (voxels, divisible by 8).
+        unet_channels: feature maps per U-Net level.
+        unet_res_units: residual units per U-Net block.
+        sw_roi_size: sliding-window ROI at inference (the U-Net is fully convolutional, so it
+            may exceed the training patch; larger windows overlap less). None: `patch_size`.
+        sw_overlap: sliding-window overlap.
+        sw_batch_size: windows per forward pass.
+        candidate_threshold: foreground probability that makes a voxel part of a candidate.
+        min_candidate_voxels: smaller connected components are dropped.
+        max_candidates: at most this many candidates per scan (highest probability first).
+        fp_patch_size: cube edge (voxels) of the classifier's patches.
+        fp_channels: feature maps per ResNet stage.
+        combine: final score from candidate prob p and classifier prob q: "geometric"
+            sqrt(p q), "product" p q, "mean" (p + q) / 2, or "classifier" q.
+        finding_threshold: `predict` reports findings with a final score at least this.
+        body_threshold_hu: voxels above this HU define the body box the U-Net runs on.
+    """
+
+    spacing_mm: tuple[float, float, float] = (1.5, 1.5, 1.5)
+    hu_range: tuple[float, float] = (-1000.0, 400.0)
+    patch_size: tuple[int, int, int] = (48, 48, 48)
+    unet_channels: tuple[int, ...] = (8, 16, 32, 64)
+    unet_res_units: int = 1
+    sw_roi_size: tuple[int, int, int] | None = (64, 64, 64)
+    sw_overlap: float = 0.125
+    sw_batch_size: int = 2
+    candidate_threshold: float = 0.3
+    min_candidate_voxels: int = 2
+    max_candidates: int = 64
+    fp_patch_size: int = 32
+    fp_channels: tuple[int, ...] = (16, 32, 64, 64)
+    combine: str = "geometric"
+    finding_threshold: float = 0.5
+    body_threshold_hu: float = -500.0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.spacing_mm = tuple(float(v) for v in self.spacing_mm)  # type: ignore[assignment]
+        self.hu_range = tuple(float(v) for v in self.hu_range)  # type: ignore[assignment]
+        self.patch_size = tuple(int(v) for v in self.patch_size)  # type: ignore[assignment]
+        if self.sw_roi_size is not None:
+            self.sw_roi_size = tuple(int(v) for v in self.sw_roi_size)  # type: ignore[assignment]
+        self.unet_channels = tuple(int(v) for v in self.unet_channels)
+        self.fp_channels = tuple(int(v) for v in self.fp_channels)
+        if len(self.spacing_mm) != 3 or min(self.spacing_mm) <= 0:
+            raise ValueError(f"spacing_mm must be three positive numbers, got {self.spacing_mm}")
+        if len(self.hu_range) != 2 or self.hu_range[0] >= self.hu_range[1]:
+            raise ValueError(f"hu_range must be (low, high) with low < high, got {self.hu_range}")
+        div = 2 ** (len(self.unet_channels) - 1)
+        if len(self.patch_size) != 3 or any(p % div or p < div for p in self.patch_size):
+            raise ValueError(f"patch_size must be three multiples of {div}, got {self.patch_size}")
+        roi = self.sw_roi_size
+        if roi is not None and (len(roi) != 3 or any(p % div or p < div for p in roi)):
+            raise ValueError(f"sw_roi_size must be three multiples of {div}, got {roi}")
+        if self.fp_patch_size % 8 or self.fp_patch_size < 16:
+            raise ValueError(
+                f"fp_patch_size must be a multiple of 8 and >= 16, got {self.fp_patch_size}"
+            )
+        if self.combine not in {"geometric", "product", "mean", "classifier"}:
+            raise ValueError(
+                f"combine must be geometric, product, mean or classifier, got {self.combine!r}"
+            )
+
+    @property
+    def unet_kwargs(self) -> dict[str, Any]:
+        """Arguments of `build_network("unet3d", ...)`."""
+        n = len(self.unet_channels)
+        return {
+            "in_channels": 1,
+            "out_channels": 2,
+            "channels": list(self.unet_channels),
+            "strides": [2] * (n - 1),
+            "num_res_units": self.unet_res_units,
+        }
+
+    @property
+    def fp_kwargs(self) -> dict[str, Any]:
+        """Arguments of `build_network("resnet3d", ...)`."""
+        return {"in_channels": 1, "num_classes": 1, "block_inplanes": list(self.fp_channels)}
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> DetectionConfig:
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})

@@ -1,0 +1,466 @@
+"""Training of the two-stage nodule detector through `ai_engine.training.Trainer`.
+
+Stage 1: the candidate U-Net on patches balanced between nodules and background
+(`RandCropByPosNegLabeld`), Dice + cross-entropy, validated by the FROC CPM of its candidates.
+Stage 2: the ResNet false-positive classifier on patches around mined candidates (U-Net hits
+and misses on the training scans at a low threshold), reference nodules and random soft-tissue
+points (vessels, chest wall), focal loss + 3D CutMix, validated by the CPM of the whole detector.
+The result is one model folder with the components "candidates" and "fp_reduction".
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from monai.losses import DiceCELoss, FocalLoss
+from monai.transforms import (
+    Compose,
+    EnsureTyped,
+    RandCropByPosNegLabeld,
+    RandSpatialCropd,
+    SelectItemsd,
+    SpatialPadd,
+)
+
+from ai_engine.detection.config import DetectionConfig
+from ai_engine.detection.patches import balance, extract_patches, label_points, random_tissue_points
+from ai_engine.detection.pipeline import TASK, NoduleDetector
+from ai_engine.detection.transforms import preprocessing
+from ai_engine.errors import InputError
+from ai_engine.evaluation.froc import froc
+from ai_engine.modelfolder import Component, save_model_folder
+from ai_engine.networks import build_network
+from ai_engine.training import (
+    CutMixBatch,
+    EpochLoader,
+    TrainConfig,
+    Trainer,
+    intensity_augmentations,
+    load_partial_weights,
+    make_dataset,
+    seed_everything,
+    spatial_augmentations,
+    training_data_hash,
+)
+from ai_engine.training.trainer import BEST_WEIGHTS
+
+
+@dataclass
+class DetectionTrainOptions:
+    """Options of `train_detector` (the CLI flags map onto these).
+
+    Attributes:
+        epochs: U-Net epochs.
+        steps_per_epoch: U-Net optimizer steps per epoch.
+        batch_size: U-Net patches per micro-batch (2 patches per scan).
+        lr: U-Net peak learning rate.
+        fp_epochs: classifier epochs.
+        fp_steps_per_epoch: classifier steps per epoch.
+        fp_batch_size: classifier patches per micro-batch.
+        fp_lr: classifier peak learning rate.
+        accumulation_steps: micro-batches per optimizer step (both stages).
+        warmup_steps: linear warm-up steps (both stages).
+        early_stopping_patience: epochs without CPM improvement before stopping.
+        seed: seed of everything.
+        device: "cpu" or "cuda[:N]".
+        max_steps: cap on optimizer steps per stage (quick runs).
+        init_weights: a weights file for the U-Net, or a detection model folder (both stages).
+        resume: continue an interrupted run in the same `out` folder.
+        mining_threshold: U-Net probability threshold for mining classifier samples.
+        random_negatives: random soft-tissue negatives per training scan.
+        elastic_prob: probability of the elastic deformation.
+        progress: tqdm bars.
+    """
+
+    epochs: int = 20
+    steps_per_epoch: int = 20
+    batch_size: int = 4
+    lr: float = 5e-3
+    fp_epochs: int = 10
+    fp_steps_per_epoch: int = 20
+    fp_batch_size: int = 32
+    fp_lr: float = 1e-3
+    accumulation_steps: int = 1
+    warmup_steps: int = 10
+    early_stopping_patience: int | None = 6
+    seed: int = 0
+    device: str = "cpu"
+    max_steps: int | None = None
+    init_weights: str | None = None
+    resume: bool = False
+    mining_threshold: float = 0.1
+    random_negatives: int = 24
+    elastic_prob: float = 0.1
+    progress: bool = True
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def _log(message: str) -> None:
+    print(message, flush=True)
+
+
+def _preprocess_items(
+    items: Sequence[dict[str, Any]], config: DetectionConfig
+) -> list[dict[str, Any]]:
+    """Load and preprocess every scan once (image, sphere label, nodules) for mining/validation."""
+    pre = preprocessing(config.spacing_mm, config.hu_range, with_label=True)
+    return [pre({"image": it["image"], "nodules": it.get("nodules", [])}) for it in items]
+
+
+def detections_cpm(
+    detector: NoduleDetector,
+    scans: Sequence[dict[str, Any]],
+    use_classifier: bool,
+    cached: list[Any] | None = None,
+) -> dict[str, float]:
+    """CPM of `detector` on preprocessed `scans` (candidates reused from `cached` if given)."""
+    points, nodules = [], []
+    for i, scan in enumerate(scans):
+        if cached is not None and i < len(cached):
+            cands, _labels, centers_mm = cached[i]
+        else:
+            cands, _labels, centers_mm = detector.candidates(scan["image"])
+        q = None
+        if use_classifier and detector.classifier is not None:
+            q = detector.classify(
+                scan["image"], np.array([c.center_voxel for c in cands]).reshape(-1, 3)
+            )
+        points.append([d.as_point() for d in detector.finish(cands, centers_mm, q)])
+        nodules.append(scan["nodules"])
+    result = froc(points, nodules)
+    return {"cpm": result.cpm, **{f"sens@{k}": v for k, v in result.sensitivity_at.items()}}
+
+
+def _candidate_stage(
+    train_items: list[dict[str, Any]],
+    val_scans: list[dict[str, Any]],
+    config: DetectionConfig,
+    opts: DetectionTrainOptions,
+    out: Path,
+) -> tuple[torch.nn.Module, dict[str, Any]]:
+    seed_everything(opts.seed)
+    unet = build_network("unet3d", **config.unet_kwargs)
+    transfer = None
+    if opts.init_weights:
+        transfer = _init_component(unet, opts.init_weights, "candidates")
+    per_scan = 2
+    transform = Compose(
+        [
+            preprocessing(config.spacing_mm, config.hu_range, with_label=True),
+            SelectItemsd(keys=["image", "label"]),  # nodule lists differ in length: no collate
+            SpatialPadd(keys=["image", "label"], spatial_size=config.patch_size),
+            RandCropByPosNegLabeld(
+                keys=["image", "label"],
+                label_key="label",
+                spatial_size=config.patch_size,
+                pos=2,
+                neg=1,
+                num_samples=per_scan,
+                allow_smaller=True,
+            ),
+            *spatial_augmentations(
+                ["image", "label"], modes=["bilinear", "nearest"], elastic_prob=opts.elastic_prob
+            ),
+            *intensity_augmentations(["image"]),
+            EnsureTyped(keys=["image", "label"], dtype=torch.float32, track_meta=False),
+        ]
+    )
+    dataset = make_dataset(train_items, transform)
+    loader = EpochLoader(dataset, batch_size=max(1, opts.batch_size // per_scan), seed=opts.seed)
+    cfg = TrainConfig(
+        epochs=opts.epochs,
+        steps_per_epoch=opts.steps_per_epoch,
+        lr=opts.lr,
+        warmup_steps=opts.warmup_steps,
+        accumulation_steps=opts.accumulation_steps,
+        seed=opts.seed,
+        device=opts.device,
+        max_steps=opts.max_steps,
+        early_stopping_patience=opts.early_stopping_patience,
+        monitor="cpm" if val_scans else "train_loss",
+        monitor_mode="max" if val_scans else "min",
+        progress=opts.progress,
+    )
+    detector = NoduleDetector(config, unet, None, device=opts.device)
+    validate = (
+        (lambda model: detections_cpm(detector, val_scans, use_classifier=False))
+        if val_scans
+        else None
+    )
+    # Batch Dice on the nodule class only (background Dice is ~1 and only dilutes the gradient).
+    loss = DiceCELoss(include_background=False, to_onehot_y=True, softmax=True, batch=True)
+    trainer = Trainer(
+        unet,
+        loss,
+        loader,
+        cfg,
+        out / "work" / "candidates",
+        validate=validate,
+        on_epoch_end=lambda e, line: _log(_epoch_line("candidates", line)),
+    )
+    result = trainer.fit(resume=opts.resume)
+    if result.best_weights is not None:
+        unet.load_state_dict(
+            torch.load(result.best_weights, map_location=opts.device, weights_only=True)
+        )
+    info = {
+        "train_config": cfg.to_dict(),
+        "best_metric": result.best_metric,
+        "best_epoch": result.best_epoch,
+        "steps": result.steps,
+        "transfer": transfer,
+    }
+    return unet.eval(), info
+
+
+def _epoch_line(stage: str, line: dict[str, Any]) -> str:
+    val = " ".join(
+        f"{k}={v:.3f}" for k, v in (line.get("val") or {}).items() if not k.startswith("sens")
+    )
+    return f"[{stage}] epoch {line['epoch'] + 1} step {line['step']} loss {line['train_loss']:.4f} {val}".rstrip()
+
+
+def _init_component(module: torch.nn.Module, path: str, component: str) -> dict[str, Any]:
+    """Partial load from a weights file, or from a detection model folder's component."""
+    p = Path(path)
+    if p.is_dir() and (p / "model.json").is_file():
+        manifest = json.loads((p / "model.json").read_text())
+        comp = manifest.get("components", {}).get(component)
+        if comp is None:
+            return {"skipped": f"{path} has no component {component!r}"}
+        p = p / comp["file"]
+    report = load_partial_weights(module, p)
+    _log(f"[{component}] init from {p}: {report.summary()}")
+    return {"path": str(p), **report.to_dict()}
+
+
+def mine_classifier_samples(
+    detector: NoduleDetector,
+    scans: Sequence[dict[str, Any]],
+    config: DetectionConfig,
+    opts: DetectionTrainOptions,
+    rng: np.random.Generator,
+) -> list[dict[str, Any]]:
+    """Classifier samples: mined U-Net candidates (labelled by the hit rule), the reference
+    nodules (plus jittered copies) and random soft-tissue points."""
+    size = config.fp_patch_size + 8  # margin for the random crop / rotation
+    lo_hu, hi_hu = config.hu_range
+    tissue = ((-200 - lo_hu) / (hi_hu - lo_hu), (200 - lo_hu) / (hi_hu - lo_hu))
+    samples: list[dict[str, Any]] = []
+    saved = detector.config.candidate_threshold
+    detector.config.candidate_threshold = opts.mining_threshold
+    try:
+        for scan in scans:
+            image = scan["image"]
+            affine_lps = np.diag([-1.0, -1.0, 1.0, 1.0]) @ np.asarray(
+                image.affine, dtype=np.float64
+            )
+            nod_mm = np.array(
+                [n["center_lps_mm"] for n in scan["nodules"]], dtype=np.float64
+            ).reshape(-1, 3)
+            radii = np.array([n["diameter_mm"] / 2.0 for n in scan["nodules"]], dtype=np.float64)
+            cands, _labels, centers_mm = detector.candidates(image)
+            centers = [c.center_voxel for c in cands]
+            labels = list(label_points(centers_mm, nod_mm, radii))
+            inv = np.linalg.inv(affine_lps)
+            for c_mm, r in zip(nod_mm, radii, strict=True):
+                c_vox = inv[:3, :3] @ c_mm + inv[:3, 3]
+                spacing = np.asarray(config.spacing_mm)
+                for _ in range(3):
+                    centers.append(c_vox + rng.uniform(-0.4, 0.4, 3) * min(r, 3.0) / spacing)
+                    labels.append(1.0)
+            rand = random_tissue_points(
+                image.as_subclass(torch.Tensor).numpy(),
+                opts.random_negatives,
+                rng,
+                *tissue,
+                exclude_mm=nod_mm,
+                exclude_radius_mm=radii,
+                affine_vox_to_mm=affine_lps,
+            )
+            centers += list(rand)
+            labels += [0.0] * len(rand)
+            if not centers:
+                continue
+            patches = extract_patches(image, np.array(centers), size)
+            samples += [
+                {"image": patch, "label": np.array([y], dtype=np.float32)}
+                for patch, y in zip(patches, labels, strict=True)
+            ]
+    finally:
+        detector.config.candidate_threshold = saved
+    return samples
+
+
+def _fp_stage(
+    unet: torch.nn.Module,
+    train_scans: list[dict[str, Any]],
+    val_scans: list[dict[str, Any]],
+    config: DetectionConfig,
+    opts: DetectionTrainOptions,
+    out: Path,
+) -> tuple[torch.nn.Module, dict[str, Any]]:
+    rng = np.random.default_rng(opts.seed)
+    detector = NoduleDetector(config, unet, None, device=opts.device)
+    samples = mine_classifier_samples(detector, train_scans, config, opts, rng)
+    n_pos = int(sum(float(s["label"][0]) for s in samples))
+    _log(f"[fp_reduction] {len(samples)} samples ({n_pos} positive) from {len(train_scans)} scans")
+    if n_pos == 0 or n_pos == len(samples):
+        raise InputError(
+            "the training scans give no nodule (or no background) samples: add annotated nodules"
+        )
+    samples = balance(samples, rng)
+    seed_everything(opts.seed + 1)
+    classifier = build_network("resnet3d", **config.fp_kwargs)
+    transfer = (
+        _init_component(classifier, opts.init_weights, "fp_reduction")
+        if opts.init_weights
+        else None
+    )
+    transform = Compose(
+        [
+            RandSpatialCropd(keys="image", roi_size=(config.fp_patch_size,) * 3, random_size=False),
+            *spatial_augmentations(["image"], elastic_prob=opts.elastic_prob),
+            *intensity_augmentations(["image"]),
+            EnsureTyped(keys=["image", "label"], dtype=torch.float32, track_meta=False),
+        ]
+    )
+    dataset = make_dataset(samples, transform, cache=False)
+    loader = EpochLoader(
+        dataset,
+        batch_size=opts.fp_batch_size,
+        seed=opts.seed + 1,
+        drop_last=len(samples) > opts.fp_batch_size,
+    )
+    cfg = TrainConfig(
+        epochs=opts.fp_epochs,
+        steps_per_epoch=opts.fp_steps_per_epoch,
+        lr=opts.fp_lr,
+        warmup_steps=opts.warmup_steps,
+        accumulation_steps=opts.accumulation_steps,
+        seed=opts.seed + 1,
+        device=opts.device,
+        max_steps=opts.max_steps,
+        early_stopping_patience=opts.early_stopping_patience,
+        monitor="cpm" if val_scans else "train_loss",
+        monitor_mode="max" if val_scans else "min",
+        progress=opts.progress,
+    )
+    full = NoduleDetector(config, unet, classifier, device=opts.device)
+    cached = [full.candidates(s["image"]) for s in val_scans]
+    validate = (lambda model: detections_cpm(full, val_scans, True, cached)) if val_scans else None
+    trainer = Trainer(
+        classifier,
+        FocalLoss(use_softmax=False, gamma=2.0),
+        loader,
+        cfg,
+        out / "work" / "fp_reduction",
+        validate=validate,
+        batch_augment=CutMixBatch(alpha=1.0, prob=0.3),
+        on_epoch_end=lambda e, line: _log(_epoch_line("fp_reduction", line)),
+    )
+    result = trainer.fit(resume=opts.resume)
+    if result.best_weights is not None:
+        classifier.load_state_dict(
+            torch.load(result.best_weights, map_location=opts.device, weights_only=True)
+        )
+    info = {
+        "train_config": cfg.to_dict(),
+        "best_metric": result.best_metric,
+        "best_epoch": result.best_epoch,
+        "steps": result.steps,
+        "n_samples": len(samples),
+        "n_positive_unique": n_pos,
+        "transfer": transfer,
+    }
+    return classifier.eval(), info
+
+
+def train_detector(
+    datalist: dict[str, list[dict[str, Any]]],
+    out: str | Path,
+    config: DetectionConfig | None = None,
+    options: DetectionTrainOptions | None = None,
+) -> Path:
+    """Train both stages on `datalist["training"]` (validated on `"validation"`) and write a
+    model folder to `out` (work files under `out/work`).
+
+    Raises:
+        InputError: no training scans, no nodules at all.
+    """
+    config = config or DetectionConfig()
+    opts = options or DetectionTrainOptions()
+    out = Path(out)
+    train_items = list(datalist.get("training", []))
+    val_items = list(datalist.get("validation", []))
+    if not train_items:
+        raise InputError("the datalist has no 'training' items")
+    if not any(it.get("nodules") for it in train_items):
+        raise InputError("no training scan has a nodule: the detector cannot learn what to find")
+    torch.set_num_threads(max(1, min(torch.get_num_threads(), 16)))
+    out.mkdir(parents=True, exist_ok=True)
+    _log(f"preprocessing {len(val_items)} validation scans")
+    val_scans = _preprocess_items(val_items, config)
+    unet, info1 = _candidate_stage(train_items, val_scans, config, opts, out)
+    _log(f"preprocessing {len(train_items)} training scans for candidate mining")
+    train_scans = _preprocess_items(train_items, config)
+    classifier, info2 = _fp_stage(unet, train_scans, val_scans, config, opts, out)
+    metrics: dict[str, Any] = {}
+    if val_scans:
+        det = NoduleDetector(config, unet, classifier, device=opts.device)
+        metrics["validation"] = {
+            "candidates": detections_cpm(det, val_scans, use_classifier=False),
+            "detector": detections_cpm(det, val_scans, use_classifier=True),
+            "n_images": len(val_scans),
+            "n_nodules": sum(len(s["nodules"]) for s in val_scans),
+        }
+        _log(
+            f"validation CPM: candidates {metrics['validation']['candidates']['cpm']:.3f}, "
+            f"detector {metrics['validation']['detector']['cpm']:.3f}"
+        )
+    cfg_dict = config.to_dict()
+    pre_keys = ("spacing_mm", "hu_range", "body_threshold_hu")
+    save_model_folder(
+        out,
+        task=TASK,
+        made_by="trained",
+        made_by_params={"options": asdict(opts), "candidates": info1, "fp_reduction": info2},
+        components={
+            "candidates": Component(
+                network="unet3d",
+                network_kwargs=config.unet_kwargs,
+                module=unet,
+                extra={"output": "2-class softmax logits", "roi_size": list(config.patch_size)},
+            ),
+            "fp_reduction": Component(
+                network="resnet3d",
+                network_kwargs=config.fp_kwargs,
+                module=classifier,
+                extra={"output": "nodule logit", "patch_size": config.fp_patch_size},
+            ),
+        },
+        preprocessing={"orientation": "RAS", **{k: cfg_dict[k] for k in pre_keys}},
+        postprocessing={k: v for k, v in cfg_dict.items() if k not in pre_keys},
+        training_data=training_data_hash({"training": train_items, "validation": val_items}),
+        metrics=metrics,
+        extra_files={
+            "log_candidates.jsonl": out / "work" / "candidates" / "log.jsonl",
+            "log_fp_reduction.jsonl": out / "work" / "fp_reduction" / "log.jsonl",
+        },
+    )
+    return out
+
+
+__all__ = [
+    "BEST_WEIGHTS",
+    "DetectionTrainOptions",
+    "detections_cpm",
+    "mine_classifier_samples",
+    "train_detector",
+]

@@ -1,0 +1,167 @@
+"""Detection preprocessing as MONAI dict transforms: load a CT, orient, resample, window,
+and draw nodule spheres as a label map on the resampled grid."""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Iterator, Mapping
+from contextlib import contextmanager
+from typing import Any
+
+import numpy as np
+import torch
+from monai.data import MetaTensor
+from monai.transforms import Compose, EnsureTyped, MapTransform, ScaleIntensityRanged
+
+from ai_engine.errors import AIEngineError, InputError
+from ai_engine.io import load_volume
+from ai_engine.io.volume import Volume
+from ai_engine.transforms import (
+    OrientRASd,
+    ResampleToSpacingd,
+    lps_mm_to_voxel,
+    volume_to_metatensor,
+)
+
+
+@contextmanager
+def input_errors_unwrapped() -> Iterator[None]:
+    """Re-raise an `AIEngineError` that MONAI wrapped in "applying transform" RuntimeErrors, so
+    the CLI prints its message instead of a traceback."""
+    try:
+        yield
+    except RuntimeError as exc:
+        cause: BaseException | None = exc
+        while cause is not None and not isinstance(cause, AIEngineError):
+            cause = cause.__cause__
+        if cause is not None:
+            raise cause from None
+        raise
+
+
+def check_ct(volume: Volume, source: object = "") -> None:
+    """Refuse volumes that are not CT (DICOM Modality other than CT) or not scalar.
+
+    NIfTI files carry no modality; they are accepted when their values look like HU.
+
+    Raises:
+        InputError: not a CT.
+    """
+    where = f"{source}: " if source else ""
+    modality = str(volume.meta.get("modality", "") or "")
+    if modality and modality != "CT":
+        raise InputError(f"{where}modality is {modality!r}, the nodule detector needs a CT series")
+    if volume.array.ndim != 3:
+        raise InputError(f"{where}expected one scalar CT volume, got shape {volume.array.shape}")
+    if not modality and (volume.array.min() > -500 or volume.array.max() > 5000):
+        raise InputError(f"{where}values do not look like Hounsfield units (no air below -500 HU)")
+
+
+def load_ct(path: object) -> Volume:
+    """`ai_engine.io.load_volume` + `check_ct`."""
+    volume = load_volume(str(path))
+    check_ct(volume, path)
+    return volume
+
+
+class LoadCTd(MapTransform):
+    """Load the CT at `data[key]` (path or `Volume`) as a channel-first RAS MetaTensor.
+
+    The source geometry is kept under `"<key>_source"`: `{"affine_lps", "shape"}`.
+    """
+
+    def __init__(self, keys: Any = "image", allow_missing_keys: bool = False) -> None:
+        super().__init__(keys, allow_missing_keys)
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        out = dict(data)
+        for key in self.key_iterator(out):
+            value = out[key]
+            volume = value if isinstance(value, Volume) else load_ct(value)
+            if isinstance(value, Volume):
+                check_ct(volume)
+            out[key] = volume_to_metatensor(volume)
+            out[f"{key}_source"] = {
+                "affine_lps": volume.affine.tolist(),
+                "shape": list(volume.spatial_shape),
+            }
+        return out
+
+
+class NoduleSphereMaskd(MapTransform):
+    """Label map of nodule spheres on the grid of `ref_key` (after resampling).
+
+    Each voxel whose center lies within a nodule's radius (in mm, patient space) is 1. The
+    voxel->mm map is the reference tensor's affine, so the spheres are round whatever the
+    spacing. At least the voxel nearest each center is marked, so tiny nodules never vanish.
+
+    Args:
+        keys: output key(s) of the label map.
+        ref_key: the image whose grid the mask follows.
+        nodules_key: list of `{"center_lps_mm", "diameter_mm"}`.
+    """
+
+    def __init__(
+        self, keys: Any = "label", ref_key: str = "image", nodules_key: str = "nodules"
+    ) -> None:
+        super().__init__(keys)
+        self.ref_key = ref_key
+        self.nodules_key = nodules_key
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        out = dict(data)
+        ref = out[self.ref_key]
+        if not isinstance(ref, MetaTensor):
+            raise TypeError(f"{self.ref_key!r} must be a MetaTensor with an affine")
+        mask = sphere_mask(ref, out.get(self.nodules_key, []))
+        for key in self.keys:  # output keys: they need not exist yet
+            meta = {k: v for k, v in ref.meta.items() if k != "affine"}
+            out[key] = MetaTensor(
+                torch.from_numpy(mask[None]), affine=ref.affine.clone(), meta=meta
+            )
+        return out
+
+
+def sphere_mask(ref: MetaTensor, nodules: list[dict[str, Any]]) -> np.ndarray:
+    """uint8 (X, Y, Z) mask of the nodule spheres on `ref`'s (C, X, Y, Z) grid."""
+    shape = tuple(int(n) for n in ref.shape[-3:])
+    mask = np.zeros(shape, dtype=np.float32)
+    if not nodules:
+        return mask
+    affine = np.asarray(ref.affine, dtype=np.float64)
+    spacing = np.linalg.norm(affine[:3, :3], axis=0)
+    for nodule in nodules:
+        center = lps_mm_to_voxel(ref, np.asarray(nodule["center_lps_mm"], dtype=np.float64))[0]
+        radius_mm = float(nodule["diameter_mm"]) / 2.0
+        r_vox = radius_mm / spacing
+        lo = np.maximum(np.floor(center - r_vox).astype(int), 0)
+        hi = np.minimum(np.ceil(center + r_vox).astype(int) + 1, shape)
+        if np.any(hi <= lo):
+            continue
+        grids = np.meshgrid(*[np.arange(a, b) for a, b in zip(lo, hi, strict=True)], indexing="ij")
+        offs = np.stack([g - c for g, c in zip(grids, center, strict=True)], axis=-1)
+        dist = np.linalg.norm(offs @ affine[:3, :3].T, axis=-1)
+        box = tuple(slice(a, b) for a, b in zip(lo, hi, strict=True))
+        mask[box] = np.maximum(mask[box], (dist <= radius_mm).astype(np.float32))
+        nearest = np.clip(np.rint(center).astype(int), 0, np.array(shape) - 1)
+        mask[tuple(nearest)] = 1.0
+    return mask
+
+
+def preprocessing(
+    spacing_mm: tuple[float, float, float], hu_range: tuple[float, float], with_label: bool = False
+) -> Compose:
+    """Load CT -> orient RAS -> resample to `spacing_mm` -> HU window to [0, 1] (-> spheres)."""
+    steps: list[Any] = [
+        LoadCTd(keys="image"),
+        OrientRASd(keys="image"),
+        ResampleToSpacingd(keys="image", pixdim=spacing_mm, mode="bilinear"),
+        ScaleIntensityRanged(
+            keys="image", a_min=hu_range[0], a_max=hu_range[1], b_min=0.0, b_max=1.0, clip=True
+        ),
+    ]
+    if with_label:
+        steps.append(NoduleSphereMaskd(keys="label", ref_key="image", nodules_key="nodules"))
+    steps.append(
+        EnsureTyped(keys=["image", "label"] if with_label else ["image"], dtype=torch.float32)
+    )
+    return Compose(steps)
