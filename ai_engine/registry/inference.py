@@ -100,7 +100,12 @@ def run_inference(
 def _run_detection(
     version: ModelVersion, study, out_dir: Path, progress: Progress
 ) -> list[FindingData]:
-    from ai_engine.detection import predict as detection_predict
+    """Nodule detection on the study's CT series; one finding per detection with its mask.
+
+    Detection findings carry no heat map yet: the false-positive classifier's explanation
+    placed back into the scan is still to be wired in (docs/worker.md).
+    """
+    from ai_engine.detection.pipeline import NoduleDetector, findings_on_source
     from ai_engine.io import Volume, save_nifti
     from imaging.volumes import load_series_volume
 
@@ -108,22 +113,13 @@ def _run_detection(
     progress(0.05, f"Loading series {series.series_instance_uid} from Orthanc")
     volume = load_series_volume(series)
     progress(0.3, "Detecting nodules")
-    result = detection_predict.predict_volume(version.path, volume)
-    progress(0.85, "Writing heat map")
-    heatmap = out_dir / f"{series.series_instance_uid}-heatmap.nii.gz"
-    save_nifti(
-        Volume(np.asarray(result.heatmap, dtype=np.float32), volume.affine),
-        heatmap,
-        dtype=np.float32,
-    )
+    detector = NoduleDetector.from_model_folder(version.path)
+    findings, label_map = findings_on_source(detector.detect(volume), volume)
+    progress(0.85, "Writing masks")
     mask_path = ""
-    if result.mask is not None:
+    if findings:
         mask_file = out_dir / f"{series.series_instance_uid}-mask.nii.gz"
-        save_nifti(
-            Volume(np.asarray(result.mask, dtype=np.float32), volume.affine),
-            mask_file,
-            dtype=np.uint8,
-        )
+        save_nifti(Volume(label_map.astype(np.float32), volume.affine), mask_file, dtype=np.uint16)
         mask_path = _relative(mask_file)
     return [
         FindingData(
@@ -133,10 +129,9 @@ def _run_detection(
             center_voxel=[float(v) for v in item["center_voxel"]],
             diameter_mm=float(item["diameter_mm"]),
             score=float(item["score"]),
-            heatmap_path=_relative(heatmap),
             mask_path=mask_path,
         )
-        for item in result.findings
+        for item in findings
     ]
 
 
