@@ -120,6 +120,9 @@ def main() -> int:
     parser.add_argument("--overlap", type=float, default=0.125)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--retrain", action="store_true", help="train even if --work/model exists")
+    parser.add_argument(
+        "--resume", action="store_true", help="continue an interrupted training in --work/model"
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     work = Path(args.work)
@@ -157,6 +160,7 @@ def main() -> int:
             fp_steps_per_epoch=args.fp_steps_per_epoch,
             batch_size=args.batch_size,
             elastic_prob=0.05,
+            resume=args.resume,
             seed=args.seed,
             progress=False,
         )

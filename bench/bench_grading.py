@@ -9,7 +9,7 @@ Prints, on a held-out phantom set (its own seeds):
     median of repeated single-study calls) and model size in MB;
   * ONNX / TorchScript parity (max abs difference).
 
-Usage (about 15 minutes on 2 CPU threads):
+Usage (about 30 minutes from scratch on 2 CPU threads; ~16 when the trained models in --out are reused):
   nohup .venv/bin/python bench/bench_grading.py --out var/bench/grading > /tmp/bench_grading.log 2>&1 &
 """
 

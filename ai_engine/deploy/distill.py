@@ -79,14 +79,15 @@ def student_network(
         return max(multiple, round(n * width_factor / multiple) * multiple)
 
     if network == "resnet3d":
-        kw["block_inplanes"] = [scale(c) for c in kw.get("block_inplanes", (16, 32, 64, 128))]
+        # multiples of 8 channels: odd widths hit slow CPU convolution paths
+        kw["block_inplanes"] = [scale(c, 8) for c in kw.get("block_inplanes", (16, 32, 64, 128))]
         return network, kw
     if network == "densenet121_3d":
         student = {
             "in_channels": kw.get("in_channels", 1),
             "num_classes": kw.get("num_classes", 2),
             "layers": [1, 1, 1, 1],
-            "block_inplanes": [scale(c) for c in (64, 128, 256, 512)],
+            "block_inplanes": [scale(c, 8) for c in (64, 128, 256, 512)],
             "conv1_t_size": 3,
             "conv1_t_stride": 1,
             "no_max_pool": True,

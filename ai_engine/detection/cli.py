@@ -33,7 +33,13 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     t = sub.add_parser("train", help="train both stages and write a model folder")
-    t.add_argument("--data", required=True, help="DATALIST json (training + validation splits)")
+    t.add_argument("--data", help="DATALIST json (training + validation splits)")
+    t.add_argument(
+        "--demo",
+        action="store_true",
+        help="no --data: write 4 small phantom CTs under OUT/demo_data and train a tiny model "
+        "in about a minute (for demos and smoke tests, not for use)",
+    )
     t.add_argument("--out", required=True, help="model folder to write")
     t.add_argument("--epochs", type=int, default=20, help="U-Net epochs (default 20)")
     t.add_argument("--steps-per-epoch", type=int, default=20)
@@ -125,6 +131,10 @@ def _train(args: argparse.Namespace) -> int:
     from ai_engine.detection.config import DetectionConfig
     from ai_engine.detection.train import DetectionTrainOptions, train_detector
 
+    if args.demo:
+        return _train_demo(args)
+    if not args.data:
+        raise InputError("train needs --data DATALIST (or --demo)")
     datalist = load_datalist(args.data)
     if args.init_weights and not Path(args.init_weights).exists():
         raise InputError(f"--init-weights {args.init_weights} does not exist")
@@ -155,6 +165,59 @@ def _train(args: argparse.Namespace) -> int:
     )
     out = train_detector(datalist, args.out, config, options)
     print(f"model folder written to {out}")
+    return 0
+
+
+def _train_demo(args: argparse.Namespace) -> int:
+    """A tiny detector on 4 phantom CTs written by the phantom generator (seconds per stage)."""
+    from ai_engine.data.datalist import load_datalist, write_datalist
+    from ai_engine.data.phantoms import write_chest_ct
+    from ai_engine.detection.config import DetectionConfig
+    from ai_engine.detection.train import DetectionTrainOptions, train_detector
+
+    root = Path(args.out) / "demo_data"
+    items = []
+    for seed in (101, 102, 103, 104):
+        case = root / f"ct_{seed}"
+        if not case.exists():
+            nodules = write_chest_ct(case, seed, shape=(64, 64, 24))
+            (root / f"ct_{seed}.nodules.json").write_text(json.dumps(nodules))
+        nodules = json.loads((root / f"ct_{seed}.nodules.json").read_text())
+        items.append(
+            {
+                "image": case.name,
+                "nodules": [{k: n[k] for k in ("center_lps_mm", "diameter_mm")} for n in nodules],
+            }
+        )
+    path = write_datalist(
+        {"training": items[:3], "validation": items[3:], "testing": items[3:]},
+        root / "datalist.json",
+    )
+    config = DetectionConfig(
+        patch_size=(32, 32, 32),
+        sw_roi_size=(32, 32, 32),
+        unet_channels=(4, 8, 16),
+        fp_patch_size=16,
+        fp_channels=(4, 8, 8, 8),
+    )
+    options = DetectionTrainOptions(
+        epochs=2,
+        steps_per_epoch=3,
+        batch_size=2,
+        lr=1e-2,
+        fp_epochs=2,
+        fp_steps_per_epoch=3,
+        fp_batch_size=8,
+        warmup_steps=1,
+        early_stopping_patience=None,
+        seed=args.seed,
+        device=args.device,
+        random_negatives=6,
+        elastic_prob=0.0,
+        progress=not args.no_progress,
+    )
+    out = train_detector(load_datalist(path), args.out, config, options)
+    print(f"demo model folder written to {out} (data: {path})")
     return 0
 
 

@@ -114,7 +114,9 @@ def _run_detection(
     volume = load_series_volume(series)
     progress(0.3, "Detecting nodules")
     detector = NoduleDetector.from_model_folder(version.path)
-    findings, label_map = findings_on_source(detector.detect(volume), volume)
+    findings, label_map = findings_on_source(
+        detector.detect(volume), volume, detector.config.finding_threshold
+    )
     progress(0.85, "Writing masks")
     mask_path = ""
     if findings:

@@ -254,6 +254,11 @@ BAD_CASES = [
         "not valid JSON",
     ),
     (
+        "train with neither --data nor --demo",
+        lambda p, m: ["train", "--out", str(p["bad"] / "o2")],
+        "needs --data",
+    ),
+    (
         "model folder missing",
         lambda p, m: [
             "predict",
@@ -296,3 +301,15 @@ def test_cuda_request_without_cuda_is_refused(bad_inputs, model, capsys):
         ]
     )
     assert code == 2 and "CUDA is not available" in capsys.readouterr().err
+
+
+def test_demo_training_writes_a_model_folder_predict_can_use(tmp_path, capsys):
+    """`detection train --demo` (what `make demo` runs) gives a loadable two-stage detector."""
+    from ai_engine.detection.pipeline import NoduleDetector
+
+    out = tmp_path / "demo-model"
+    assert main(["detection", "train", "--demo", "--out", str(out), "--no-progress"]) == 0
+    assert "demo model folder written" in capsys.readouterr().out
+    detector = NoduleDetector.from_model_folder(out)
+    assert detector.classifier is not None
+    assert (out / "demo_data" / "datalist.json").exists()
