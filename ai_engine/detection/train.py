@@ -204,18 +204,7 @@ def _candidate_stage(
         validate=validate,
         on_epoch_end=lambda e, line: _log(_epoch_line("candidates", line)),
     )
-    result = trainer.fit(resume=opts.resume)
-    if result.best_weights is not None:
-        unet.load_state_dict(
-            torch.load(result.best_weights, map_location=opts.device, weights_only=True)
-        )
-    info = {
-        "train_config": cfg.to_dict(),
-        "best_metric": result.best_metric,
-        "best_epoch": result.best_epoch,
-        "steps": result.steps,
-        "transfer": transfer,
-    }
+    info = {**_fit_keeping_best(trainer, unet, cfg, opts), "transfer": transfer}
     return unet.eval(), info
 
 
@@ -365,16 +354,8 @@ def _fp_stage(
         batch_augment=CutMixBatch(alpha=1.0, prob=0.3),
         on_epoch_end=lambda e, line: _log(_epoch_line("fp_reduction", line)),
     )
-    result = trainer.fit(resume=opts.resume)
-    if result.best_weights is not None:
-        classifier.load_state_dict(
-            torch.load(result.best_weights, map_location=opts.device, weights_only=True)
-        )
     info = {
-        "train_config": cfg.to_dict(),
-        "best_metric": result.best_metric,
-        "best_epoch": result.best_epoch,
-        "steps": result.steps,
+        **_fit_keeping_best(trainer, classifier, cfg, opts),
         "n_samples": len(samples),
         "n_positive_unique": n_pos,
         "transfer": transfer,
@@ -464,3 +445,18 @@ __all__ = [
     "mine_classifier_samples",
     "train_detector",
 ]
+
+
+def _fit_keeping_best(trainer, network: torch.nn.Module, cfg, opts) -> dict:
+    """Run `trainer`, load its best weights back into `network`, summarise the run."""
+    result = trainer.fit(resume=opts.resume)
+    if result.best_weights is not None:
+        network.load_state_dict(
+            torch.load(result.best_weights, map_location=opts.device, weights_only=True)
+        )
+    return {
+        "train_config": cfg.to_dict(),
+        "best_metric": result.best_metric,
+        "best_epoch": result.best_epoch,
+        "steps": result.steps,
+    }
