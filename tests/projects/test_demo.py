@@ -104,3 +104,33 @@ def test_a_failing_step_is_reported_with_its_error(var_dir, monkeypatch):
     out = io.StringIO()
     demo.Command(stdout=out)._models(var_dir)
     assert "skipped broken model: exit 2" in out.getvalue()
+
+
+def test_demo_models_are_registered_as_champions_and_queue_inference(var_dir, settings):
+    """The demo's trained detector enters the registry and studies get inference jobs."""
+    from ai_engine.cli import main as ai_engine_main
+    from ai_engine.registry.models import Job, ModelVersion
+    from tests.annotations.factories import make_study
+
+    settings.MODEL_STORE_DIR = var_dir / "model-store"
+    _demo()
+    project = Project.objects.get(slug="demo")
+    ct_study = make_study(project, modality="CT")
+    make_study(project, modality="MR")
+    models = var_dir / "demo" / "models"
+    detection_args = ["detection", "train", "--demo", "--out", str(models / "detection")]
+    assert ai_engine_main([*detection_args, "--no-progress"]) == 0
+
+    out = io.StringIO()
+    command = demo.Command(stdout=out)
+    command.register_models(project, models)
+    command.register_models(project, models)  # again: nothing new
+
+    version = ModelVersion.objects.get(project=project)
+    assert version.task == "nodule_detection" and version.status == "champion"
+    assert (settings.MODEL_STORE_DIR / "demo").exists()
+    jobs = Job.objects.filter(project=project, kind=Job.Kind.INFERENCE)
+    assert [job.study_id for job in jobs] == [ct_study.pk]  # the MR study is not a CT
+    text = out.getvalue()
+    assert "registered version 1" in text and "registered already" in text
+    assert "no model folder" in text  # the grading model was not made here

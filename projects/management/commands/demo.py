@@ -89,6 +89,7 @@ class Command(BaseCommand):
         if not no_data:
             self._phantoms_and_ingest(project_obj, demo_dir)
             self._models(demo_dir)
+            self.register_models(project_obj, demo_dir / "models")
 
         lines = [
             f"Demo users (password for all: {password}):",
@@ -182,6 +183,38 @@ class Command(BaseCommand):
                 shutil.rmtree(target, ignore_errors=True)
                 if not self._run(description, [sys.executable, "-m", *argv]):
                     break
+
+    def register_models(self, project: Project, models_dir: Path) -> None:
+        """Put each demo model into the registry (it becomes champion, being the first) and
+        queue inference on the project's studies, so findings appear once the worker runs."""
+        from ai_engine.registry.exceptions import NoChampion
+        from ai_engine.registry.models import ModelTask, ModelVersion
+        from ai_engine.registry.services import (
+            inference_queue_for_project,
+            model_version_register,
+        )
+
+        folders = {
+            ModelTask.NODULE_DETECTION: models_dir / "detection",
+            ModelTask.TUMOR_GRADING: models_dir / "grading",
+        }
+        for task, folder in folders.items():
+            if not (folder / "model.json").exists():
+                self._skip(f"registering the {task} model", f"no model folder at {folder}")
+                continue
+            if ModelVersion.objects.filter(project=project, task=task).exists():
+                self.stdout.write(f"{task}: a model version is registered already")
+                continue
+            version = model_version_register(
+                project=project, task=task, source_dir=folder, provenance="trained"
+            )
+            self.stdout.write(f"{task}: registered version {version.version} ({version.status})")
+            try:
+                jobs = inference_queue_for_project(project=project, task=task)
+            except NoChampion as exc:
+                self._skip(f"inference with the {task} model", str(exc))
+                continue
+            self.stdout.write(f"{task}: {len(jobs)} inference job(s) queued")
 
     def _run(self, description: str, cmd: list[str]) -> bool:
         self.stdout.write(f"{description}: {' '.join(cmd[1:])}")
