@@ -2,7 +2,7 @@
 # Local services for development and the demo: Orthanc, Redis, and the platform's own
 # processes (web server, Celery worker, Celery beat).
 #
-#   platform/services.sh install [orthanc|redis|chromium|all]   Debian packages, when missing
+#   platform/services.sh install [orthanc|redis|chromium|compose|all]   Debian packages, when missing
 #   platform/services.sh start   [orthanc|redis|web|worker|beat|all|app|everything]
 #   platform/services.sh stop    [same]
 #   platform/services.sh status  [same]
@@ -39,7 +39,11 @@ die() { printf 'services.sh: %s\n' "$*" >&2; exit 1; }
 
 # --- helpers ---------------------------------------------------------------------------
 pid_alive() { # pidfile -> 0 when the process it names runs
-  [[ -s "$1" ]] && kill -0 "$(cat "$1")" 2>/dev/null
+  # The pid file can vanish between the test and the read (Celery rewrites it while it
+  # detaches): a missing file reads as "not running", silently.
+  local pid
+  pid="$(cat "$1" 2>/dev/null)" || return 1
+  [[ -n "$pid" ]] && kill -0 "$pid" 2>/dev/null
 }
 
 http_ok() { # url [user pass] -> 0 on a 2xx answer
@@ -135,6 +139,13 @@ install_chromium() {
     say "chromium: installed ($(command -v chromium))"; return 0
   fi
   apt_install chromium
+}
+
+install_compose() { # only to validate docker-compose.yml in tests (no Docker engine needed)
+  if command -v docker-compose >/dev/null; then
+    say "compose: installed ($(command -v docker-compose))"; return 0
+  fi
+  apt_install docker-compose
 }
 
 # --- Orthanc ---------------------------------------------------------------------------
@@ -290,8 +301,8 @@ expand() { # target -> components
     all) echo "orthanc redis" ;;
     app) echo "web worker beat" ;;
     everything) echo "orthanc redis web worker beat" ;;
-    orthanc|redis|web|worker|beat|chromium) echo "$1" ;;
-    *) die "unknown target '$1' (orthanc, redis, web, worker, beat, chromium, all, app, everything)" ;;
+    orthanc|redis|web|worker|beat|chromium|compose) echo "$1" ;;
+    *) die "unknown target '$1' (orthanc, redis, web, worker, beat, chromium, compose, all, app, everything)" ;;
   esac
 }
 
@@ -309,21 +320,21 @@ main() {
   case "$action" in
     install)
       for c in "${components[@]}"; do
-        case "$c" in orthanc|redis|chromium) "install_$c" ;; *) say "$c: nothing to install" ;; esac
+        case "$c" in orthanc|redis|chromium|compose) "install_$c" ;; *) say "$c: nothing to install" ;; esac
       done ;;
     start)
       for c in "${components[@]}"; do
-        [[ "$c" == chromium ]] && die "chromium is not a service"
+        [[ "$c" == chromium || "$c" == compose ]] && die "$c is not a service"
         "start_$c"
       done ;;
     stop)
       # Stop in reverse order: the app before the services it uses.
       for ((i = ${#components[@]} - 1; i >= 0; i--)); do
-        [[ "${components[i]}" == chromium ]] || "stop_${components[i]}"
+        [[ "${components[i]}" == chromium || "${components[i]}" == compose ]] || "stop_${components[i]}"
       done ;;
     status)
       for c in "${components[@]}"; do
-        [[ "$c" == chromium ]] && continue
+        [[ "$c" == chromium || "$c" == compose ]] && continue
         "status_$c" || rc=3
       done ;;
     -h|--help|help|"") usage; [[ -n "$action" ]] || exit 2 ;;
