@@ -46,7 +46,31 @@ app.conf.task_serializer = "json"
 app.conf.result_serializer = "json"
 app.conf.accept_content = ["json"]
 app.conf.broker_connection_retry_on_startup = True
+
+
+def _transport_options(options: dict) -> dict:
+    """Broker options with the sweep that redelivers a dead worker's unacked tasks made prompt.
+
+    Redis keeps a late-acked task of a worker killed outright (SIGKILL, lost machine) in its
+    `unacked` set; a live worker puts it back on the queue once it is older than the
+    visibility timeout. Kombu sweeps every 10 s but scans only every 10th sweep (100 s);
+    scanning at every sweep, every visibility/10 s (1-10 s), costs one ZRANGE and brings
+    the task back within about the visibility timeout.
+    """
+    options = dict(options or {})
+    visibility = int(options.get("visibility_timeout", 3600))
+    options.setdefault("unacked_restore_interval", min(10, max(1, visibility // 10)))
+    options.setdefault("unacked_restore_throttle", 1)
+    return options
+
+
+app.conf.broker_transport_options = _transport_options(app.conf.broker_transport_options)
 app.autodiscover_tasks()
+
+#: Optional ceiling on every task's hard time limit (seconds). A deployment (or the worker
+#: fault tests) running with a short visibility timeout, so that the tasks of a lost worker
+#: come back fast, sets it below that timeout; tasks declaring a longer limit get this one.
+HARD_LIMIT_CAP_ENV = "CELERY_TASK_HARD_TIME_LIMIT_CAP_S"
 
 
 def platform_task(
@@ -63,7 +87,8 @@ def platform_task(
     - late acks and rejection on worker loss: a task whose worker dies is redelivered,
       so every task must be idempotent (lock its row, return early when already done);
     - a hard time limit below the broker's visibility timeout (so a running task is never
-      delivered twice for being slow) and a soft limit at 0.9 of it, to clean up;
+      delivered twice for being slow) and a soft limit at 0.9 of it, to clean up; the
+      environment variable CELERY_TASK_HARD_TIME_LIMIT_CAP_S, when set, caps it;
     - retries with exponential backoff for the errors named in `autoretry_for`.
     Tasks take keyword-only primitive arguments (ids as strings or ints).
     """
@@ -72,6 +97,9 @@ def platform_task(
     if queue not in (GPU_QUEUE, CPU_QUEUE):
         raise ValueError(f"queue must be {GPU_QUEUE!r} or {CPU_QUEUE!r}, got {queue!r}")
     hard = hard_time_limit_s or settings.CELERY_TASK_HARD_TIME_LIMIT_S
+    cap = os.environ.get(HARD_LIMIT_CAP_ENV)
+    if cap:
+        hard = min(hard, int(cap))
     visibility = settings.CELERY_BROKER_TRANSPORT_OPTIONS["visibility_timeout"]
     if hard >= visibility:
         raise ValueError(

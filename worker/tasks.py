@@ -2,11 +2,14 @@
 
 Every task may run twice (late ack + redelivery on worker loss, retries): `job_start`
 returns None for a job already finished, and results are written in the transaction that
-finishes the job (`inference_complete`), so a second run writes nothing.
+finishes the job (`inference_complete`), so a second run writes nothing. An attempt that
+ends with a retry closes itself (`job_note_retry`); one still open when the next attempt
+starts was lost with its worker and is counted (`Job.lost_attempts`, capped).
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import random
 from collections.abc import Callable
@@ -73,6 +76,9 @@ def _run_job(task, job_id: int, body: Callable[[object], None]) -> str:
         if retries >= DATABASE_RETRIES:
             services.job_fail(job_id=job_id, error=f"Database error: {exc}")
             return "failed"
+        # Close the attempt; if even that fails, the next one counts it as lost (capped).
+        with contextlib.suppress(OperationalError):
+            services.job_note_retry(job_id=job_id)
         raise task.retry(
             exc=exc, countdown=_backoff_s(retries), max_retries=DATABASE_RETRIES
         ) from exc
@@ -115,7 +121,7 @@ def run_scoring_job(self, *, job_id: int) -> str:
 
 @platform_task(queue=CPU_QUEUE, ignore_result=True, hard_time_limit_s=600)
 def check_models(self) -> dict:
-    """Beat: refresh monitoring figures of every live version and start due retraining."""
+    """Beat: refresh monitoring figures, start due retraining, resend orphaned running jobs."""
     from ai_engine.registry import monitoring
     from projects.models import Project
 
@@ -124,4 +130,5 @@ def check_models(self) -> dict:
         len(services.retraining_start_if_due(project_id=pk))
         for pk in Project.objects.values_list("pk", flat=True)
     )
-    return {"flagged": flagged, "training_started": started}
+    resent = services.jobs_resend_orphaned()
+    return {"flagged": flagged, "training_started": started, "jobs_resent": resent}

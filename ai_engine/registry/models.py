@@ -236,6 +236,12 @@ class Job(models.Model):
     error = models.TextField(blank=True)
     cancel_requested = models.BooleanField(default=False)
     attempts = models.PositiveIntegerField(default=0)
+    # When the current attempt started; cleared when it ends (retry scheduled, or a final
+    # state). Still set when the next attempt starts: the previous one died with its worker.
+    attempt_started_at = models.DateTimeField(null=True, blank=True)
+    lost_attempts = models.PositiveIntegerField(
+        default=0, help_text="Attempts whose worker died (SIGKILL, out of memory, lost machine)."
+    )
     celery_task_id = models.CharField(max_length=64, blank=True)
     created_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL
@@ -297,7 +303,8 @@ class Job(models.Model):
         if status in self.TERMINAL:
             self.finished_at = now
             self.eta_at = None
-            fields += ["finished_at", "eta_at"]
+            self.attempt_started_at = None
+            fields += ["finished_at", "eta_at", "attempt_started_at"]
         if status == self.Status.SUCCEEDED:
             self.progress = 1.0
             fields.append("progress")

@@ -7,7 +7,9 @@ Celery except through `_enqueue` (after the commit), so a rolled-back request qu
 from __future__ import annotations
 
 import logging
+import os
 import shutil
+import time
 import uuid
 from collections.abc import Sequence
 from datetime import timedelta
@@ -423,22 +425,100 @@ def job_cancel(*, job: Job, by=None) -> Job:
     return job
 
 
+#: A job whose worker died this many times is failed instead of run again (a job that
+#: kills its worker every time, e.g. out of memory, must not block the queue forever).
+#: Override with the setting JOB_MAX_LOST_ATTEMPTS.
+MAX_LOST_ATTEMPTS = 3
+
+
+def max_lost_attempts() -> int:
+    return int(getattr(settings, "JOB_MAX_LOST_ATTEMPTS", MAX_LOST_ATTEMPTS))
+
+
 def job_start(*, job_id: int, celery_task_id: str = "") -> Job | None:
-    """Mark the job running (or resume it after a retry/redelivery); None when there is nothing to do."""
+    """Mark the job running (or resume it after a retry/redelivery); None when there is nothing to do.
+
+    A job found running with its attempt still open lost its previous attempt: the worker
+    died (SIGKILL, out of memory, lost machine) and the broker redelivered the task. This
+    attempt takes the job over and counts the loss; after `max_lost_attempts()` losses the
+    job fails instead. A job whose cancellation was requested while no attempt ran is
+    cancelled here and its files (of a lost attempt) removed.
+    """
     with transaction.atomic():
         job = Job.objects.select_for_update().filter(pk=job_id).first()
         if job is None or job.is_terminal:
             return None
         if job.cancel_requested:
-            job.transition_to(Job.Status.CANCELLED, message="Cancelled before it ran.")
+            job.transition_to(
+                Job.Status.CANCELLED,
+                message="Cancelled before it ran."
+                if job.status == Job.Status.QUEUED
+                else "Stopped on request; nothing was written.",
+            )
+            _study_status(job, AIStatus.NONE)
+            out_dir = job_output_dir(job=job)
+            transaction.on_commit(lambda: shutil.rmtree(out_dir, ignore_errors=True))
             return None
+        message = job.message
+        if job.status == Job.Status.RUNNING and job.attempt_started_at is not None:
+            job.lost_attempts += 1
+            if job.lost_attempts >= max_lost_attempts():
+                job.save(update_fields=["lost_attempts"])
+                job.transition_to(
+                    Job.Status.FAILED,
+                    error=f"The worker running this job died {job.lost_attempts} times "
+                    "(killed, out of memory or lost machine); it is not run again.",
+                )
+                _study_status(job, AIStatus.FAILED)
+                out_dir = job_output_dir(job=job)
+                transaction.on_commit(lambda: shutil.rmtree(out_dir, ignore_errors=True))
+                return None
+            message = f"Attempt {job.attempts} was lost with its worker; attempt {job.attempts + 1} takes over."
+            logger.warning("job %s: %s", job.pk, message)
         if job.status == Job.Status.QUEUED:
             job.transition_to(Job.Status.RUNNING)
         job.attempts += 1
+        job.attempt_started_at = timezone.now()
+        job.message = message[:500]
         job.celery_task_id = celery_task_id or job.celery_task_id
-        job.save(update_fields=["attempts", "celery_task_id", "updated_at"])
+        job.save(
+            update_fields=[
+                "attempts",
+                "attempt_started_at",
+                "lost_attempts",
+                "message",
+                "celery_task_id",
+                "updated_at",
+            ]
+        )
         _study_status(job, AIStatus.RUNNING)
     return job
+
+
+#: Test-only fault injection (inert unless this environment variable names a folder):
+#: a job reaching progress checkpoint F while `<folder>/hold-F` exists (F as "%.2f") writes
+#: `<folder>/job-<id>.held-F` (holding the pid of the process running it) and waits until
+#: the hold file is removed (at most `TEST_GATE_MAX_WAIT_S`). The worker fault tests use it
+#: to kill or cancel a job at a known point without making the product slow.
+TEST_GATE_ENV = "PLATFORM_TEST_JOB_GATE_DIR"
+TEST_GATE_MAX_WAIT_S = 300
+
+
+def _test_gate(job_id: int, progress: float) -> None:
+    folder = os.environ.get(TEST_GATE_ENV)
+    if not folder:
+        return
+    hold = Path(folder) / f"hold-{progress:.2f}"
+    if not hold.exists():
+        return
+    marker = Path(folder) / f"job-{job_id}.held-{progress:.2f}"
+    partial = marker.with_name(marker.name + ".tmp")
+    partial.write_text(str(os.getpid()))
+    partial.replace(marker)  # the marker appears complete, never empty
+    logger.warning("job %s held at %.2f by %s (test fault injection)", job_id, progress, hold)
+    deadline = time.monotonic() + TEST_GATE_MAX_WAIT_S
+    while hold.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
 
 
 def job_progress(*, job_id: int, progress: float, message: str = "") -> None:
@@ -458,10 +538,45 @@ def job_progress(*, job_id: int, progress: float, message: str = "") -> None:
     if message:
         fields["message"] = message[:500]
     Job.objects.filter(pk=job_id, status=Job.Status.RUNNING).update(**fields)
+    _test_gate(job_id, progress)
 
 
-def job_note_retry(*, job_id: int, message: str) -> None:
-    Job.objects.filter(pk=job_id).update(message=message[:500], updated_at=timezone.now())
+def job_note_retry(*, job_id: int, message: str = "") -> None:
+    """The attempt ends with a retry scheduled: close it (it was not lost) and say why."""
+    fields = {"attempt_started_at": None, "updated_at": timezone.now()}
+    if message:
+        fields["message"] = message[:500]
+    Job.objects.filter(pk=job_id).update(**fields)
+
+
+def jobs_resend_orphaned(*, now=None) -> list[int]:
+    """Send again the task of every running job that no worker can still be working on.
+
+    A running attempt ends within the hard time limit, and the task of a worker that died
+    is redelivered by the broker after its visibility timeout; a running job untouched for
+    longer than both (plus a margin) has lost its task message (e.g. Redis restarted: it
+    keeps nothing on disk) and would stay running forever, blocking new jobs for the same
+    study and model. Its task is sent again; `job_start` counts the lost attempt. Called
+    by the beat task `check_models`. Returns the ids of the jobs sent again.
+    """
+    visibility = settings.CELERY_BROKER_TRANSPORT_OPTIONS["visibility_timeout"]
+    stale_after = timedelta(seconds=settings.CELERY_TASK_HARD_TIME_LIMIT_S + visibility + 120)
+    cutoff = (now or timezone.now()) - stale_after
+    sent = []
+    for job_id in Job.objects.filter(status=Job.Status.RUNNING, updated_at__lt=cutoff).values_list(
+        "pk", flat=True
+    ):
+        with transaction.atomic():
+            job = Job.objects.select_for_update().get(pk=job_id)
+            if job.status != Job.Status.RUNNING or job.updated_at >= cutoff:
+                continue
+            job.celery_task_id = str(uuid.uuid4())
+            job.message = "No worker reported on this job for too long; its task was sent again."
+            job.save(update_fields=["celery_task_id", "message", "updated_at"])
+            _enqueue(job)
+        logger.warning("job %s: orphaned while running; task sent again", job_id)
+        sent.append(job_id)
+    return sent
 
 
 def job_fail(*, job_id: int, error: str) -> None:
@@ -530,7 +645,14 @@ def inference_run(*, job: Job) -> list[FindingData]:
         job_progress(job_id=job.pk, progress=fraction, message=message)
 
     out_dir = job_output_dir(job=job)
-    return run_inference(job.model_version, job.study, out_dir=out_dir, progress=progress)
+    # Start clean: a lost earlier attempt may have left files this one would not overwrite
+    # (a mask when this run finds nothing). No other attempt of the job is alive here: the
+    # hard time limit is below the broker's visibility timeout.
+    shutil.rmtree(out_dir, ignore_errors=True)
+    findings = run_inference(job.model_version, job.study, out_dir=out_dir, progress=progress)
+    # Last checkpoint, after the files are written: a cancel seen here removes them.
+    progress(0.95, f"Recording {len(findings)} finding(s)")
+    return findings
 
 
 def training_complete(

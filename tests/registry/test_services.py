@@ -249,3 +249,113 @@ def test_labels_since_training_count_accepts_corrections_and_added(project, user
     assert labels_since_last_training(project=project, task="nodule_detection") == 2
     assert labels_since_last_training(project=project, task="tumor_grading") == 0
     assert FindingFeedback.objects.count() == 3
+
+
+# -- attempts lost with their worker, orphaned jobs ------------------------------------------
+
+
+def _running_job(project, version=None):
+    study, version = make_study(project), version or make_version(project)
+    job, _ = services.inference_job_create(study=study, model_version=version)
+    assert services.job_start(job_id=job.pk, celery_task_id="first") is not None
+    return job
+
+
+def test_an_attempt_lost_with_its_worker_is_taken_over_and_counted(project, tmp_path, settings):
+    settings.MEDIA_ROOT = tmp_path
+    job = _running_job(project)
+    # The worker died (no retry noted, no final state): the redelivered task takes over.
+    again = services.job_start(job_id=job.pk, celery_task_id="second")
+    assert again is not None
+    again.refresh_from_db()
+    assert (again.status, again.attempts, again.lost_attempts) == (S.RUNNING, 2, 1)
+    assert again.celery_task_id == "second" and "Attempt 1 was lost" in again.message
+    # An attempt that ends with a retry is not lost.
+    services.job_note_retry(job_id=job.pk, message="Orthanc unreachable; retry 1 in 1.0 s.")
+    services.job_start(job_id=job.pk)
+    again.refresh_from_db()
+    assert (again.attempts, again.lost_attempts) == (3, 1)
+    assert services.inference_complete(job_id=job.pk, findings=[]) is True
+    again.refresh_from_db()
+    assert again.status == S.SUCCEEDED and again.attempt_started_at is None
+
+
+def test_a_job_that_keeps_killing_its_worker_fails_after_the_cap(
+    project, tmp_path, settings, django_capture_on_commit_callbacks
+):
+    settings.MEDIA_ROOT = tmp_path
+    settings.JOB_MAX_LOST_ATTEMPTS = 2
+    job = _running_job(project)
+    out_dir = services.job_output_dir(job=job)
+    out_dir.mkdir(parents=True)
+    (out_dir / "partial.nii.gz").write_bytes(b"left by a dead attempt")
+    assert services.job_start(job_id=job.pk) is not None  # first loss: run again
+    with django_capture_on_commit_callbacks(execute=True):
+        assert services.job_start(job_id=job.pk) is None  # second loss: give up
+    job.refresh_from_db()
+    assert (job.status, job.lost_attempts, job.attempts) == (S.FAILED, 2, 2)
+    assert "died 2 times" in job.error and job.study.ai_status == "failed"
+    assert not out_dir.exists() and not Finding.objects.filter(job=job).exists()
+    assert services.job_start(job_id=job.pk) is None  # a later redelivery does nothing
+
+
+def test_cancel_of_a_job_whose_worker_died_is_applied_by_the_redelivery(
+    project, tmp_path, settings, django_capture_on_commit_callbacks
+):
+    settings.MEDIA_ROOT = tmp_path
+    job = _running_job(project)
+    out_dir = services.job_output_dir(job=job)
+    out_dir.mkdir(parents=True)
+    (out_dir / "heat.nii.gz").write_bytes(b"partial")
+    services.job_cancel(job=job)
+    with django_capture_on_commit_callbacks(execute=True):
+        assert services.job_start(job_id=job.pk) is None
+    job.refresh_from_db()
+    assert job.status == S.CANCELLED and "nothing was written" in job.message
+    assert job.study.ai_status == "none" and not out_dir.exists()
+
+
+def test_cancel_after_the_work_but_before_completion_removes_the_files(
+    project, tmp_path, settings, django_capture_on_commit_callbacks
+):
+    settings.MEDIA_ROOT = tmp_path
+    job = _running_job(project)
+    out_dir = services.job_output_dir(job=job)
+    out_dir.mkdir(parents=True)
+    (out_dir / "heat.nii.gz").write_bytes(b"written")
+    services.job_cancel(job=job)
+    series_uid = job.study.series.first().series_instance_uid
+    with django_capture_on_commit_callbacks(execute=True):
+        done = services.inference_complete(
+            job_id=job.pk,
+            findings=[FindingData(kind="grade", series_instance_uid=series_uid, grade=2)],
+        )
+    assert done is False and not Finding.objects.exists() and not out_dir.exists()
+
+
+def test_orphaned_running_jobs_are_sent_again(
+    project, settings, django_capture_on_commit_callbacks
+):
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    visibility = settings.CELERY_BROKER_TRANSPORT_OPTIONS["visibility_timeout"]
+    silence = settings.CELERY_TASK_HARD_TIME_LIMIT_S + visibility  # no live attempt after it
+    later = timezone.now() + timedelta(seconds=silence + 121)
+    version = make_version(project)
+    orphan, fresh = _running_job(project, version), _running_job(project, version)
+    queued, _ = services.inference_job_create(study=make_study(project), model_version=version)
+    Job.objects.filter(pk=fresh.pk).update(updated_at=later - timedelta(seconds=10))
+    with django_capture_on_commit_callbacks(execute=False) as sent:
+        assert services.jobs_resend_orphaned(now=later) == [orphan.pk]
+    assert len(sent) == 1  # one task sent, after the commit
+    orphan.refresh_from_db()
+    assert orphan.celery_task_id not in ("", "first") and "sent again" in orphan.message
+    assert services.jobs_resend_orphaned() == []  # none is silent now
+    # The resent task takes the job over and counts the lost attempt.
+    assert services.job_start(job_id=orphan.pk) is not None
+    orphan.refresh_from_db()
+    assert (orphan.attempts, orphan.lost_attempts) == (2, 1)
+    queued.refresh_from_db()
+    assert queued.status == S.QUEUED  # queued jobs are left to the broker

@@ -1,4 +1,4 @@
-"""A real Celery worker (subprocess) on real Redis (db 15) against the test database.
+"""A real Celery worker (subprocess) on real Redis (db 15, or TEST_CELERY_BROKER_URL) against the test database.
 
 The worker must see the rows the test writes, so:
 - SQLite: the test database is a file (set below, before pytest-django creates it), and
@@ -6,7 +6,8 @@ The worker must see the rows the test writes, so:
 - PostgreSQL: the worker connects to the test database pytest-django created (`test_<name>`).
 The worker's `DATABASE_URL` is built from `connection.settings_dict` after the test
 database exists, so both work. Media and model store are session temp folders shared by
-the test process and the worker.
+the test process and the worker. Workers get the test-only job gate
+(`services.TEST_GATE_ENV`, the `job_gate` fixture) to hold a job at a progress checkpoint.
 """
 
 from __future__ import annotations
@@ -151,7 +152,12 @@ class WorkerProcess:
 @pytest.fixture(scope="session")
 def worker_dirs(tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("worker")
-    dirs = {"media": root / "media", "models": root / "models", "logs": root}
+    dirs = {
+        "media": root / "media",
+        "models": root / "models",
+        "gates": root / "gates",
+        "logs": root,
+    }
     for path in dirs.values():
         path.mkdir(exist_ok=True)
     return dirs
@@ -180,6 +186,8 @@ def worker_env(django_db_setup, django_db_blocker, orthanc_server, worker_dirs) 
         "PLATFORM_MODEL_STORE": str(worker_dirs["models"]),
         "OMP_NUM_THREADS": "1",
         "PYTHONPATH": str(REPO),
+        # Test-only: lets `job_gate` hold a job at a progress checkpoint (inert otherwise).
+        "PLATFORM_TEST_JOB_GATE_DIR": str(worker_dirs["gates"]),
     }
     return env
 
@@ -201,6 +209,65 @@ def live_worker(celery_worker_process, orthanc, settings, worker_dirs):
     settings.MEDIA_ROOT = worker_dirs["media"]
     settings.MODEL_STORE_DIR = worker_dirs["models"]
     return celery_worker_process
+
+
+class JobGate:
+    """Hold jobs at a progress checkpoint of the worker (see `services._test_gate`)."""
+
+    def __init__(self, folder: Path):
+        self.folder = folder
+
+    def hold(self, fraction: float) -> None:
+        (self.folder / f"hold-{fraction:.2f}").touch()
+
+    def release(self, fraction: float) -> None:
+        (self.folder / f"hold-{fraction:.2f}").unlink(missing_ok=True)
+
+    def wait_held(self, job_id: int, fraction: float, *, worker, timeout_s: float = 90) -> int:
+        """Wait until the job is held at `fraction`; the pid of the process running it."""
+        marker = self.folder / f"job-{job_id}.held-{fraction:.2f}"
+        wait_for(
+            marker.exists,
+            timeout_s=timeout_s,
+            what=f"job {job_id} held at {fraction}",
+            worker=worker,
+        )
+        return int(marker.read_text())
+
+    def clear(self) -> None:
+        for path in self.folder.iterdir():
+            path.unlink()
+
+
+@pytest.fixture
+def job_gate(worker_dirs):
+    gate = JobGate(worker_dirs["gates"])
+    gate.clear()
+    yield gate
+    gate.clear()  # never leave a hold behind for the next test
+
+
+#: Worker of the "lost machine" test: a visibility timeout short enough that Redis hands
+#: the unacked task of a worker killed outright to another one within the test, and every
+#: task's hard limit capped below it (`platform_task` refuses a limit at or above it).
+FAST_REDELIVERY_ENV = {
+    "CELERY_BROKER_VISIBILITY_TIMEOUT_S": "45",
+    "CELERY_TASK_HARD_TIME_LIMIT_CAP_S": "40",
+}
+
+
+@pytest.fixture
+def fast_redelivery_worker(celery_worker_process, worker_env, worker_dirs):
+    """A worker with `FAST_REDELIVERY_ENV`, the session worker stopped meanwhile (restarted later)."""
+    celery_worker_process.stop()
+    worker = WorkerProcess(
+        env={**worker_env, **FAST_REDELIVERY_ENV},
+        log_path=worker_dirs["logs"] / "fast-redelivery-worker.log",
+    )
+    worker.start()
+    yield worker
+    worker.stop()
+    celery_worker_process.start()
 
 
 def wait_for(
