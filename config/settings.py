@@ -187,6 +187,11 @@ HEALTH_WORKER_TIMEOUT_S = float(os.environ.get("HEALTH_WORKER_TIMEOUT_S", "5"))
 
 # --- Platform data ---------------------------------------------------------------------
 MODEL_STORE_DIR = Path(os.environ.get("PLATFORM_MODEL_STORE", VAR_DIR / "models"))
+# Optional MLflow server training runs are logged to (needs the `mlflow` extra); empty: off.
+MLFLOW_TRACKING_URI = os.environ.get("MLFLOW_TRACKING_URI", "")
+# A job whose worker died this many times (SIGKILL, OOM, lost machine) fails instead of
+# being taken over again (ai_engine/registry/services.py::job_start).
+JOB_MAX_LOST_ATTEMPTS = int(os.environ.get("JOB_MAX_LOST_ATTEMPTS", "3"))
 UPLOAD_MAX_FILE_BYTES = int(os.environ.get("UPLOAD_MAX_FILE_BYTES", str(512 * 1024 * 1024)))
 DATA_UPLOAD_MAX_MEMORY_SIZE = 10 * 1024 * 1024
 FILE_UPLOAD_MAX_MEMORY_SIZE = 10 * 1024 * 1024

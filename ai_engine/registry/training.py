@@ -6,8 +6,8 @@ snapshot and thus on the new model version), retrieves the series from Orthanc i
 training folder as NIfTI, writes a datalist in the ai_engine CLI's format, trains through
 `python -m ai_engine <group> train` in a subprocess (cancellable), then evaluates the new
 model and the champion on the same validation split and registers the version through
-the champion rule. MLflow gets parameters, metrics and artifacts when
-`MLFLOW_TRACKING_URI` is set.
+the champion rule. MLflow gets parameters, curves, metrics and the model folder when the
+setting `MLFLOW_TRACKING_URI` is set (`tracking.py`; its failures never fail the job).
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from typing import Any
 
 from django.conf import settings
 
+from ai_engine.registry import tracking
 from ai_engine.registry.exceptions import JobCancelled, NoTrainingData
 from ai_engine.registry.models import DataSnapshot, Job, ModelTask, ModelVersion
 
@@ -264,25 +265,6 @@ def evaluate(
     return json.loads(out.read_text())
 
 
-def _mlflow_log(*, job: Job, params: dict, metrics: dict, model_dir: Path) -> str:
-    """Log to MLflow when MLFLOW_TRACKING_URI is set (optional; the registry stays the truth)."""
-    uri = os.environ.get("MLFLOW_TRACKING_URI")
-    if not uri:
-        return ""
-    try:
-        import mlflow  # optional dependency, imported only when configured
-    except ImportError:
-        logger.warning("MLFLOW_TRACKING_URI is set but mlflow is not installed; not logging")
-        return ""
-    mlflow.set_tracking_uri(uri)
-    mlflow.set_experiment(f"{job.project.slug}/{job.task}")
-    with mlflow.start_run(run_name=f"job-{job.pk}") as run:
-        mlflow.log_params({k: str(v)[:250] for k, v in params.items()})
-        mlflow.log_metrics({k: float(v) for k, v in metrics.items() if isinstance(v, int | float)})
-        mlflow.log_artifacts(str(model_dir), artifact_path="model")
-        return run.info.run_id
-
-
 def training_run(*, job: Job) -> ModelVersion:
     """The whole training job; raises JobCancelled on request, NoTrainingData without labels."""
     from ai_engine.registry.services import current_champion, job_progress, training_complete
@@ -339,19 +321,42 @@ def training_run(*, job: Job) -> ModelVersion:
             task=task, model_dir=champion.path, datalist=datalist, job_id=job.pk, log_path=log_path
         )
         champion_metric = float(champion_metrics[metric_name])
-    run_id = _mlflow_log(
+    logged = tracking.training_run_log(
         job=job,
-        params={"datalist": datalist, "snapshot": sha, **job.params},
-        metrics=metrics,
         model_dir=out_dir,
-    )
-    return training_complete(
-        job_id=job.pk,
-        source_dir=out_dir,
         snapshot=snapshot,
         metrics=metrics,
         metric_name=metric_name,
         validation_set_hash=validation_hash,
         champion_metric=champion_metric,
-        mlflow_run_id=run_id,
+        train_args=train_args,
     )
+    try:
+        version = training_complete(
+            job_id=job.pk,
+            source_dir=out_dir,
+            snapshot=snapshot,
+            metrics=metrics,
+            metric_name=metric_name,
+            validation_set_hash=validation_hash,
+            champion_metric=champion_metric,
+            mlflow_run_id=logged.run_id,
+        )
+    except Exception as exc:
+        tracking.training_run_finish(
+            run_id=logged.run_id, version=None, error=f"{type(exc).__name__}: {exc}"
+        )
+        raise
+    problem = logged.error or tracking.training_run_finish(run_id=logged.run_id, version=version)
+    if problem and version is not None:
+        _note_tracking_failure(job_id=job.pk, error=problem)
+    return version
+
+
+def _note_tracking_failure(*, job_id: int, error: str) -> None:
+    """Say on the finished job that MLflow logging failed (the job itself succeeded)."""
+    job = Job.objects.get(pk=job_id)
+    note = f"MLflow logging failed (the registry has the version all the same): {error}"
+    job.message = f"{job.message} {note}".strip()[:500]
+    job.result = {**job.result, "mlflow_error": error}
+    job.save(update_fields=["message", "result", "updated_at"])
