@@ -130,6 +130,9 @@ class Instance(models.Model):
     orthanc_id = models.CharField(max_length=ORTHANC_ID_MAX, blank=True)
     image_position_patient = models.JSONField(null=True, blank=True)  # [x, y, z] LPS mm
     number_of_frames = models.PositiveIntegerField(default=1)
+    # The stored file's TransferSyntaxUID (file meta 0002,0010); blank = not known yet. The
+    # DICOMweb proxy labels raw frames with it (and fills it from Orthanc on first use).
+    transfer_syntax_uid = models.CharField(max_length=UID_MAX, blank=True)
 
     class Meta:
         ordering = ["series", "instance_number", "id"]

@@ -32,6 +32,7 @@ from django.http.response import HttpResponseBase
 from django.urls import reverse
 from pydicom.datadict import tag_for_keyword
 from rest_framework import status
+from rest_framework.authentication import SessionAuthentication
 from rest_framework.exceptions import NotFound
 from rest_framework.permissions import IsAuthenticated
 from rest_framework.renderers import JSONRenderer
@@ -41,6 +42,14 @@ from rest_framework.views import APIView
 from imaging.exceptions import ImagingError
 from imaging.models import Instance, Series, Study
 from imaging.orthanc import OrthancClient
+from imaging.proxy_frames import (
+    FRAME_MEDIA_TYPES,
+    FrameTarget,
+    FrameTokenAuthentication,
+    MultipartFrames,
+    frame_target,
+    wants_stored_encoding,
+)
 from projects.models import Project
 from projects.permissions import resolve_project
 
@@ -87,7 +96,11 @@ def orthanc_client() -> OrthancClient:
     )
     cached = getattr(_local, "client", None)
     if cached is None or cached[0] != key:
-        cached = (key, OrthancClient())
+        client = OrthancClient()
+        # Orthanc is an internal service: never route to it through an HTTP(S)_PROXY of the
+        # environment, and skip requests' per-request environment lookup (~0.2 ms a frame).
+        client.session.trust_env = False
+        cached = (key, client)
         _local.client = cached
     return cached[1]
 
@@ -250,7 +263,7 @@ class DicomwebView(APIView):
     # -- forwarding ---------------------------------------------------------------------
     def proxy_base(self) -> str:
         """This project's DICOMweb root as the browser sees it (absolute URL)."""
-        root = reverse("dicomweb-search-for-studies", kwargs={"project": self.project.slug})
+        root = reverse("dicomweb-search-for-studies", kwargs={"project": self.kwargs["project"]})
         return self.request.build_absolute_uri(root.removesuffix("/studies"))
 
     def forward(
@@ -498,14 +511,35 @@ class RetrieveMetadata(DicomwebView):
         return self.forward(_resource_path(study, series, instance) + "/metadata")
 
 
+def frame_numbers(numbers: list[int], number_of_frames: int) -> list[int]:
+    """The 1-based frame list, checked against the index: a number outside
+    1..number_of_frames is a 400, as Orthanc answers it (400 "Parameter out of range")."""
+    bad = [n for n in numbers if not 1 <= n <= number_of_frames]
+    if bad:
+        raise _bad(
+            f"Frame {bad[0]} is out of range: the instance has {number_of_frames} "
+            f"frame{'s' if number_of_frames != 1 else ''} (frame numbers start at 1)."
+        )
+    return numbers
+
+
 class RetrieveInstanceFrames(DicomwebView):
     """WADO-RS `.../instances/{instance}/frames/{frames}` (frame list "1,2,3").
 
     Cornerstone3D asks with `Accept: multipart/related; type=application/octet-stream;
-    transfer-syntax=*` and gets the stored encoding (e.g. JPEG-LS) untouched.
+    transfer-syntax=*` and gets the stored encoding (e.g. JPEG-LS) untouched. That request,
+    hundreds of times per series, takes the fast path (`imaging.proxy_frames`): membership
+    and index in one query, Orthanc's raw frames (core REST API, no DICOM file parsing)
+    framed as multipart/related by the proxy. Other Accept headers, instances without an
+    Orthanc id and unlisted transfer syntaxes go through Orthanc's DICOMweb plugin.
     """
 
     default_accept = 'multipart/related; type="application/octet-stream"; transfer-syntax=*'
+    authentication_classes = [FrameTokenAuthentication, SessionAuthentication]
+
+    def initial(self, request: Request, *args: Any, **kwargs: Any) -> None:
+        # Authentication only: membership is checked with the instance (`frame_target`).
+        APIView.initial(self, request, *args, **kwargs)
 
     def get(
         self, request: Request, project: str, study: str, series: str, instance: str, frames: str
@@ -513,8 +547,51 @@ class RetrieveInstanceFrames(DicomwebView):
         numbers = [int(n) for n in frames.split(",")]
         if min(numbers) < 1:
             raise _bad(f"Frame numbers start at 1, got {frames!r}.")
-        self.check_path(study, series, instance)
+        target = frame_target(request.user, project, study, series, instance)
+        numbers = frame_numbers(numbers, target.number_of_frames)
+        client = orthanc_client()
+        if target.orthanc_id and wants_stored_encoding(request.headers.get("Accept")):
+            syntax = self.stored_transfer_syntax(client, target)
+            if syntax in FRAME_MEDIA_TYPES:
+                return self.raw_frames(client, target, syntax, numbers)
         return self.forward(f"{_resource_path(study, series, instance)}/frames/{frames}")
+
+    def stored_transfer_syntax(self, client: OrthancClient, target: FrameTarget) -> str:
+        """The index's transfer syntax of the instance, else Orthanc's (metadata
+        `TransferSyntax`), then written to the index: Orthanc is asked once per instance."""
+        if target.transfer_syntax_uid:
+            return target.transfer_syntax_uid
+        upstream = client.request("GET", f"/instances/{target.orthanc_id}/metadata/TransferSyntax")
+        if upstream.status_code != 200:
+            raise _upstream_error(upstream)
+        syntax = upstream.text.strip()
+        if syntax:
+            Instance.objects.filter(pk=target.pk, transfer_syntax_uid="").update(
+                transfer_syntax_uid=syntax
+            )
+        return syntax
+
+    def raw_frames(
+        self, client: OrthancClient, target: FrameTarget, syntax: str, numbers: list[int]
+    ) -> HttpResponseBase:
+        def fetch(number: int) -> requests.Response:
+            upstream = client.request(
+                "GET", f"/instances/{target.orthanc_id}/frames/{number - 1}/raw", stream=True
+            )
+            if upstream.status_code != 200:
+                raise _upstream_error(upstream)
+            return upstream
+
+        path = self.request.path
+        location = self.request.build_absolute_uri(path[: path.rindex("/frames/") + 8])
+        body = MultipartFrames(syntax, location, numbers, fetch, fetch(numbers[0]), CHUNK_BYTES)
+        response = StreamingHttpResponse(body, content_type=body.content_type)
+        length = body.content_length()
+        if length is not None:
+            response["Content-Length"] = str(length)
+        response["Cache-Control"] = "private"
+        response["Vary"] = "Cookie, Authorization"
+        return response
 
 
 class RetrieveBulkdata(DicomwebView):

@@ -12,6 +12,7 @@ from io import BytesIO
 
 import numpy as np
 import requests
+from pydicom import dcmread
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import (
     PYDICOM_IMPLEMENTATION_UID,
@@ -127,9 +128,12 @@ def store_series(series: CtSeries, *, url: str, auth: tuple[str, str]) -> None:
 def index_series(project, series: CtSeries):
     """Create the index rows (Patient, Study, Series, Instances) for `series` in `project`.
 
-    Done with the ORM directly so proxy tests do not depend on the ingest service.
+    Done with the ORM directly so proxy tests do not depend on the ingest service. Like
+    ingest, it records each instance's Orthanc id (computed, `imaging.orthanc.orthanc_id`)
+    and frame count; the transfer syntax is left for the proxy to learn from Orthanc.
     """
     from imaging.models import Instance, Patient, Series, Study
+    from imaging.orthanc import orthanc_id
 
     first = series.datasets[0]
     patient, _ = Patient.objects.get_or_create(project=project, patient_id=series.patient_id)
@@ -156,7 +160,73 @@ def index_series(project, series: CtSeries):
             sop_instance_uid=str(ds.SOPInstanceUID),
             sop_class_uid=str(ds.SOPClassUID),
             instance_number=int(ds.InstanceNumber),
+            orthanc_id=orthanc_id(
+                str(ds.PatientID),
+                series.study_instance_uid,
+                series.series_instance_uid,
+                str(ds.SOPInstanceUID),
+            ),
+            number_of_frames=int(ds.get("NumberOfFrames") or 1),
         )
         for ds in series.datasets
     )
     return study
+
+
+# Multi-frame objects, pixel data encoded with pydicom (native, RLE, JPEG-LS) or, for the
+# JPEG lossless syntaxes pydicom cannot encode, transcoded by Orthanc itself (DCMTK).
+PYDICOM_ENCODED = {
+    "1.2.840.10008.1.2": "native",  # Implicit VR Little Endian
+    "1.2.840.10008.1.2.1": "native",
+    "1.2.840.10008.1.2.5": None,  # RLE Lossless: pydicom's own encoder
+    "1.2.840.10008.1.2.4.80": "pyjpegls",
+    "1.2.840.10008.1.2.4.81": "pyjpegls",
+}
+ORTHANC_TRANSCODED = ("1.2.840.10008.1.2.4.57", "1.2.840.10008.1.2.4.70")
+MULTIFRAME_WORD_SC = "1.2.840.10008.5.1.4.1.1.7.3"  # Multi-frame Grayscale Word SC
+
+
+def make_multiframe(
+    syntax: str, *, url: str, auth: tuple[str, str], frames: int = 3, size: int = 16, seed: int = 0
+) -> CtSeries:
+    """Store one multi-frame instance of `frames` frames in `syntax` in Orthanc and return
+    it as a one-instance series (the dataset as stored: UIDs, frame count, syntax)."""
+    series = make_ct_series(slices=1, rows=size, columns=size, patient_id=f"MF-{seed}", seed=seed)
+    ds = series.datasets[0]
+    ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = MULTIFRAME_WORD_SC
+    ds.NumberOfFrames = frames
+    pixels = np.random.default_rng(seed).integers(
+        -1000, 1000, size=(frames, size, size), dtype=np.int16
+    )
+    encoder = PYDICOM_ENCODED.get(syntax, "native")
+    if encoder == "native":
+        ds.PixelData = pixels.tobytes()
+        if syntax == "1.2.840.10008.1.2":
+            ds.file_meta.TransferSyntaxUID = syntax
+    else:
+        kwargs = {"encoding_plugin": encoder} if encoder else {}
+        if syntax == "1.2.840.10008.1.2.4.81":
+            kwargs["jls_error"] = 3
+        ds.compress(syntax, pixels, **kwargs)
+    blob = BytesIO()
+    ds.save_as(blob, implicit_vr=syntax == "1.2.840.10008.1.2", enforce_file_format=True)
+    with requests.Session() as session:
+        session.auth = auth
+        stored = session.post(f"{url}/instances", data=blob.getvalue(), timeout=30)
+        stored.raise_for_status()
+        if syntax in ORTHANC_TRANSCODED:
+            native_id = stored.json()["ID"]
+            modified = session.post(
+                f"{url}/instances/{native_id}/modify",
+                json={"Transcode": syntax, "Force": True},
+                timeout=30,
+            )
+            modified.raise_for_status()
+            session.delete(f"{url}/instances/{native_id}", timeout=30).raise_for_status()
+            session.post(f"{url}/instances", data=modified.content, timeout=30).raise_for_status()
+            ds = dcmread(BytesIO(modified.content))
+            series = CtSeries(
+                str(ds.StudyInstanceUID), str(ds.SeriesInstanceUID), str(ds.PatientID), [ds]
+            )
+    assert str(ds.file_meta.TransferSyntaxUID) == syntax
+    return series
