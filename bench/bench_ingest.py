@@ -2,6 +2,8 @@
 
     .venv/bin/python bench/bench_ingest.py [--series 3] [--slices 64] [--size 256] [--repeats 3]
     .venv/bin/python bench/bench_ingest.py --profile   # one platform ingest under cProfile
+        (prints the top functions by cumulative and by own time; BENCH_PROFILE_OUT=file
+        keeps the stats for pstats)
 
 Self-contained: writes phantom chest CT series (ai_engine.data.phantoms) into a temporary
 folder, starts its own Orthanc (tests.support.orthanc.make_orthanc) and uses a temporary
@@ -10,13 +12,15 @@ SQLite database. For each repeat it empties Orthanc and times
             STOW-RS client does), and
   platform: `imaging.services.ingest_sources` (validation, de-identification on, STOW-RS,
             indexing) on the same files,
-then prints instances/s of both and the ratio platform/raw (goal >= 0.8).
+then prints instances/s of both and the ratio platform/raw (goal >= 0.8), and the load
+average, since both paths share the machine's CPUs with whatever else runs.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import statistics
 import sys
 import tempfile
@@ -50,6 +54,14 @@ def _write_phantoms(folder: Path, series: int, slices: int, size: int) -> list[P
 
 
 def main() -> None:
+    try:
+        _main()
+    finally:  # phantoms, Orthanc storage and the database of this run
+        for workdir in Path(tempfile.gettempdir()).glob(f"bench-ingest-{os.getpid()}-*"):
+            shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--series", type=int, default=3)
     parser.add_argument("--slices", type=int, default=64)
@@ -60,7 +72,7 @@ def main() -> None:
     )
     args = parser.parse_args()
 
-    workdir = Path(tempfile.mkdtemp(prefix="bench-ingest-"))
+    workdir = Path(tempfile.mkdtemp(prefix=f"bench-ingest-{os.getpid()}-"))
     _setup_django(workdir)
 
     import pydicom
@@ -113,9 +125,12 @@ def main() -> None:
             reset()
             profiler = cProfile.Profile()
             profiler.runcall(platform)
+            profiler.dump_stats(os.environ.get("BENCH_PROFILE_OUT", str(workdir / "ingest.prof")))
         finally:
             orthanc.stop()
-        pstats.Stats(profiler).sort_stats("cumulative").print_stats(40)
+        stats = pstats.Stats(profiler)
+        stats.sort_stats("cumulative").print_stats(40)
+        stats.sort_stats("tottime").print_stats(30)
         return
 
     timings: dict[str, list[float]] = {"raw STOW-RS": [], "platform ingest": []}
@@ -145,6 +160,8 @@ def main() -> None:
         print(f"{name:16s} {median:6.2f} s  {rates[name]:7.1f} inst/s   (runs: {runs} s)")
     ratio = rates["platform ingest"] / rates["raw STOW-RS"]
     print(f"ratio platform/raw: {ratio:.2f} (goal >= 0.80)")
+    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
+    print(f"load average (1, 5, 15 min): {load} on {os.cpu_count()} CPUs")
 
 
 if __name__ == "__main__":

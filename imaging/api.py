@@ -38,7 +38,7 @@ UPLOADERS = {"POST": frozenset({Role.ADMIN, Role.ANNOTATOR})}
 
 
 class UploadView(ProjectScopedMixin, APIView):
-    """Upload DICOM files and .zip archives; every file is validated before anything is stored.
+    """Upload DICOM files and .zip archives; every file is validated before it is stored.
 
     200 with the summary when at least one instance was accepted, already present or
     quarantined; 400 with the summary when every file was rejected; 503 when Orthanc is

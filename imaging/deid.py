@@ -371,14 +371,16 @@ def deidentify(
     out[_TAG_PATIENT_NAME] = _element(_TAG_PATIENT_NAME, "PN", f"{patient_id_prefix}^{pseudonym}")
     out.SOPClassUID = sop_class_uid
     out[_TAG_PATIENT_IDENTITY_REMOVED] = _element(_TAG_PATIENT_IDENTITY_REMOVED, "CS", "YES")
+    codes = [BASIC_PROFILE_CODE]
     _record_method(out)
     if clean_descriptors:
         for keyword, value in descriptors.items():
             setattr(out, keyword, value)
-        _record_code(out, CLEAN_DESCRIPTORS_CODE)
+        codes.append(CLEAN_DESCRIPTORS_CODE)
     if shift_dates:
         out[_TAG_LTI_MODIFIED] = _element(_TAG_LTI_MODIFIED, "CS", "MODIFIED")
-        _record_code(out, MODIFIED_DATES_CODE)
+        codes.append(MODIFIED_DATES_CODE)
+    _record_codes(out, codes)
 
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = UID(str(sop_class_uid))
@@ -646,21 +648,20 @@ def _record_method(out: Dataset) -> None:
             methods.append(method)
     out.DeidentificationMethod = methods
 
-    _record_code(out, BASIC_PROFILE_CODE)
-
 
 _CODE_TAGS = {k: Tag(k) for k in ("CodeValue", "CodingSchemeDesignator", "CodeMeaning")}
 
 
-def _record_code(out: Dataset, code: tuple[str, str, str]) -> None:
-    """Add `code` to DeidentificationMethodCodeSequence unless it is there already."""
-    code_value, scheme, meaning = code
+def _record_codes(out: Dataset, codes: list[tuple[str, str, str]]) -> None:
+    """Add each of `codes` to DeidentificationMethodCodeSequence unless it is there already
+    (the sequence is written once, whatever the number of codes)."""
     items = list(out.get("DeidentificationMethodCodeSequence") or [])
-    if not any(
-        item.get("CodeValue") == code_value and item.get("CodingSchemeDesignator") == scheme
-        for item in items
-    ):
-        item = Dataset()
+    present = {(item.get("CodeValue"), item.get("CodingSchemeDesignator")) for item in items}
+    for code_value, scheme, meaning in codes:
+        if (code_value, scheme) in present:
+            continue
+        present.add((code_value, scheme))
+        item = _new_like(out)  # written in the dataset's encoding without re-checking it
         for keyword, vr, value in (
             ("CodeValue", "SH", code_value),
             ("CodingSchemeDesignator", "SH", scheme),
@@ -668,7 +669,10 @@ def _record_code(out: Dataset, code: tuple[str, str, str]) -> None:
         ):
             item[_CODE_TAGS[keyword]] = _element(_CODE_TAGS[keyword], vr, value)
         items.append(item)
-    out.DeidentificationMethodCodeSequence = Sequence(items)
+    out[_TAG_CODE_SEQUENCE] = _element(_TAG_CODE_SEQUENCE, "SQ", Sequence(items))
+
+
+_TAG_CODE_SEQUENCE = Tag("DeidentificationMethodCodeSequence")
 
 
 _SECONDARY_CAPTURE_CLASSES = frozenset(

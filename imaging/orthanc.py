@@ -7,11 +7,14 @@ authorization); browsers go through the authorizing proxy in `imaging.proxy`.
 from __future__ import annotations
 
 import hashlib
+import uuid
+from collections.abc import Sequence
 from typing import Any
 
 import requests
 from dicomweb_client.api import DICOMwebClient
 from django.conf import settings
+from pydicom.dataset import Dataset
 
 from imaging.exceptions import OrthancError, OrthancNotFound, OrthancUnavailable
 
@@ -84,6 +87,50 @@ class OrthancClient:
         return DICOMwebClient(
             url=f"{self.url}{settings.ORTHANC_DICOMWEB_ROOT}", session=self.session
         )
+
+    def store_instances(self, instances: Sequence[bytes]) -> Dataset:
+        """STOW-RS (PS3.18 10.5) of encoded DICOM Part 10 files in one request.
+
+        Returns the response (ReferencedSOPSequence, FailedSOPSequence) as a Dataset.
+        Posted on this client's session (one keep-alive connection for a whole ingest),
+        without retries: the caller answers 503 and the user retries (STOW is idempotent).
+        dicomweb-client's `store_instances` takes only Datasets and encodes each again with
+        `dcmwrite`; ingest already holds the bytes it validated or de-identified, so the
+        multipart/related body (PS3.18 8.6.1.2) is written here, with a random boundary
+        per request so no file's content can end its part early.
+
+        Raises:
+            OrthancUnavailable: Orthanc cannot be reached.
+            OrthancError: Orthanc refused the request (4xx) or failed (5xx); a 4xx whose
+                body is a STOW-RS response (every instance failed) is returned instead.
+        """
+        boundary = uuid.uuid4().hex
+        delimiter = f"\r\n--{boundary}\r\nContent-Type: application/dicom\r\n\r\n".encode()
+        body = b"".join(part for instance in instances for part in (delimiter, instance))
+        body += f"\r\n--{boundary}--".encode()
+        response = self.request(
+            "POST",
+            f"{settings.ORTHANC_DICOMWEB_ROOT}/studies",
+            data=body,
+            headers={
+                "Content-Type": (
+                    f'multipart/related; type="application/dicom"; boundary="{boundary}"'
+                ),
+                "Accept": "application/dicom+json",
+            },
+        )
+        is_json = "json" in response.headers.get("Content-Type", "")
+        if response.status_code >= 400 and not (response.status_code == 409 and is_json):
+            raise OrthancError(
+                f"Orthanc refused the STOW-RS request (HTTP {response.status_code}) "
+                f"{response.text[:200]}"
+            )
+        if not response.content or not is_json:
+            return Dataset()
+        try:
+            return Dataset.from_json(response.json())
+        except ValueError as exc:
+            raise OrthancError(f"Orthanc's STOW-RS response is not DICOM JSON ({exc})") from exc
 
     def changes(self, *, since: int, limit: int = 100) -> dict:
         """GET /changes: `{"Changes": [...], "Done": bool, "Last": seq}` after sequence `since`."""

@@ -10,6 +10,7 @@ import datetime as dt
 from dataclasses import dataclass
 from typing import Any
 
+from pydicom.datadict import tag_for_keyword
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 
@@ -114,6 +115,8 @@ class InstanceRecord:
     orthanc_study_id: str = ""
     orthanc_series_id: str = ""
     orthanc_instance_id: str = ""
+    # The stored encoding (file meta); blank when unknown (the proxy then asks Orthanc).
+    transfer_syntax_uid: str = ""
 
     @classmethod
     def from_tags(cls, get) -> InstanceRecord:
@@ -153,13 +156,27 @@ class InstanceRecord:
 
     @classmethod
     def from_dataset(cls, dataset: Dataset) -> InstanceRecord:
-        """From a dataset about to be stored; Orthanc ids computed from the DICOM ids."""
-        record = cls.from_tags(lambda keyword: dataset.get(keyword))
+        """From a dataset about to be stored; Orthanc ids computed from the DICOM ids.
+
+        Looks elements up by tag (the keyword -> tag translation of `Dataset.get(keyword)`
+        was most of the cost) and converts each of them once.
+        """
+        get_item = dataset.get
+
+        def get(keyword: str) -> Any:
+            element = get_item(_TAGS[keyword])
+            return None if element is None else element.value
+
+        record = cls.from_tags(get)
         ids = (record.patient_id, record.study_instance_uid)
         record.orthanc_study_id = orthanc_id(*ids)
         record.orthanc_series_id = orthanc_id(*ids, record.series_instance_uid)
         record.orthanc_instance_id = orthanc_id(
             *ids, record.series_instance_uid, record.sop_instance_uid
+        )
+        file_meta = getattr(dataset, "file_meta", None)
+        record.transfer_syntax_uid = _text(
+            file_meta.get("TransferSyntaxUID") if file_meta is not None else None, 64
         )
         return record
 
@@ -175,3 +192,17 @@ class InstanceRecord:
             record.patient_id, record.study_instance_uid, record.series_instance_uid
         )
         return record
+
+
+#: Tag of each keyword `InstanceRecord.from_tags` reads.
+_TAGS = {
+    keyword: tag_for_keyword(keyword)
+    for keyword in (
+        "PatientID PatientName PatientBirthDate PatientSex StudyInstanceUID StudyDate "
+        "StudyTime StudyDescription AccessionNumber SeriesInstanceUID Modality "
+        "BodyPartExamined SeriesDescription SeriesNumber SeriesDate Rows Columns PixelSpacing "
+        "SliceThickness SpacingBetweenSlices ImageOrientationPatient FrameOfReferenceUID "
+        "Manufacturer ManufacturerModelName SOPInstanceUID SOPClassUID InstanceNumber "
+        "ImagePositionPatient NumberOfFrames"
+    ).split()
+}

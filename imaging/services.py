@@ -9,28 +9,41 @@ and return its summary.
 
 from __future__ import annotations
 
-import contextlib
+import collections
+import io
 import logging
 import os
+import struct
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import requests
+import pydicom
 from django.conf import settings
 from django.db import transaction
 from django.db.models import Count
 from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian
+from pydicom.filebase import DicomBytesIO
+from pydicom.filewriter import write_dataset, write_file_meta_info
+from pydicom.uid import UID, ExplicitVRLittleEndian
 
-from imaging.exceptions import ImagingError, OrthancError, OrthancUnavailable
+from imaging.exceptions import ImagingError, OrthancError
 from imaging.models import Instance, Patient, QuarantinedFile, Series, Study, UploadBatch
 from imaging.orthanc import OrthancClient
 from imaging.records import InstanceRecord
 from imaging.signals import study_indexed
-from imaging.validation import Limits, Rejection, UploadSource, ValidFile, validate_sources
+from imaging.validation import (
+    PIXEL_DATA,
+    FileRejected,
+    Limits,
+    Rejection,
+    UploadSource,
+    ValidFile,
+    expand_sources,
+    validate_dicom,
+)
 from projects.models import Project
 
 logger = logging.getLogger(__name__)
@@ -109,6 +122,47 @@ def _ready_for_storage(dataset: Dataset) -> Dataset:
     return dataset
 
 
+def _encode(dataset: Dataset) -> bytes:
+    """The DICOM Part 10 bytes to store: written once, sent as they are by STOW-RS.
+
+    The same bytes as `pydicom.dcmwrite` (tested), written with pydicom's own
+    `write_file_meta_info` and `write_dataset`: `dcmwrite` first deep-copies the file meta
+    and re-derives the encoding, a quarter of the encoding time of a CT slice. Anything
+    unusual (a private, unknown or deflated transfer syntax, command or file meta elements
+    in the dataset) goes through `dcmwrite` itself, which refuses what it must.
+    """
+    dataset = _ready_for_storage(dataset)
+    meta = dataset.file_meta
+    syntax = UID(str(meta.get("TransferSyntaxUID") or ""))
+    if (
+        not syntax.is_transfer_syntax
+        or syntax.is_private
+        or syntax.is_deflated
+        or any(tag >> 16 in (0x0000, 0x0002) for tag in dataset.keys())  # noqa: SIM118
+    ):
+        with io.BytesIO() as buffer:
+            pydicom.dcmwrite(buffer, dataset)
+            return buffer.getvalue()
+    fp = DicomBytesIO()
+    fp.write(dataset.preamble)
+    fp.write(b"DICM")
+    write_file_meta_info(fp, meta, enforce_standard=False)
+    fp.is_implicit_VR = syntax.is_implicit_VR
+    fp.is_little_endian = syntax.is_little_endian
+    if PIXEL_DATA in dataset:  # as dcmwrite: encapsulated pixel data has undefined length
+        dataset[PIXEL_DATA].is_undefined_length = syntax.is_compressed
+    write_dataset(fp, dataset)
+    return fp.getvalue()
+
+
+def _meta_matches(dataset: Dataset) -> bool:
+    """The file's own meta names its SOP Class and Instance (so its bytes can go as they are)."""
+    meta = dataset.file_meta
+    return meta.get("MediaStorageSOPClassUID") == dataset.get("SOPClassUID") and meta.get(
+        "MediaStorageSOPInstanceUID"
+    ) == dataset.get("SOPInstanceUID")
+
+
 def quarantine_file(*, project: Project, valid: ValidFile, reason: str) -> QuarantinedFile:
     """Keep the original bytes under MEDIA_ROOT/quarantine/<project>/ for admins to review."""
     sha = valid.sha256
@@ -132,27 +186,141 @@ def quarantine_file(*, project: Project, valid: ValidFile, reason: str) -> Quara
     return quarantined
 
 
-def _prepare(
-    *, project: Project, valid_files: list[ValidFile], summary: IngestSummary
-) -> list[tuple[str, Dataset]]:
-    """De-identify (or quarantine) each valid file; (name, dataset to store) pairs."""
-    if not project.deidentify:
-        return [(v.name, v.dataset) for v in valid_files]
-    deid = _deid_module()
-    prepared = []
-    for valid in valid_files:
-        risk = deid.burned_in_text_risk(valid.dataset)
-        if risk:
-            quarantine_file(project=project, valid=valid, reason=risk)
-            summary.quarantined.append(Rejection(valid.name, f"quarantined: {risk}"))
-            continue
+@dataclass
+class _Prepared:
+    """One file ready to store: its name, the bytes to send and its index record."""
+
+    name: str
+    payload: bytes
+    record: InstanceRecord
+
+
+@dataclass
+class _Ingest:
+    """State of one `ingest_sources` call (kept on one thread, the caller's)."""
+
+    project: Project
+    limits: Limits
+    summary: IngestSummary
+    #: Rejections by validation, listed first in the summary (input order).
+    invalid: list[Rejection] = field(default_factory=list)
+    #: SOPInstanceUIDs sent (or found indexed) in this upload.
+    seen: set[str] = field(default_factory=set)
+    #: StudyInstanceUID -> (study, created by this upload) of the studies indexed or changed.
+    indexed: dict[str, tuple[Study, bool]] = field(default_factory=dict)
+    #: Files sent (or queued) when Orthanc failed, not confirmed stored.
+    unconfirmed: list[str] = field(default_factory=list)
+
+    def prepare(self, name: str, data: bytes) -> _Prepared | None:
+        """Validate, screen for burned-in text, de-identify and encode one file.
+
+        The file is parsed once (`validate_dicom`); de-identification and the index record
+        use that dataset; the result is encoded once. Pixel data is neither decoded nor
+        copied. None when the file is rejected or quarantined (the summary says which).
+        """
         try:
-            prepared.append(
-                (valid.name, deid.deidentify(valid.dataset, uid_secret=project.uid_secret))
+            valid = validate_dicom(name, data, self.limits)
+        except FileRejected as exc:
+            self.invalid.append(Rejection(name, str(exc)))
+            return None
+        dataset = valid.dataset
+        try:
+            if self.project.deidentify:
+                deid = _deid_module()
+                risk = deid.burned_in_text_risk(dataset)
+                if risk:
+                    quarantine_file(project=self.project, valid=valid, reason=risk)
+                    self.summary.quarantined.append(Rejection(name, f"quarantined: {risk}"))
+                    return None
+                try:
+                    dataset = deid.deidentify(dataset, uid_secret=self.project.uid_secret)
+                except deid.DeidentificationError as exc:
+                    self.summary.rejected.append(
+                        Rejection(name, f"de-identification failed: {exc}")
+                    )
+                    return None
+                payload = _encode(dataset)
+            elif _meta_matches(dataset):
+                payload = data  # validated as it is, stored as it is
+            else:
+                payload = _encode(dataset)
+        except (ValueError, TypeError, struct.error, OverflowError) as exc:
+            # A value pydicom parses lazily (first when writing) can still be malformed.
+            self.summary.rejected.append(
+                Rejection(name, f"cannot be encoded for storage ({type(exc).__name__}: {exc})")
             )
-        except deid.DeidentificationError as exc:
-            summary.rejected.append(Rejection(valid.name, f"de-identification failed: {exc}"))
-    return prepared
+            return None
+        return _Prepared(name, payload, InstanceRecord.from_dataset(dataset))
+
+    def prepared(self, sources: Iterable[UploadSource]) -> Iterator[_Prepared]:
+        for item in expand_sources(sources, self.limits):
+            if isinstance(item, Rejection):
+                self.invalid.append(item)
+                continue
+            prepared = self.prepare(*item)
+            if prepared is not None:
+                yield prepared
+
+    def screen(self, batch: list[_Prepared]) -> list[_Prepared]:
+        """Drop studies of other projects and instances already indexed (or in this upload)."""
+        summary = self.summary
+        foreign = set(
+            Study.objects.filter(
+                study_instance_uid__in={p.record.study_instance_uid for p in batch}
+            )
+            .exclude(project=self.project)
+            .values_list("study_instance_uid", flat=True)
+        )
+        known = set(
+            Instance.objects.filter(
+                sop_instance_uid__in=[p.record.sop_instance_uid for p in batch]
+            ).values_list("sop_instance_uid", flat=True)
+        )
+        to_store = []
+        for item in batch:
+            record = item.record
+            if record.study_instance_uid in foreign:
+                summary.rejected.append(
+                    Rejection(
+                        item.name,
+                        f"study {record.study_instance_uid} already belongs to another project",
+                    )
+                )
+            elif record.sop_instance_uid in known or record.sop_instance_uid in self.seen:
+                summary.already_present += 1
+                summary.study_uids.append(record.study_instance_uid)
+            else:
+                self.seen.add(record.sop_instance_uid)
+                to_store.append(item)
+        return to_store
+
+    def record_stored(self, batch: list[_Prepared], response: Dataset) -> None:
+        """Index what STOW-RS confirmed stored (one transaction); list what Orthanc refused."""
+        stored = {
+            str(item.get("ReferencedSOPInstanceUID", ""))
+            for item in response.get("ReferencedSOPSequence", [])
+        }
+        failed = {
+            str(item.get("ReferencedSOPInstanceUID", "")): item.get("FailureReason", "?")
+            for item in response.get("FailedSOPSequence", [])
+        }
+        ok = []
+        for item in batch:
+            uid = item.record.sop_instance_uid
+            if uid in failed:
+                reason = f"Orthanc refused it: failure reason {failed[uid]}"
+                self.summary.rejected.append(Rejection(item.name, reason))
+            elif uid in stored:
+                ok.append(item.record)
+            else:
+                reason = "Orthanc did not confirm storing it; upload it again"
+                self.summary.rejected.append(Rejection(item.name, reason))
+        for study, created, changed in _index_records(project=self.project, records=ok):
+            if changed:
+                was_created = self.indexed.get(study.study_instance_uid, (study, False))[1]
+                self.indexed[study.study_instance_uid] = (study, was_created or created)
+        self.summary.accepted += len(ok)
+        self.summary.study_uids.extend(r.study_instance_uid for r in ok)
 
 
 def ingest_sources(
@@ -166,44 +334,52 @@ def ingest_sources(
 ) -> IngestSummary:
     """Validate, de-identify, store (STOW-RS) and index `sources` into `project`.
 
+    A pipeline on two threads: this one reads, validates, de-identifies and encodes the
+    files of batch N+1 (and indexes batch N) while a second thread sends batch N to
+    Orthanc. At most two batches wait for or are in a request, so memory stays bounded
+    by the batch size, whatever the size of the upload. Every file is validated before
+    it is stored; the index and its `study_indexed` signals only ever follow what Orthanc
+    confirmed stored. Each study new or changed by the upload gets one `study_indexed`
+    once its last batch is indexed (after the commit).
+
     Raises:
-        OrthancUnavailable: Orthanc cannot be reached; batches stored before that are indexed,
-            nothing else is (the index never holds what Orthanc does not).
+        OrthancUnavailable, OrthancError: Orthanc cannot be reached or failed a request;
+            batches it confirmed before that are indexed, nothing else is (the index never
+            holds what Orthanc does not). The error's `extra` carries the summary so far
+            and `not_stored`, the files that were not confirmed stored.
     """
     summary = IngestSummary()
-    valid_files, rejected = validate_sources(sources, limits)
-    summary.rejected.extend(rejected)
+    state = _Ingest(project=project, limits=limits or Limits.from_settings(), summary=summary)
     client = client or OrthancClient()
-    seen: set[str] = set()
-    # Pipeline: while Orthanc stores batch N (one request in flight, in a worker thread),
-    # this thread de-identifies batch N+1. The database is only touched from this thread.
-    pending: Future | None = None
-    pending_batch: list[tuple[str, Dataset, InstanceRecord]] = []
+    queued: collections.deque[tuple[Future, list[_Prepared]]] = collections.deque()
     try:
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="stow") as executor:
             try:
-                for chunk in _batches(valid_files):
-                    batch = _screen(
-                        project=project,
-                        prepared=_prepare(project=project, valid_files=chunk, summary=summary),
-                        summary=summary,
-                        seen=seen,
-                    )
-                    if pending is not None:
-                        future, pending = pending, None
-                        _record_stored(project, pending_batch, future.result(), summary)
+                for chunk in _batches(state.prepared(sources)):
+                    batch = state.screen(chunk)
                     if batch:
-                        datasets = [ds for _, ds, _ in batch]
-                        pending, pending_batch = executor.submit(_stow, client, datasets), batch
-                if pending is not None:
-                    future, pending = pending, None
-                    _record_stored(project, pending_batch, future.result(), summary)
-            finally:
-                if pending is not None:  # failed while a batch was in flight: keep what
-                    with contextlib.suppress(OrthancError):  # Orthanc confirmed stored
-                        _record_stored(project, pending_batch, pending.result(), summary)
+                        payloads = [item.payload for item in batch]
+                        queued.append((executor.submit(client.store_instances, payloads), batch))
+                    # One batch waits behind the one in flight, so Orthanc never idles; the
+                    # older one is indexed while Orthanc stores the newer.
+                    while len(queued) > 1:
+                        _collect(state, queued)
+                while queued:
+                    _collect(state, queued)
+            except BaseException as exc:
+                # Orthanc failed: what is queued would fail too, send nothing more. Anything
+                # else: let the batches already handed to Orthanc finish and index them.
+                _settle(state, queued, cancel=isinstance(exc, OrthancError))
+                if isinstance(exc, ImagingError):
+                    summary.rejected[:0] = state.invalid
+                    state.invalid = []
+                    exc.extra = {**exc.extra, **summary.as_dict(), "not_stored": state.unconfirmed}
+                raise
     finally:
+        summary.rejected[:0] = state.invalid
         summary.study_uids = sorted(set(summary.study_uids))
+        for study, created in state.indexed.values():
+            _send_indexed(study, created)
         UploadBatch.objects.create(
             project=project,
             uploaded_by=uploaded_by if getattr(uploaded_by, "pk", None) else None,
@@ -221,107 +397,51 @@ def ingest_sources(
     return summary
 
 
-def _screen(
-    *,
-    project: Project,
-    prepared: list[tuple[str, Dataset]],
-    summary: IngestSummary,
-    seen: set[str],
-) -> list[tuple[str, Dataset, InstanceRecord]]:
-    """Drop studies of other projects and instances already indexed (or already in this upload)."""
-    records = [(name, ds, InstanceRecord.from_dataset(ds)) for name, ds in prepared]
-    foreign = set(
-        Study.objects.filter(study_instance_uid__in={r.study_instance_uid for _, _, r in records})
-        .exclude(project=project)
-        .values_list("study_instance_uid", flat=True)
-    )
-    known = set(
-        Instance.objects.filter(
-            sop_instance_uid__in=[r.sop_instance_uid for _, _, r in records]
-        ).values_list("sop_instance_uid", flat=True)
-    )
-    to_store = []
-    for name, ds, record in records:
-        if record.study_instance_uid in foreign:
-            summary.rejected.append(
-                Rejection(
-                    name, f"study {record.study_instance_uid} already belongs to another project"
-                )
-            )
-        elif record.sop_instance_uid in known or record.sop_instance_uid in seen:
-            summary.already_present += 1
-            summary.study_uids.append(record.study_instance_uid)
-        else:
-            seen.add(record.sop_instance_uid)
-            to_store.append((name, ds, record))
-    return to_store
+def _collect(state: _Ingest, queued: collections.deque[tuple[Future, list[_Prepared]]]) -> None:
+    """Wait for the oldest queued batch and index it; on failure it stays queued."""
+    future, batch = queued[0]
+    response = future.result()
+    queued.popleft()
+    state.record_stored(batch, response)
 
 
-def _record_stored(
-    project: Project,
-    batch: list[tuple[str, Dataset, InstanceRecord]],
-    outcome: tuple[set[str], dict[str, str]],
-    summary: IngestSummary,
+def _settle(
+    state: _Ingest, queued: collections.deque[tuple[Future, list[_Prepared]]], *, cancel: bool
 ) -> None:
-    """Index what STOW-RS confirmed stored; list what Orthanc refused."""
-    stored, failed = outcome
-    for name, _, record in batch:
-        if record.sop_instance_uid in failed:
-            summary.rejected.append(
-                Rejection(name, f"Orthanc refused it: {failed[record.sop_instance_uid]}")
-            )
-    ok = [record for _, _, record in batch if record.sop_instance_uid in stored]
-    index_records(project=project, records=ok)
-    summary.accepted += len(ok)
-    summary.study_uids.extend(r.study_instance_uid for r in ok)
+    """After a failure: index the queued batches Orthanc confirmed; with `cancel`, those not
+    yet sent are not sent."""
+    while queued:
+        future, batch = queued.popleft()
+        if cancel and future.cancel():
+            state.unconfirmed.extend(item.name for item in batch)
+            continue
+        try:
+            response = future.result()
+        except Exception:  # this batch failed too (or was the failure): nothing to index
+            state.unconfirmed.extend(item.name for item in batch)
+            continue
+        state.record_stored(batch, response)
 
 
 def _batches(
-    valid_files: list[ValidFile], *, max_instances: int | None = None, max_bytes: int | None = None
-):
-    """Split into STOW-RS requests of at most N instances / about M bytes."""
+    prepared: Iterable[_Prepared], *, max_instances: int | None = None, max_bytes: int | None = None
+) -> Iterator[list[_Prepared]]:
+    """Split into STOW-RS requests of at most N instances / about M bytes (of the payloads)."""
     max_instances = max_instances or settings.INGEST_STOW_BATCH_INSTANCES
     max_bytes = max_bytes or settings.INGEST_STOW_BATCH_BYTES
-    batch: list[ValidFile] = []
+    batch: list[_Prepared] = []
     size = 0
-    for valid in valid_files:
-        if batch and (len(batch) >= max_instances or size + len(valid.data) > max_bytes):
+    for item in prepared:
+        if batch and size + len(item.payload) > max_bytes:
             yield batch
             batch, size = [], 0
-        batch.append(valid)
-        size += len(valid.data)
+        batch.append(item)
+        size += len(item.payload)
+        if len(batch) >= max_instances:
+            yield batch
+            batch, size = [], 0
     if batch:
         yield batch
-
-
-def _stow(client: OrthancClient, datasets: list[Dataset]) -> tuple[set[str], dict[str, str]]:
-    """STOW-RS one batch; (SOPInstanceUIDs stored, {SOPInstanceUID: failure reason})."""
-    try:
-        dicomweb = client.dicomweb()
-        # Fail fast: the caller answers 503 and the user retries (STOW is idempotent).
-        dicomweb.set_http_retry_params(retry=False)
-        response = dicomweb.store_instances([_ready_for_storage(ds) for ds in datasets])
-    except (requests.ConnectionError, requests.Timeout) as exc:
-        raise OrthancUnavailable(
-            f"Orthanc at {client.url} is unreachable ({type(exc).__name__}); nothing more was "
-            "stored, try again later."
-        ) from exc
-    except requests.HTTPError as exc:
-        status = exc.response.status_code if exc.response is not None else "?"
-        if status == 503 or (isinstance(status, int) and status >= 500):
-            raise OrthancError(f"Orthanc failed to store the instances (HTTP {status}).") from exc
-        raise OrthancError(f"Orthanc refused the STOW-RS request (HTTP {status}).") from exc
-    stored = {
-        str(item.get("ReferencedSOPInstanceUID", ""))
-        for item in response.get("ReferencedSOPSequence", [])
-    }
-    failed = {
-        str(
-            item.get("ReferencedSOPInstanceUID", "")
-        ): f"failure reason {item.get('FailureReason', '?')}"
-        for item in response.get("FailedSOPSequence", [])
-    }
-    return stored - set(failed), failed
 
 
 # -- index ------------------------------------------------------------------------------
@@ -356,22 +476,55 @@ def _assign(obj, values: dict) -> bool:
     return changed
 
 
-@transaction.atomic
 def index_records(*, project: Project, records: list[InstanceRecord]) -> list[Study]:
     """Upsert Patient/Study/Series/Instance rows for `records` (stored in Orthanc) in `project`.
 
     Keyed by UIDs, so indexing again changes nothing. Studies that are new or changed get
     `study_indexed` after the commit. Returns the studies touched.
     """
+    with transaction.atomic():
+        touched = _index_records(project=project, records=records)
+        for study, created, changed in touched:
+            if changed:
+                _send_indexed(study, created)
+    return [study for study, _, _ in touched]
+
+
+@transaction.atomic
+def _index_records(
+    *, project: Project, records: list[InstanceRecord]
+) -> list[tuple[Study, bool, bool]]:
+    """`index_records` without signals: (study, created, created or changed) per study.
+
+    A few queries per batch whatever its size: patients, studies and series are read in
+    bulk, instances written in bulk, and only rows that are new or changed are saved.
+    """
     if not records:
         return []
-    patients: dict[str, Patient] = {}
+    patients = {
+        p.patient_id: p
+        for p in Patient.objects.filter(
+            project=project, patient_id__in={r.patient_id for r in records}
+        )
+    }
+    existing_studies = {
+        s.study_instance_uid: s
+        for s in Study.objects.filter(
+            study_instance_uid__in={r.study_instance_uid for r in records}
+        )
+    }
+    existing_series = {
+        s.series_instance_uid: s
+        for s in Series.objects.filter(
+            series_instance_uid__in={r.series_instance_uid for r in records}
+        )
+    }
     studies: dict[str, tuple[Study, bool]] = {}
     series_rows: dict[str, Series] = {}
     for record in records:
         patient = patients.get(record.patient_id)
         if patient is None:
-            patient, created = Patient.objects.get_or_create(
+            patient, _ = Patient.objects.get_or_create(
                 project=project,
                 patient_id=record.patient_id,
                 defaults={
@@ -382,7 +535,7 @@ def index_records(*, project: Project, records: list[InstanceRecord]) -> list[St
             )
             patients[record.patient_id] = patient
         if record.study_instance_uid not in studies:
-            study = Study.objects.filter(study_instance_uid=record.study_instance_uid).first()
+            study = existing_studies.get(record.study_instance_uid)
             created = study is None
             if created:
                 study = Study(
@@ -395,16 +548,21 @@ def index_records(*, project: Project, records: list[InstanceRecord]) -> list[St
                 raise ImagingError(
                     f"study {record.study_instance_uid} already belongs to another project"
                 )
-            _assign(study, {f: getattr(record, f) for f in _STUDY_FIELDS})
-            study.orthanc_id = record.orthanc_study_id or study.orthanc_id
-            study.save()
+            changed = _assign(study, {f: getattr(record, f) for f in _STUDY_FIELDS})
+            if record.orthanc_study_id and study.orthanc_id != record.orthanc_study_id:
+                study.orthanc_id = record.orthanc_study_id
+                changed = True
+            if created or changed:
+                study.save()
             studies[record.study_instance_uid] = (study, created)
         study = studies[record.study_instance_uid][0]
         if record.series_instance_uid not in series_rows:
-            series, _ = Series.objects.get_or_create(
-                series_instance_uid=record.series_instance_uid,
-                defaults={"study": study, "orthanc_id": record.orthanc_series_id},
-            )
+            series = existing_series.get(record.series_instance_uid)
+            if series is None:
+                series, _ = Series.objects.get_or_create(
+                    series_instance_uid=record.series_instance_uid,
+                    defaults={"study": study, "orthanc_id": record.orthanc_series_id},
+                )
             if _assign(series, {f: getattr(record, f) for f in _SERIES_FIELDS}) or (
                 record.orthanc_series_id and series.orthanc_id != record.orthanc_series_id
             ):
@@ -421,18 +579,17 @@ def index_records(*, project: Project, records: list[InstanceRecord]) -> list[St
                 orthanc_id=r.orthanc_instance_id,
                 image_position_patient=r.image_position_patient,
                 number_of_frames=r.number_of_frames,
+                transfer_syntax_uid=r.transfer_syntax_uid,
             )
             for r in records
         ],
         ignore_conflicts=True,
         batch_size=500,
     )
-    touched = [study for study, _ in studies.values()]
-    for study, created in studies.values():
-        changed = update_study_counts(study=study)
-        if created or changed:
-            _send_indexed(study, created)
-    return touched
+    return [
+        (study, created, update_study_counts(study=study) or created)
+        for study, created in studies.values()
+    ]
 
 
 def update_study_counts(*, study: Study) -> bool:

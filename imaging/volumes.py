@@ -12,7 +12,11 @@ from imaging.orthanc import OrthancClient
 def load_series_volume(series: Series, *, client: OrthancClient | None = None):
     """Retrieve every instance of `series` by WADO-RS into memory and stack them.
 
-    Returns an `ai_engine.io.Volume` (float32 (X, Y, Z) in HU, LPS affine).
+    Returns an `ai_engine.io.Volume` (float32 (X, Y, Z) in HU, LPS affine). The pixel rule
+    is `load_dicom_series`'s, the same as for files on disk: rescale first, then a
+    MONOCHROME1 series is inverted about the rescaled range of its stored values so higher
+    values are brighter as in MONOCHROME2 (PS3.3 C.7.6.3.1.2, C.11.1); the Volume's meta
+    says so (`photometric_interpretation`, `inverted`, `inversion`; `units` is then empty).
     Raises OrthancUnavailable / OrthancError when Orthanc cannot serve the series, and
     `ai_engine.errors.InputError` when the instances do not form one image volume.
     """

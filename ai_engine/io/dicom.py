@@ -1,7 +1,8 @@
 """Load one DICOM series (single-frame files, enhanced or plain multi-frame) as a `Volume`.
 
 Slices are sorted by their position along the slice normal, rescale slope/intercept is
-applied per slice (HU for CT), and uneven slice spacing is detected and reported in
+applied per slice (HU for CT), MONOCHROME1 images are inverted after the rescale (so higher
+values are brighter, as in MONOCHROME2; `meta["inverted"]` says so), and uneven slice spacing is detected and reported in
 `meta["spacing_irregular"]` (the slices are kept as they are, not resampled: the affine uses
 the mean step, so resample before relying on positions in such a series).
 Anything that is not exactly one image series with consistent geometry raises `InputError`.
@@ -48,6 +49,9 @@ class _Frame:
     slope: float
     intercept: float
     pixels: Callable[[], np.ndarray]
+    #: MONOCHROME1: (lo, hi), the rescaled range of the stored values; the rescaled value v
+    #: becomes lo + hi - v. None for MONOCHROME2 (and anything else).
+    invert: tuple[float, float] | None = None
 
 
 def load_dicom_series(source: DicomSource) -> Volume:
@@ -73,9 +77,34 @@ def load_dicom_series(source: DicomSource) -> Volume:
     if multi:
         name, ds = datasets[0]
         frames = _frames_of_multiframe(name, ds)
+        for frame in frames:
+            frame.invert = _monochrome1_range(ds, frame.slope, frame.intercept)
     else:
         frames = [_frame_of_single(name, ds) for name, ds in datasets]
+        for frame, (_, ds) in zip(frames, datasets, strict=True):
+            frame.invert = _monochrome1_range(ds, frame.slope, frame.intercept)
     return _stack(frames, datasets[0][1])
+
+
+def _monochrome1_range(ds: Dataset, slope: float, intercept: float) -> tuple[float, float] | None:
+    """For a MONOCHROME1 image, the range of its rescaled stored values; else None.
+
+    PS3.3 C.7.6.3.1.2: in MONOCHROME1 "the minimum sample value is intended to be displayed
+    as white after any VOI gray scale transformations have been performed", and the grayscale
+    pipeline (PS3.3 C.11.1, PS3.4 N.2) applies the Modality LUT (rescale) to the stored
+    values first. So the rescale is applied as it is and the inversion comes after it, about
+    the range the rescaled stored values can take (BitsStored, PixelRepresentation): the
+    same mapping for every image of the series whatever its content.
+    """
+    if str(ds.get("PhotometricInterpretation", "")).strip().upper() != "MONOCHROME1":
+        return None
+    bits = int(ds.get("BitsStored", 0) or ds.get("BitsAllocated", 0) or 16)
+    if int(ds.get("PixelRepresentation", 0) or 0):
+        stored = (-(2 ** (bits - 1)), 2 ** (bits - 1) - 1)
+    else:
+        stored = (0, 2**bits - 1)
+    ends = sorted(slope * value + intercept for value in stored)
+    return float(ends[0]), float(ends[1])
 
 
 def identify_mr_sequence(ds: Dataset) -> str | None:
@@ -370,6 +399,8 @@ def _stack(frames: list[_Frame], first: Dataset) -> Volume:
         array[:, :, k] = pixels.T.astype(np.float32) * np.float32(frame.slope) + np.float32(
             frame.intercept
         )
+        if frame.invert is not None:  # rescale, then interpret (see _monochrome1_range)
+            array[:, :, k] = np.float32(sum(frame.invert)) - array[:, :, k]
     modality = str(first.get("Modality", ""))
     meta: dict[str, Any] = {
         "source": "dicom",
@@ -384,7 +415,20 @@ def _stack(frames: list[_Frame], first: Dataset) -> Volume:
         "slice_positions_mm": positions.tolist(),
         "spacing_irregular": irregular,
         "units": "HU" if modality == "CT" else "",
+        "photometric_interpretation": str(first.get("PhotometricInterpretation", "")),
+        "inverted": False,
     }
+    inverted = [f for f in frames if f.invert is not None]
+    if inverted:
+        lo, hi = inverted[0].invert  # type: ignore[misc]
+        meta["inverted"] = True
+        meta["inversion"] = (
+            "MONOCHROME1: value = lo + hi - (RescaleSlope * stored + RescaleIntercept), "
+            f"lo, hi = {lo:g}, {hi:g} (rescaled range of the stored values), so higher values "
+            "are brighter as in MONOCHROME2"
+        )
+        if meta["units"]:  # inverted values are no longer in the rescale's units
+            meta["units"] = ""
     if modality == "MR":
         meta["mr_sequence"] = identify_mr_sequence(first)
     return Volume(array, affine, meta)

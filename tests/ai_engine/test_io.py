@@ -4,6 +4,7 @@ multimodal stacks, and a table of inputs that must be rejected with a clear Inpu
 from __future__ import annotations
 
 import shutil
+from copy import deepcopy
 from pathlib import Path
 
 import nibabel as nib
@@ -401,3 +402,29 @@ def test_identify_mr_sequence(attributes, expected):
     for keyword, value in attributes.items():
         setattr(ds, keyword, value)
     assert identify_mr_sequence(ds) == expected
+
+
+@pytest.mark.parametrize("slope", [1.0, 2.0])
+def test_monochrome1_is_inverted_after_rescale(ct_case, slope):
+    """PS3.3 C.7.6.3.1.2 / C.11.1: rescale the stored values, then invert MONOCHROME1 about
+    the rescaled range of the stored values (signed 16 bits here), so higher is brighter."""
+    _, _, _, datasets = ct_case
+    monochrome2, monochrome1 = [], []
+    for ds in datasets:
+        for target, photometric in ((monochrome2, "MONOCHROME2"), (monochrome1, "MONOCHROME1")):
+            copy = deepcopy(ds)
+            copy.PhotometricInterpretation = photometric
+            copy.RescaleSlope = slope
+            target.append(copy)
+    plain = load_dicom_series(monochrome2)
+    inverted = load_dicom_series(monochrome1)
+    lo, hi = slope * -32768 - 1024, slope * 32767 - 1024
+    np.testing.assert_array_equal(inverted.array, np.float32(lo + hi) - plain.array)
+    # The densest voxel of MONOCHROME2 is the darkest of the inverted MONOCHROME1 volume.
+    assert np.argmax(plain.array) == np.argmin(inverted.array)
+    np.testing.assert_array_equal(inverted.affine, plain.affine)
+    assert plain.meta["inverted"] is False and plain.meta["units"] == "HU"
+    assert inverted.meta["inverted"] is True
+    assert inverted.meta["photometric_interpretation"] == "MONOCHROME1"
+    assert inverted.meta["units"] == ""  # inverted values are no longer HU
+    assert f"lo, hi = {lo:g}, {hi:g}" in inverted.meta["inversion"]

@@ -3,6 +3,7 @@ idempotence, ownership across projects, Orthanc down."""
 
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
 
@@ -10,9 +11,12 @@ import pytest
 from django.core.management import CommandError, call_command
 
 from imaging.deid import deidentify
+from imaging.exceptions import OrthancUnavailable
 from imaging.models import Instance, Patient, QuarantinedFile, Series, Study, UploadBatch
 from imaging.orthanc import OrthancClient
+from imaging.services import ingest_sources
 from imaging.signals import study_indexed
+from imaging.validation import UploadSource
 from tests.factories import ProjectFactory
 from tests.imaging.dicom_files import ct_series, to_bytes, write_series
 from tests.imaging.uploads import dicom_files, upload, zip_bytes
@@ -192,6 +196,19 @@ def test_cli_exits_non_zero_and_reports_rejections(orthanc, project, tmp_path, c
     ]
 
 
+def test_cli_with_orthanc_down_exits_3_and_prints_what_was_not_stored(
+    project, settings, db, tmp_path, capsys
+):
+    settings.ORTHANC_URL = f"http://127.0.0.1:{free_port()}"
+    write_series(ct_series(2), tmp_path / "series")
+    with pytest.raises(CommandError) as excinfo:
+        call_command("ingest", str(tmp_path / "series"), "--project", project.slug)
+    assert excinfo.value.returncode == 3
+    partial = json.loads(capsys.readouterr().out)
+    assert partial["accepted"] == 0 and len(partial["not_stored"]) == 2
+    assert not Study.objects.exists()
+
+
 @pytest.mark.django_db
 def test_cli_usage_errors(tmp_path, project):
     with pytest.raises(CommandError, match="no project"):
@@ -200,3 +217,98 @@ def test_cli_usage_errors(tmp_path, project):
         call_command("ingest", str(tmp_path / "missing"), "--project", project.slug)
     with pytest.raises(CommandError, match="no files"):
         call_command("ingest", str(tmp_path), "--project", project.slug)
+
+
+class StopsOrthancAfterFirstBatch(OrthancClient):
+    """The real client; once Orthanc confirmed the first STOW-RS batch, Orthanc stops."""
+
+    def __init__(self, server, **kwargs):
+        super().__init__(**kwargs)
+        self.server = server
+        self.batches = 0
+
+    def store_instances(self, instances):
+        response = super().store_instances(instances)
+        self.batches += 1
+        if self.batches == 1:
+            self.server.stop()
+        return response
+
+
+def test_orthanc_down_mid_ingest_keeps_index_and_orthanc_consistent(
+    orthanc, project, settings, signals, django_capture_on_commit_callbacks
+):
+    settings.INGEST_STOW_BATCH_INSTANCES = 2
+    files = dicom_files(ct_series(6))
+    sources = [
+        UploadSource(name, len(data), fileobj=io.BytesIO(data)) for name, data in files.items()
+    ]
+    client = StopsOrthancAfterFirstBatch(orthanc)
+    with (
+        django_capture_on_commit_callbacks(execute=True),
+        pytest.raises(OrthancUnavailable) as excinfo,
+    ):
+        ingest_sources(project=project, sources=sources, client=client)
+    # The error carries the summary so far and the files that were not stored.
+    extra = excinfo.value.extra
+    assert extra["accepted"] == 2 and extra["rejected"] == []
+    assert extra["not_stored"] == ["slice002.dcm", "slice003.dcm", "slice004.dcm", "slice005.dcm"]
+    study = Study.objects.get()
+    assert extra["studies"][0]["study_instance_uid"] == study.study_instance_uid
+    assert (study.number_of_instances, Instance.objects.count()) == (2, 2)
+    assert signals == [(study.study_instance_uid, True)]  # once, for what was indexed
+    assert UploadBatch.objects.get().accepted == 2
+    orthanc.start()  # what Orthanc holds is exactly what is indexed
+    assert OrthancClient().study_statistics(study.orthanc_id)["CountInstances"] == 2
+
+
+def test_failure_preparing_the_next_batch_indexes_the_batch_in_flight(
+    orthanc, project, settings, tmp_path
+):
+    settings.INGEST_STOW_BATCH_INSTANCES = 2
+    settings.MEDIA_ROOT = tmp_path / "not-a-folder"
+    settings.MEDIA_ROOT.write_bytes(b"")  # quarantine cannot write under it: OSError
+    source = ct_series(3)
+    source[2].BurnedInAnnotation = "YES"  # third file: the first of batch 2, quarantined
+    files = dicom_files(source)
+    sources = [
+        UploadSource(name, len(data), fileobj=io.BytesIO(data)) for name, data in files.items()
+    ]
+    with pytest.raises(OSError):
+        ingest_sources(project=project, sources=sources)
+    study = Study.objects.get()  # batch 1 was handed to Orthanc: stored and indexed
+    assert (study.number_of_instances, Instance.objects.count()) == (2, 2)
+    assert OrthancClient().study_statistics(study.orthanc_id)["CountInstances"] == 2
+    assert UploadBatch.objects.get().accepted == 2 and not QuarantinedFile.objects.exists()
+
+
+def test_signal_once_per_study_after_its_last_batch(
+    orthanc, project, settings, signals, django_capture_on_commit_callbacks
+):
+    settings.INGEST_STOW_BATCH_INSTANCES = 2
+    first, second = ct_series(5), ct_series(1)
+    files = dicom_files(first) | dicom_files(second, prefix="other")
+    sources = [
+        UploadSource(name, len(data), fileobj=io.BytesIO(data)) for name, data in files.items()
+    ]
+    with django_capture_on_commit_callbacks(execute=True):
+        summary = ingest_sources(project=project, sources=sources)
+    assert summary.accepted == 6
+    counts = dict(Study.objects.values_list("study_instance_uid", "number_of_instances"))
+    assert sorted(counts.values()) == [1, 5]
+    assert sorted(signals) == sorted((uid, True) for uid in counts)  # 3 batches, 2 signals
+
+
+def test_non_deidentified_files_are_stored_byte_for_byte(orthanc, project, admin_client):
+    project.deidentify = False
+    project.save()
+    source = ct_series(2)
+    files = dicom_files(source)
+    assert upload(admin_client, project, files).status_code == 200
+    client = OrthancClient()
+    for ds, data in zip(source, files.values(), strict=True):
+        (hit,) = [h for h in client.lookup(ds.SOPInstanceUID) if h["Type"] == "Instance"]
+        assert client.request("GET", f"/instances/{hit['ID']}/file").content == data
+        # The index knows the stored encoding (the proxy labels raw frames with it).
+        instance = Instance.objects.get(sop_instance_uid=ds.SOPInstanceUID)
+        assert instance.transfer_syntax_uid == ds.file_meta.TransferSyntaxUID

@@ -1,7 +1,9 @@
 """`python manage.py ingest PATH... --project SLUG`: files, folders (recursive) and .zip archives.
 
 Prints the ingest summary as JSON (the same one the upload API returns) and exits 1 when
-any file was rejected, 2 on a usage error (unknown project, missing path, no files).
+any file was rejected, 2 on a usage error (unknown project, missing path, no files), 3
+when Orthanc failed mid-way: what it stored before is indexed, and the JSON printed then
+says so (the summary so far and `not_stored`).
 """
 
 from __future__ import annotations
@@ -51,6 +53,8 @@ class Command(BaseCommand):
         try:
             summary = ingest_sources(project=target, sources=sources, source=UploadBatch.Source.CLI)
         except ImagingError as exc:
+            if exc.extra:  # Orthanc failed mid-upload: what was stored, what was not.
+                self.stdout.write(json.dumps(exc.extra, indent=2, default=str))
             raise CommandError(exc.message, returncode=3) from exc
         self.stdout.write(json.dumps(summary.as_dict(), indent=2, default=str))
         if summary.rejected:
