@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from django.contrib import admin
 from django.db.models import Count
-from django.http import HttpRequest
 from django.urls import reverse
 from django.utils.html import format_html, format_html_join
 
@@ -21,19 +20,7 @@ from annotations.models import (
     FindingFeedback,
     FindingKind,
 )
-
-
-class ReadOnlyAdminMixin:
-    """Rows written by the worker and the API: viewable, never added, edited or deleted here."""
-
-    def has_add_permission(self, request: HttpRequest, obj=None) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj=None) -> bool:
-        return False
-
-    def has_delete_permission(self, request: HttpRequest, obj=None) -> bool:
-        return False
+from projects.admin_mixins import ReadOnlyAdminMixin
 
 
 def _what(obj) -> str:

@@ -31,6 +31,7 @@ from ai_engine.registry.models import (
     ProjectAISettings,
     PromotionEvent,
 )
+from projects.admin_mixins import ReadOnlyAdminMixin
 
 #: The manifest file of a model folder (`ai_engine.modelfolder.MANIFEST`). Read as plain
 #: JSON here: importing ai_engine.modelfolder would load torch into the web process.
@@ -72,19 +73,6 @@ def _run_service(
             modeladmin.message_user(request, exc.message, level=messages.ERROR)
         else:
             modeladmin.message_user(request, describe(item, outcome), level=messages.SUCCESS)
-
-
-class ReadOnlyAdminMixin:
-    """Rows written by services and the worker: viewable, never added, edited or deleted here."""
-
-    def has_add_permission(self, request: HttpRequest, obj=None) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj=None) -> bool:
-        return False
-
-    def has_delete_permission(self, request: HttpRequest, obj=None) -> bool:
-        return False
 
 
 class ReadOnlyInline(ReadOnlyAdminMixin, admin.TabularInline):
