@@ -19,12 +19,16 @@ GROUPS: dict[str, tuple[str, str]] = {
     "export": ("ai_engine.deploy.cli_export", "export a model folder to TorchScript and ONNX"),
     "quantize": ("ai_engine.deploy.cli_quantize", "INT8 quantization for CPU inference"),
     "distill": ("ai_engine.deploy.cli_distill", "distil a teacher model into a smaller student"),
+    "active-learning": (
+        "ai_engine.active_learning.cli",
+        "rank unlabeled studies for labelling (uncertainty, random)",
+    ),
 }
 
 
 def _usage() -> str:
     lines = ["usage: python -m ai_engine GROUP [options]", "", "groups:"]
-    lines += [f"  {name:<10} {help_}" for name, (_, help_) in GROUPS.items()]
+    lines += [f"  {name:<16} {help_}" for name, (_, help_) in GROUPS.items()]
     return "\n".join(lines)
 
 

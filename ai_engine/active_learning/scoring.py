@@ -1,0 +1,442 @@
+"""`score_studies`: rank unlabeled studies for labelling with a trained model folder.
+
+Strategies:
+
+* "uncertainty": per study, `mc_samples` MC-dropout passes (`ai_engine.active_learning.
+  mc_dropout`) give the predictive entropy (the ranking signal) and the mutual information
+  (BALD, reported); with `tta`, flipped / intensity-shifted copies give the TTA variance.
+  The study's uncertainty is `u = entropy` without TTA and `u = (entropy + 4 * tta_variance)
+  / 2` with it (both terms in [0, 1]). The queue is then built greedily, trading `u`
+  against the cosine distance of the network's penultimate features to the studies queued
+  before (`ai_engine.active_learning.diversity`, weight `diversity_weight`).
+* "random": the baseline. Each study draws a seeded uniform number (seeded by `seed` and its
+  key, so the draw does not depend on the input order) and studies are queued by it; the
+  score is `(draw + 1) / 2` with foreground and `draw / 2` without.
+
+In both, studies without foreground (no body / brain tissue; for detection also an empty
+candidate map) go after every study with foreground: scanning air teaches nothing.
+
+Tumor grading uses the model's own preprocessing (`ai_engine.grading.data.preprocess`) and
+calibrated probabilities (its temperature); nodule detection uses `NoduleDetector`
+(preprocessing, sliding-window U-Net on the body box) and measures the voxel-wise
+uncertainty of the U-Net's foreground probability over the candidate region (voxels any
+pass puts above the candidate threshold; the body when there is none).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ai_engine.active_learning.diversity import diverse_order
+from ai_engine.active_learning.foreground import (
+    MIN_FOREGROUND_FRACTION,
+    body_fraction,
+    tissue_fraction,
+)
+from ai_engine.active_learning.mc_dropout import (
+    DEFAULT_INJECTED_P,
+    mc_dropout,
+    penultimate_features,
+)
+from ai_engine.active_learning.uncertainty import (
+    class_uncertainty,
+    tta_transforms,
+    voxel_uncertainty,
+)
+from ai_engine.errors import AIEngineError, InputError, ModelFolderError
+from ai_engine.io import Volume
+from ai_engine.modelfolder import read_manifest
+from ai_engine.training.reproducibility import derive_seed
+
+__all__ = ["STRATEGIES", "TASKS", "ActiveLearningInputError", "StudyScore", "score_studies"]
+
+STRATEGIES = ("uncertainty", "random")
+GRADING_TASK = "tumor-grading"
+DETECTION_TASK = "nodule-detection"
+TASKS = (DETECTION_TASK, GRADING_TASK)
+
+Progress = Callable[[float, str], None]
+
+
+class ActiveLearningInputError(InputError, ValueError):
+    """Bad arguments to `score_studies` (unknown strategy, no studies, duplicate keys...)."""
+
+
+@dataclass(frozen=True)
+class StudyScore:
+    """One study's place in the labelling queue.
+
+    Attributes:
+        key: the caller's id of the study (e.g. a StudyInstanceUID).
+        score: ranking score, higher = label first (non-increasing down the queue).
+        rank: 1 = label first.
+        components: JSON-ready parts of the score (entropy, bald, tta_variance, uncertainty,
+            diversity, foreground, ...).
+    """
+
+    key: str
+    score: float
+    rank: int
+    components: dict = field(default_factory=dict)
+
+
+@dataclass
+class _Measure:
+    key: str
+    foreground: bool
+    uncertainty: float = 0.0
+    embedding: np.ndarray | None = None
+    components: dict[str, Any] = field(default_factory=dict)
+
+
+def _batched(x: torch.Tensor, repeats: int) -> torch.Tensor:
+    return x.expand(repeats, *x.shape[1:]).contiguous()
+
+
+class _GradingScorer:
+    """Tumor grading: class distributions of a 4-channel MRI stack."""
+
+    def __init__(self, model_dir: Path, device: str, need_network: bool) -> None:
+        from ai_engine.grading.model import load_grading_model
+
+        self.model = load_grading_model(model_dir, device=device)
+        self.device = torch.device(device)
+        self.network: torch.nn.Module | None = None
+        if need_network:
+            runner = self.model.runner
+            if not isinstance(runner, torch.nn.Module) or isinstance(
+                runner, torch.jit.ScriptModule
+            ):
+                raise ModelFolderError(
+                    f"{model_dir} is a {self.model.folder.made_by} model without PyTorch weights; "
+                    "MC-dropout needs the state dict: score with the folder it was derived from "
+                    f"({(self.model.folder.manifest.get('parent') or {}).get('path', 'unknown')})"
+                )
+            self.network = runner
+
+    def foreground(self, volume: Volume) -> tuple[bool, dict[str, Any]]:
+        self._check(volume)
+        fraction = tissue_fraction(volume.array)
+        return fraction >= MIN_FOREGROUND_FRACTION, {"tissue_fraction": round(fraction, 4)}
+
+    def _check(self, volume: Volume) -> None:
+        channels = self.model.channels
+        if volume.array.ndim != 4 or volume.array.shape[0] != len(channels):
+            raise InputError(
+                f"a grading study must be a ({len(channels)}, X, Y, Z) stack of "
+                f"{', '.join(channels)}, got shape {volume.array.shape}"
+            )
+
+    def _probs(self, network: torch.nn.Module, x: torch.Tensor) -> np.ndarray:
+        with torch.no_grad():
+            logits = network(x.to(self.device)).detach().cpu().numpy().astype(np.float64)
+        return self.model.probabilities(logits)
+
+    def measure(
+        self, volume: Volume, mc_samples: int, tta: bool, injected_p: float, seed: int
+    ) -> tuple[dict[str, Any], np.ndarray, float]:
+        from ai_engine.grading.data import GRADES, preprocess
+
+        assert self.network is not None
+        self._check(volume)
+        study = preprocess(volume, self.model.spatial_size, self.model.channels)
+        x = torch.from_numpy(study.image)[None]
+        net = self.network
+        with penultimate_features(net) as feats:
+            base = self._probs(net, x)[0]
+        embedding = feats[-1][0].cpu().numpy()
+        with torch.random.fork_rng(devices=[]), mc_dropout(net, injected_p) as info:
+            torch.manual_seed(seed)
+            samples = self._probs(net, _batched(x, mc_samples))
+        unc = class_uncertainty(samples)
+        comps: dict[str, Any] = {
+            "entropy": unc["entropy"],
+            "bald": unc["bald"],
+            "mc_mean_probabilities": {
+                str(g): round(p, 4) for g, p in zip(GRADES, unc["mean_probabilities"], strict=True)
+            },
+            "predicted_grade": int(GRADES[int(np.argmax(base))]),
+            "mc_dropout": info.describe(),
+        }
+        u = unc["entropy"]
+        if tta:
+            ops = tta_transforms(scale=0.1, shift=0.1)
+            variants = torch.stack([op.forward(x[0]) for op in ops])
+            probs = self._probs(net, variants)
+            variance = float(probs.var(axis=0).mean())
+            comps["tta_variance"] = variance
+            comps["tta"] = [op.name for op in ops]
+            u = (u + min(4.0 * variance, 1.0)) / 2.0
+        return comps, embedding, u
+
+
+class _DetectionScorer:
+    """Nodule detection: voxel-wise foreground probability of the candidate U-Net."""
+
+    def __init__(self, model_dir: Path, device: str) -> None:
+        from ai_engine.detection.pipeline import NoduleDetector
+
+        self.detector = NoduleDetector.from_model_folder(model_dir, device=device)
+        self.config = self.detector.config
+
+    def _prepare(self, volume: Volume) -> Any:
+        from ai_engine.detection.transforms import check_ct, input_errors_unwrapped
+
+        check_ct(volume)
+        with input_errors_unwrapped():
+            return self.detector.preprocess(volume)
+
+    def _candidates(self, image: Any, prob: np.ndarray) -> int:
+        from ai_engine.detection.candidates import extract_candidates
+
+        spacing = np.linalg.norm(np.asarray(image.affine, dtype=np.float64)[:3, :3], axis=0)
+        cands, _ = extract_candidates(
+            prob, spacing, self.config.candidate_threshold, self.config.min_candidate_voxels
+        )
+        return len(cands)
+
+    def foreground(self, volume: Volume) -> tuple[bool, dict[str, Any]]:
+        image = self._prepare(volume)
+        fraction = body_fraction(volume.array, self.config.body_threshold_hu)
+        n_cands = self._candidates(image, self.detector.probability(image)) if fraction else 0
+        comps = {"body_fraction": round(fraction, 4), "candidates": n_cands}
+        return fraction >= MIN_FOREGROUND_FRACTION and n_cands > 0, comps
+
+    def measure(
+        self, volume: Volume, mc_samples: int, tta: bool, injected_p: float, seed: int
+    ) -> tuple[dict[str, Any], np.ndarray, float, bool, dict[str, Any]]:
+        det = self.detector
+        image = self._prepare(volume)
+        plain = torch.as_tensor(image).as_subclass(torch.Tensor)
+        with penultimate_features(det.unet) as feats:
+            base = det.probability(image)
+        # one entry per sliding window: average them into one study embedding
+        embedding = torch.cat(feats).mean(dim=0).cpu().numpy()
+        with torch.random.fork_rng(devices=[]), mc_dropout(det.unet, injected_p) as info:
+            torch.manual_seed(seed)
+            samples = np.stack([det.probability(image) for _ in range(mc_samples)])
+        thr = self.config.candidate_threshold
+        region = (base >= thr) | (samples >= thr).any(axis=0)
+        region_name = "candidates"
+        if not region.any():
+            lo, hi = self.config.hu_range
+            region = plain[0].numpy() > (self.config.body_threshold_hu - lo) / (hi - lo)
+            region_name = "body"
+        unc = voxel_uncertainty(samples, region)
+        comps: dict[str, Any] = {
+            "entropy": unc["entropy"],
+            "bald": unc["bald"],
+            "region": region_name,
+            "region_voxels": int(region.sum()),
+            "mc_dropout": info.describe(),
+        }
+        u = unc["entropy"]
+        if tta:
+            outputs = [base]
+            ops = tta_transforms(scale=0.05, shift=0.02)
+            for op in ops[1:]:
+                prob = det.probability(op.forward(plain))
+                outputs.append(op.invert(torch.from_numpy(prob)[None])[0].numpy())
+            stack = np.stack(outputs)
+            variance = float(stack[:, region].var(axis=0).mean()) if region.any() else 0.0
+            comps["tta_variance"] = variance
+            comps["tta"] = [op.name for op in ops]
+            u = (u + min(4.0 * variance, 1.0)) / 2.0
+        fraction = body_fraction(volume.array, self.config.body_threshold_hu)
+        n_cands = self._candidates(image, base)
+        fg = {"body_fraction": round(fraction, 4), "candidates": n_cands}
+        return comps, embedding, u, fraction >= MIN_FOREGROUND_FRACTION and n_cands > 0, fg
+
+
+def _scorer(model_dir: Path, strategy: str, device: str) -> _GradingScorer | _DetectionScorer:
+    task = read_manifest(model_dir).get("task", "")
+    if task == GRADING_TASK:
+        return _GradingScorer(model_dir, device, need_network=strategy == "uncertainty")
+    if task == DETECTION_TASK:
+        return _DetectionScorer(model_dir, device)
+    raise ModelFolderError(
+        f"{model_dir} is a {task or 'task-less'!r} model; active learning scores with a "
+        f"{' or '.join(repr(t) for t in TASKS)} model folder"
+    )
+
+
+def _check_arguments(strategy: str, mc_samples: int, diversity_weight: float, p: float) -> None:
+    if strategy not in STRATEGIES:
+        raise ActiveLearningInputError(
+            f"unknown strategy {strategy!r}; choose one of {', '.join(STRATEGIES)}"
+        )
+    if isinstance(mc_samples, bool) or not isinstance(mc_samples, int) or mc_samples < 2:
+        raise ActiveLearningInputError(
+            f"mc_samples must be an integer >= 2 (MC-dropout needs several passes), got {mc_samples!r}"
+        )
+    if not 0.0 <= float(diversity_weight) <= 1.0:
+        raise ActiveLearningInputError(
+            f"diversity_weight must be in [0, 1], got {diversity_weight!r}"
+        )
+    if not 0.0 < float(p) < 1.0:
+        raise ActiveLearningInputError(f"injected_dropout must be in (0, 1), got {p!r}")
+
+
+def score_studies(
+    model_dir: str | Path,
+    inputs: Iterable[tuple[str, Volume]],
+    *,
+    strategy: str = "uncertainty",
+    mc_samples: int = 8,
+    tta: bool = True,
+    diversity_weight: float = 0.5,
+    seed: int = 0,
+    progress: Progress | None = None,
+    injected_dropout: float = DEFAULT_INJECTED_P,
+    device: str = "cpu",
+    total: int | None = None,
+) -> list[StudyScore]:
+    """Rank unlabeled studies for labelling (see the module docstring for the strategies).
+
+    Args:
+        model_dir: a model folder of task "tumor-grading" or "nodule-detection".
+        inputs: (key, Volume) pairs, read one at a time (a generator that loads each study
+            lazily keeps one study in memory). Grading: a (4, X, Y, Z) stack T1, T1c, T2,
+            FLAIR on one grid; detection: a CT volume in HU.
+        strategy: "uncertainty" or "random".
+        mc_samples: MC-dropout passes per study (>= 2).
+        tta: add the test-time-augmentation variance to the uncertainty.
+        diversity_weight: w in [0, 1] of the greedy diversity trade-off (0: uncertainty only).
+        seed: seeds the dropout masks (per study, from seed and key) and the random baseline.
+        progress: called as `progress(fraction, message)` before each study; it may raise
+            to cancel (the exception propagates, nothing is returned).
+        injected_dropout: dropout probability injected in front of the head of a network
+            that has no active dropout layer.
+        device: where the networks run.
+        total: number of studies, for progress fractions when `inputs` has no len().
+
+    Returns:
+        One `StudyScore` per study, sorted by rank (1 first).
+
+    Raises:
+        ActiveLearningInputError (an `InputError` and a `ValueError`): unknown strategy, bad
+            numbers, no studies, duplicate keys.
+        ModelFolderError: missing folder, or a folder of another task (or, for "uncertainty"
+            on grading, one without PyTorch weights).
+        InputError: a study of the wrong kind (the message names its key).
+    """
+    _check_arguments(strategy, mc_samples, diversity_weight, injected_dropout)
+    model_dir = Path(model_dir)
+    scorer = _scorer(model_dir, strategy, device)
+    if total is None and hasattr(inputs, "__len__"):
+        total = len(inputs)  # type: ignore[arg-type]
+    measures: list[_Measure] = []
+    seen: set[str] = set()
+    for index, (key, volume) in enumerate(inputs):
+        key = str(key)
+        if progress is not None:
+            fraction = index / total if total else 0.0
+            progress(
+                min(fraction, 1.0),
+                f"Scoring study {index + 1}{f'/{total}' if total else ''}: {key}",
+            )
+        if key in seen:
+            raise ActiveLearningInputError(f"study key {key!r} is given twice")
+        seen.add(key)
+        if not isinstance(volume, Volume):
+            raise ActiveLearningInputError(
+                f"study {key!r}: expected an ai_engine.io.Volume, got {type(volume).__name__}"
+            )
+        try:
+            measure = _measure(
+                scorer, key, volume, strategy, mc_samples, tta, injected_dropout, seed
+            )
+        except AIEngineError as exc:
+            raise type(exc)(f"study {key!r}: {exc}") from exc
+        measures.append(measure)
+    if not measures:
+        raise ActiveLearningInputError("no studies to score: the input is empty")
+    ranked = _rank(measures, strategy, diversity_weight, seed)
+    if progress is not None:
+        progress(1.0, f"Ranked {len(ranked)} studies ({strategy})")
+    return ranked
+
+
+def _measure(
+    scorer: _GradingScorer | _DetectionScorer,
+    key: str,
+    volume: Volume,
+    strategy: str,
+    mc_samples: int,
+    tta: bool,
+    injected_p: float,
+    seed: int,
+) -> _Measure:
+    if strategy == "random":
+        fg, comps = scorer.foreground(volume)
+        return _Measure(key, fg, components=comps)
+    study_seed = derive_seed(seed, "mc-dropout", key)
+    if isinstance(scorer, _DetectionScorer):
+        comps, emb, u, fg, fg_comps = scorer.measure(
+            volume, mc_samples, tta, injected_p, study_seed
+        )
+    else:
+        fg, fg_comps = scorer.foreground(volume)
+        comps, emb, u = scorer.measure(volume, mc_samples, tta, injected_p, study_seed)
+    return _Measure(key, fg, u, emb, {**comps, **fg_comps})
+
+
+def _rank(
+    measures: list[_Measure], strategy: str, diversity_weight: float, seed: int
+) -> list[StudyScore]:
+    n = len(measures)
+    if strategy == "random":
+        draws = np.array(
+            [np.random.default_rng(derive_seed(seed, "random", m.key)).random() for m in measures]
+        )
+        for m, draw in zip(measures, draws, strict=True):
+            m.components["random_draw"] = float(draw)
+        # foreground studies score in [0.5, 1), the others in [0, 0.5): they come last
+        score = (draws + np.array([1.0 if m.foreground else 0.0 for m in measures])) / 2.0
+        order = sorted(range(n), key=lambda i: (-score[i], i))
+        ordered = [(i, float(score[i])) for i in order]
+    else:
+        # Studies with foreground first, each group ordered by uncertainty + diversity.
+        ordered = []
+        floor = np.inf
+        for group_fg in (True, False):
+            idx = [i for i, m in enumerate(measures) if m.foreground == group_fg]
+            if not idx:
+                continue
+            u = np.array([measures[i].uncertainty for i in idx])
+            emb = np.stack([np.asarray(measures[i].embedding, dtype=np.float64) for i in idx])
+            result = diverse_order(u, emb, float(diversity_weight))
+            for j in result.order:
+                m = measures[idx[j]]
+                m.components["uncertainty"] = float(u[j])
+                m.components["diversity"] = float(result.diversity[j])
+                dist = result.min_distance[j]
+                m.components["min_cosine_distance"] = None if np.isnan(dist) else float(dist)
+                # the greedy objective may rise after a pick changes the normalisation:
+                # keep the published score non-increasing down the queue
+                floor = min(floor, float(result.objective[j]))
+                ordered.append((idx[j], floor))
+    out = []
+    for rank, (i, score) in enumerate(ordered, start=1):
+        m = measures[i]
+        comps = _jsonable({**m.components, "foreground": bool(m.foreground), "strategy": strategy})
+        out.append(StudyScore(key=m.key, score=float(score), rank=rank, components=comps))
+    return out
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, float) and not np.isfinite(value):
+        return None
+    return value

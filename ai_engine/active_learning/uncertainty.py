@@ -1,0 +1,125 @@
+"""Uncertainty measures from stochastic predictions, and the test-time augmentations.
+
+With T stochastic class distributions p_t (MC-dropout passes) and their mean p̄:
+
+* predictive entropy  H[p̄] = -Σ_c p̄_c log p̄_c (total uncertainty),
+* mutual information  I = H[p̄] - (1/T) Σ_t H[p_t] (BALD, Houlsby et al. 2011: the part that
+  comes from the model's uncertainty about its weights, not from the data),
+
+both divided by log C so they lie in [0, 1] whatever the number of classes C. For voxel maps
+(the detector's foreground probability) the same is done per voxel with C = 2 and then
+averaged over a region.
+
+Test-time augmentation (TTA) variance: the network is run (without dropout) on flipped and
+slightly rescaled/shifted copies of the input (MONAI `Flip`, `ScaleIntensity`,
+`ShiftIntensity`); dense outputs are flipped back. The variance of the class probabilities
+across the copies, averaged over classes (over voxels for maps), measures how fragile the
+prediction is to nuisance changes. Probabilities lie in [0, 1], so the variance is at most
+1/4 and `4 * variance` is again in [0, 1].
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from monai.transforms import Flip, ScaleIntensity, ShiftIntensity
+
+__all__ = [
+    "TTA",
+    "binary_entropy",
+    "class_uncertainty",
+    "entropy",
+    "tta_transforms",
+    "voxel_uncertainty",
+]
+
+_EPS = 1e-12
+
+
+def entropy(p: np.ndarray, axis: int = -1) -> np.ndarray:
+    """Shannon entropy (nats) of distributions along `axis`."""
+    p = np.clip(np.asarray(p, dtype=np.float64), _EPS, 1.0)
+    return -(p * np.log(p)).sum(axis=axis)
+
+
+def binary_entropy(p: np.ndarray) -> np.ndarray:
+    """Entropy (nats) of Bernoulli(p), elementwise."""
+    p = np.clip(np.asarray(p, dtype=np.float64), _EPS, 1.0 - _EPS)
+    return -(p * np.log(p) + (1.0 - p) * np.log(1.0 - p))
+
+
+def class_uncertainty(samples: np.ndarray) -> dict[str, float]:
+    """Entropy and mutual information of (T, C) class distributions, both in [0, 1].
+
+    Returns:
+        `{"entropy": H[p̄]/log C, "bald": I/log C, "mean_probabilities": p̄}`.
+    """
+    samples = np.asarray(samples, dtype=np.float64)
+    if samples.ndim != 2 or samples.shape[1] < 2:
+        raise ValueError(f"expected (T, C) probabilities with C >= 2, got {samples.shape}")
+    mean = samples.mean(axis=0)
+    norm = np.log(samples.shape[1])
+    total = float(entropy(mean)) / norm
+    expected = float(entropy(samples, axis=1).mean()) / norm
+    return {
+        "entropy": total,
+        "bald": max(total - expected, 0.0),
+        "mean_probabilities": [float(v) for v in mean],
+    }
+
+
+def voxel_uncertainty(samples: np.ndarray, region: np.ndarray) -> dict[str, float]:
+    """Voxel-wise binary entropy and mutual information of (T, X, Y, Z) foreground
+    probabilities, averaged over the boolean `region` (both in [0, 1])."""
+    samples = np.asarray(samples, dtype=np.float64)
+    if not region.any():
+        return {"entropy": 0.0, "bald": 0.0}
+    inside = samples[:, region]  # (T, N)
+    total = binary_entropy(inside.mean(axis=0))
+    expected = binary_entropy(inside).mean(axis=0)
+    norm = np.log(2.0)
+    return {
+        "entropy": float(total.mean() / norm),
+        "bald": float(np.maximum(total - expected, 0.0).mean() / norm),
+    }
+
+
+@dataclass(frozen=True)
+class TTA:
+    """One test-time augmentation: `forward` on the (C, *spatial) input, `invert` on a dense
+    (C, *spatial) output (identity for intensity changes and class outputs)."""
+
+    name: str
+    forward: Callable[[torch.Tensor], torch.Tensor]
+    invert: Callable[[torch.Tensor], torch.Tensor]
+
+
+def _same(x: torch.Tensor) -> torch.Tensor:
+    return x
+
+
+def _plain(x: torch.Tensor) -> torch.Tensor:
+    return torch.as_tensor(x).as_subclass(torch.Tensor)
+
+
+def tta_transforms(scale: float = 0.1, shift: float = 0.1) -> list[TTA]:
+    """Identity, a flip along each spatial axis, intensity x(1±`scale`) and +`shift`.
+
+    `scale` and `shift` are in the units of the network input (z-scores for grading, the
+    [0, 1] HU window for detection). The identity comes first.
+    """
+    out = [TTA("identity", _same, _same)]
+    for axis in range(3):
+        flip = Flip(spatial_axis=axis)
+        out.append(
+            TTA(f"flip{axis}", lambda x, f=flip: _plain(f(x)), lambda y, f=flip: _plain(f(y)))
+        )
+    for factor in (scale, -scale):
+        op = ScaleIntensity(minv=None, maxv=None, factor=factor)
+        out.append(TTA(f"scale{1 + factor:.2f}", lambda x, o=op: _plain(o(x)), _same))
+    shift_op = ShiftIntensity(offset=shift)
+    out.append(TTA(f"shift{shift:+.2f}", lambda x, o=shift_op: _plain(o(x)), _same))
+    return out

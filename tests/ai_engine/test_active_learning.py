@@ -1,0 +1,385 @@
+"""Active learning on tiny phantoms: MC-dropout, TTA, diversity, the random baseline, the CLI.
+
+A grading model is trained through the CLI on 9 brain-MRI phantoms; a detection model folder
+holds an untrained tiny U-Net (the detector's scoring path, not its accuracy, is under test).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from ai_engine.active_learning import (
+    ActiveLearningInputError,
+    StudyScore,
+    diverse_order,
+    mc_dropout,
+    score_studies,
+)
+from ai_engine.cli import main
+from ai_engine.data.phantoms import make_brain_mri, make_chest_ct, write_brain_mri, write_chest_ct
+from ai_engine.detection.config import DetectionConfig
+from ai_engine.errors import InputError, ModelFolderError
+from ai_engine.grading.data import CHANNELS
+from ai_engine.io import Volume
+from ai_engine.modelfolder import Component, save_model_folder
+from ai_engine.networks import build_network
+
+SHAPE = (32, 32, 32)
+TRAIN_SEEDS = list(range(300, 309))
+POOL_SEEDS = [400, 401, 402]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """One torch thread: on the shared 2-core machine two threads stall each other."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def _mri_item(case: str) -> dict:
+    return {"images": {name: f"{case}/{name}" for name in CHANNELS}}
+
+
+@pytest.fixture(scope="module")
+def grading(tmp_path_factory, one_thread) -> dict:
+    root = tmp_path_factory.mktemp("al_grading")
+    train = []
+    for seed, grade in zip(TRAIN_SEEDS, [1, 2, 3] * 3, strict=True):
+        write_brain_mri(root / f"case{seed}", seed, grade=grade, shape=SHAPE)
+        train.append({**_mri_item(f"case{seed}"), "grade": grade})
+    pool = []
+    for seed in POOL_SEEDS:
+        write_brain_mri(root / f"case{seed}", seed, shape=SHAPE)
+        pool.append({**_mri_item(f"case{seed}"), "key": f"study-{seed}"})
+    (root / "datalist.json").write_text(json.dumps({"training": train, "testing": pool}))
+    model = root / "model"
+    code = main(
+        [
+            "grading", "train", "--datalist", str(root / "datalist.json"), "--out", str(model),
+            "--network", "resnet3d", "--network-kwargs", '{"block_inplanes": [8, 16, 32, 32]}',
+            "--spatial-size", "24,24,24", "--epochs", "12", "--batch-size", "3", "--lr", "3e-3",
+            "--warmup-steps", "2", "--no-augment", "--channel-dropout", "0", "--quiet",
+        ]
+    )  # fmt: skip
+    assert code == 0
+    return {"root": root, "model": model, "datalist": root / "datalist.json"}
+
+
+def _training_like() -> list[tuple[str, Volume]]:
+    return [
+        (f"train-{seed}", make_brain_mri(seed, grade=grade, shape=SHAPE)[0])
+        for seed, grade in zip(TRAIN_SEEDS, [1, 2, 3] * 3, strict=True)
+    ]
+
+
+def _noise(seed: int) -> Volume:
+    """Out of distribution: positive white noise in every sequence, no anatomy."""
+    rng = np.random.default_rng(seed)
+    return Volume(np.abs(rng.normal(300.0, 200.0, size=(4, *SHAPE))), np.diag([2.0, 2.0, 2.5, 1]))
+
+
+def _by_key(scores: list[StudyScore]) -> dict[str, StudyScore]:
+    return {s.key: s for s in scores}
+
+
+# ---------------------------------------------------------------- MC-dropout mechanics
+
+
+def test_mc_dropout_is_injected_when_the_network_has_none_and_removed_afterwards():
+    torch.manual_seed(0)
+    net = build_network("resnet3d", in_channels=1, num_classes=3, block_inplanes=[4, 8, 8, 8])
+    net.eval()
+    x = torch.randn(4, 1, 16, 16, 16)
+    running_mean = net.bn1.running_mean.clone()
+    with torch.no_grad():
+        before = net(x)
+        with mc_dropout(net, injected_p=0.3) as info:
+            a, b = net(x), net(x)
+    assert info.mode == "injected" and info.head == "fc" and info.p == 0.3
+    assert not torch.allclose(a, b)  # passes are stochastic, not silently equal
+    assert not net.training and not net.bn1.training  # BatchNorm stayed in eval
+    assert torch.equal(net.bn1.running_mean, running_mean)
+    with torch.no_grad():
+        assert torch.equal(net(x), before)  # hook removed: deterministic again
+
+
+def test_mc_dropout_uses_native_dropout_layers_when_present():
+    net = build_network("densenet121_3d", in_channels=1, num_classes=2, dropout_prob=0.2).eval()
+    with mc_dropout(net) as info:
+        assert info.mode == "native" and info.layers > 0 and info.p == [0.2]
+        assert any(
+            m.training for m in net.modules() if isinstance(m, torch.nn.modules.dropout._DropoutNd)
+        )
+    assert not any(m.training for m in net.modules())
+
+
+def test_diverse_order_is_plain_uncertainty_at_weight_zero_and_k_center_at_one():
+    u = np.array([0.9, 0.8, 0.7, 0.1])
+    emb = np.array([[1.0, 0.0], [1.0, 0.01], [0.0, 1.0], [0.7, 0.7]])
+    assert diverse_order(u, emb, 0.0).order == [0, 1, 2, 3]
+    # item 1 is a near-copy of item 0: diversity pushes it behind the distinct item 2
+    assert diverse_order(u, emb, 0.5).order[:2] == [0, 2]
+    assert diverse_order(u, emb, 1.0).order[:2] == [0, 2]
+    with pytest.raises(ValueError, match="weight"):
+        diverse_order(u, emb, 1.5)
+
+
+# ---------------------------------------------------------------- grading scoring
+
+
+def test_entropy_is_nonzero_and_reproducible_for_a_seed(grading):
+    studies = [*_training_like()[:3], ("noise", _noise(1))]
+    first = score_studies(grading["model"], studies, mc_samples=6, seed=7)
+    again = score_studies(grading["model"], studies, mc_samples=6, seed=7)
+    other = score_studies(grading["model"], studies, mc_samples=6, seed=8)
+    assert [(s.key, s.score, s.components) for s in first] == [
+        (s.key, s.score, s.components) for s in again
+    ]
+    for s in first:
+        c = s.components
+        assert c["mc_dropout"]["mode"] == "injected" and c["mc_dropout"]["head"] == "fc"
+        assert 0.0 < c["entropy"] <= 1.0 and c["bald"] > 0.0 and c["tta_variance"] >= 0.0
+        assert json.loads(json.dumps(c)) == c  # JSON-ready
+    bald = {s.key: s.components["bald"] for s in first}
+    assert bald != {s.key: s.components["bald"] for s in other}  # the seed drives the masks
+
+
+def test_noise_scores_higher_uncertainty_than_training_studies(grading):
+    train = _training_like()
+    noise = [(f"noise-{i}", _noise(i)) for i in range(3)]
+    scores = _by_key(score_studies(grading["model"], train + noise, diversity_weight=0.0))
+    u_train = [scores[k].components["uncertainty"] for k, _ in train]
+    u_noise = [scores[k].components["uncertainty"] for k, _ in noise]
+    # compare the mean of the noise inputs with the median training study (robust to one
+    # training phantom the tiny model still finds hard)
+    assert np.mean(u_noise) > np.median(u_train), (u_noise, u_train)
+    ranks = [scores[k].rank for k, _ in noise]
+    assert np.mean(ranks) < np.mean([scores[k].rank for k, _ in train])
+
+
+def test_diversity_puts_a_near_duplicate_of_the_top_study_lower(grading):
+    pool = [*_training_like()[:5], ("noise", _noise(3))]
+    plain = score_studies(grading["model"], pool, diversity_weight=0.0)
+    top_key = plain[0].key
+    top = dict(pool)[top_key]
+    rng = np.random.default_rng(0)
+    twin = Volume(top.array * (1 + 1e-3 * rng.standard_normal(top.array.shape)), top.affine)
+    with_twin = [*pool, ("twin", twin)]
+    without = _by_key(score_studies(grading["model"], with_twin, diversity_weight=0.0))
+    diverse = _by_key(score_studies(grading["model"], with_twin, diversity_weight=0.5))
+    assert without[top_key].rank == 1 and diverse[top_key].rank == 1
+    assert without["twin"].rank <= 2  # as uncertain as the top study
+    assert diverse["twin"].rank > without["twin"].rank
+    assert diverse["twin"].components["min_cosine_distance"] < 0.01
+
+
+def test_ranks_run_from_one_to_n_with_non_increasing_scores(grading):
+    pool = [
+        *_training_like()[:4],
+        ("noise", _noise(5)),
+        ("blank", Volume(np.zeros((4, *SHAPE)), np.eye(4))),
+    ]
+    for strategy in ("uncertainty", "random"):
+        scores = score_studies(grading["model"], pool, strategy=strategy)
+        assert [s.rank for s in scores] == list(range(1, len(pool) + 1))
+        assert sorted(s.key for s in scores) == sorted(k for k, _ in pool)
+        values = [s.score for s in scores]
+        assert values == sorted(values, reverse=True)
+        assert scores[-1].key == "blank" and not scores[-1].components["foreground"]
+
+
+def test_random_baseline_is_seeded_and_puts_studies_without_foreground_last(grading):
+    affine = np.diag([2.0, 2.0, 2.5, 1.0])
+    pool = [
+        *_training_like()[:6],
+        ("blank", Volume(np.zeros((4, *SHAPE)), affine)),
+        ("constant", Volume(np.full((4, *SHAPE), 50.0), affine)),
+    ]
+    a = score_studies(grading["model"], pool, strategy="random", seed=3)
+    b = score_studies(grading["model"], list(reversed(pool)), strategy="random", seed=3)
+    c = score_studies(grading["model"], pool, strategy="random", seed=4)
+    assert [s.key for s in a] == [s.key for s in b]  # seeded, whatever the input order
+    assert [s.key for s in a[:6]] != [s.key for s in c[:6]]  # another seed, another order
+    for ranking in (a, c):
+        assert {s.key for s in ranking[-2:]} == {"blank", "constant"}
+        assert all(s.components["foreground"] for s in ranking[:6])
+        assert all(s.components["strategy"] == "random" for s in ranking)
+
+
+def test_progress_is_called_per_study_and_may_cancel(grading):
+    calls: list[tuple[float, str]] = []
+    pool = _training_like()[:3]
+    score_studies(
+        grading["model"], pool, strategy="random", progress=lambda f, m: calls.append((f, m))
+    )
+    assert [round(f, 3) for f, _ in calls] == [0.0, 0.333, 0.667, 1.0]
+
+    class Cancelled(Exception):
+        pass
+
+    def cancel(fraction: float, message: str) -> None:
+        if fraction > 0:
+            raise Cancelled(message)
+
+    with pytest.raises(Cancelled):
+        score_studies(grading["model"], iter(pool), progress=cancel, total=3)
+
+
+@pytest.fixture(scope="module")
+def other_task_folder(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("other_task")
+    net = build_network("resnet3d", in_channels=1, num_classes=1, block_inplanes=[4, 4, 4, 4])
+    return save_model_folder(
+        folder,
+        task="lesion-segmentation",
+        components={"model": Component(network="resnet3d", network_kwargs={"in_channels": 1, "num_classes": 1, "block_inplanes": [4, 4, 4, 4]}, module=net)},
+    )  # fmt: skip
+
+
+BAD_LIBRARY_CALLS = [
+    # (name, kwargs, inputs builder, error class, message fragment)
+    ("unknown strategy", {"strategy": "margin"}, lambda: _training_like()[:1], ActiveLearningInputError, "unknown strategy 'margin'"),
+    ("empty input", {}, lambda: [], ActiveLearningInputError, "no studies to score"),
+    ("one MC sample", {"mc_samples": 1}, lambda: _training_like()[:1], ActiveLearningInputError, "mc_samples"),
+    ("diversity weight > 1", {"diversity_weight": 2.0}, lambda: _training_like()[:1], ActiveLearningInputError, "diversity_weight"),
+    ("duplicate keys", {}, lambda: _training_like()[:1] * 2, ActiveLearningInputError, "given twice"),
+    ("CT volume for grading", {}, lambda: [("ct", Volume(np.zeros(SHAPE), np.eye(4)))], InputError, "study 'ct': a grading study must be a (4, X, Y, Z)"),
+    ("not a Volume", {}, lambda: [("raw", np.zeros((4, *SHAPE)))], ActiveLearningInputError, "expected an ai_engine.io.Volume"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("name", "kwargs", "inputs", "error", "message"),
+    BAD_LIBRARY_CALLS,
+    ids=[c[0] for c in BAD_LIBRARY_CALLS],
+)
+def test_bad_arguments_raise_clear_errors(grading, name, kwargs, inputs, error, message):
+    with pytest.raises(error) as info:
+        score_studies(grading["model"], inputs(), **kwargs)
+    assert message in str(info.value), str(info.value)
+    if error is ActiveLearningInputError:
+        assert isinstance(info.value, ValueError) and isinstance(info.value, InputError)
+
+
+def test_model_folders_of_another_task_or_missing_are_refused(other_task_folder, tmp_path):
+    with pytest.raises(ModelFolderError, match="'lesion-segmentation' model; active learning"):
+        score_studies(other_task_folder, _training_like()[:1])
+    with pytest.raises(ModelFolderError, match="model folder not found"):
+        score_studies(tmp_path / "nothing", _training_like()[:1])
+
+
+# ---------------------------------------------------------------- detection scoring
+
+TINY_DETECTOR = DetectionConfig(
+    patch_size=(32, 32, 32),
+    sw_roi_size=(32, 32, 32),
+    unet_channels=(4, 8, 16),
+    fp_patch_size=16,
+    fp_channels=(4, 8, 8, 8),
+    sw_batch_size=1,
+    candidate_threshold=0.3,
+)
+
+
+@pytest.fixture(scope="module")
+def detector_folder(tmp_path_factory) -> Path:
+    torch.manual_seed(0)
+    cfg = TINY_DETECTOR
+    unet = build_network("unet3d", **cfg.unet_kwargs)
+    data = cfg.to_dict()
+    pre_keys = (
+        "spacing_mm",
+        "hu_range",
+        "patch_size",
+        "sw_roi_size",
+        "sw_overlap",
+        "sw_batch_size",
+    )
+    return save_model_folder(
+        tmp_path_factory.mktemp("detector"),
+        task="nodule-detection",
+        components={"candidates": Component(network="unet3d", network_kwargs=cfg.unet_kwargs, module=unet)},
+        preprocessing={k: data[k] for k in pre_keys},
+        postprocessing={k: v for k, v in data.items() if k not in pre_keys},
+    )  # fmt: skip
+
+
+def test_detection_scores_the_candidate_map_and_random_puts_air_last(detector_folder):
+    ct, _ = make_chest_ct(21, shape=(64, 64, 16))
+    air = Volume(np.full(ct.array.shape, -1000.0), ct.affine, {"modality": "CT"})
+    studies = [("chest", ct), ("air", air)]
+    scores = _by_key(score_studies(detector_folder, studies, mc_samples=3, seed=1))
+    chest = scores["chest"].components
+    assert chest["mc_dropout"]["mode"] == "injected"  # the U-Net's Dropout layers have p=0
+    assert chest["region"] == "candidates" and chest["region_voxels"] > 0
+    assert chest["entropy"] > 0 and chest["bald"] > 0 and chest["tta_variance"] > 0
+    assert chest["foreground"] and chest["candidates"] > 0
+    assert not scores["air"].components["foreground"] and scores["air"].rank == 2
+    again = _by_key(score_studies(detector_folder, studies, mc_samples=3, seed=1))
+    assert again["chest"].components == chest
+    random = score_studies(detector_folder, studies, strategy="random", seed=0)
+    assert [s.key for s in random] == ["chest", "air"]
+    with pytest.raises(InputError, match="study 'mri'"):
+        score_studies(detector_folder, [("mri", make_brain_mri(1, shape=SHAPE)[0])])
+
+
+# ---------------------------------------------------------------- CLI
+
+
+def test_cli_scores_a_datalist_end_to_end(grading, capsys):
+    out = grading["root"] / "ranking.json"
+    argv = ["active-learning", "score", "--model", str(grading["model"]), "--data",
+            str(grading["datalist"]), "--split", "testing", "--out", str(out), "--quiet"]  # fmt: skip
+    assert main([*argv, "--strategy", "uncertainty", "--mc-samples", "4"]) == 0
+    result = json.loads(out.read_text())
+    assert result["task"] == "tumor-grading" and result["n"] == 3
+    assert [r["rank"] for r in result["ranking"]] == [1, 2, 3]
+    assert {r["key"] for r in result["ranking"]} == {f"study-{s}" for s in POOL_SEEDS}
+    assert all("entropy" in r["components"] for r in result["ranking"])
+    assert "wrote" in capsys.readouterr().out
+    assert main([*argv, "--strategy", "random", "--split", "all"]) == 0
+    result = json.loads(out.read_text())
+    assert result["n"] == 12 and result["strategy"] == "random"
+    keys = [r["key"] for r in result["ranking"]]
+    assert len(set(keys)) == 12 and "case300" in keys  # items without a key: their folder
+
+
+@pytest.fixture(scope="module")
+def cli_bad(grading, tmp_path_factory) -> dict:
+    bad = tmp_path_factory.mktemp("al_bad")
+    (bad / "empty.json").write_text(json.dumps({"training": [], "testing": []}))
+    (bad / "no_testing.json").write_text(
+        json.dumps({"training": [_mri_item(str(grading["root"] / "case300"))]})
+    )
+    write_chest_ct(bad / "ct", 5, shape=(64, 64, 16))
+    (bad / "ct.json").write_text(json.dumps({"testing": [{"image": "ct"}]}))
+    return {"bad": bad, "model": str(grading["model"]), "datalist": str(grading["datalist"])}
+
+
+BAD_CLI = [
+    # (name, argv builder, message fragment): each exits 2 and writes no ranking
+    ("model folder missing", lambda p: ["--model", str(p["bad"] / "nope"), "--data", p["datalist"]], "model folder not found"),
+    ("unknown strategy", lambda p: ["--model", p["model"], "--data", p["datalist"], "--strategy", "margin"], "--strategy 'margin': choose one of uncertainty, random"),
+    ("datalist with no items", lambda p: ["--model", p["model"], "--data", str(p["bad"] / "empty.json")], "holds no items"),
+    ("empty split", lambda p: ["--model", p["model"], "--data", str(p["bad"] / "no_testing.json"), "--split", "testing"], "has no items in split 'testing'"),
+    ("CT items for a grading model", lambda p: ["--model", p["model"], "--data", str(p["bad"] / "ct.json")], "a tumor-grading model scores MRI items"),
+    ("datalist missing", lambda p: ["--model", p["model"], "--data", str(p["bad"] / "none.json")], "does not exist"),
+    ("one MC sample", lambda p: ["--model", p["model"], "--data", p["datalist"], "--mc-samples", "1"], "mc_samples must be an integer >= 2"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("name", "argv", "message"), BAD_CLI, ids=[c[0] for c in BAD_CLI])
+def test_cli_bad_input_exits_2_with_a_message(cli_bad, capsys, name, argv, message):
+    out = cli_bad["bad"] / f"{name.replace(' ', '_')}.json"
+    code = main(["active-learning", "score", *argv(cli_bad), "--out", str(out), "--quiet"])
+    err = capsys.readouterr().err
+    assert code == 2, (name, err)
+    assert err.startswith("error: ") and message in err, err
+    assert not out.exists()
