@@ -671,12 +671,22 @@ class JobAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
 
 @admin.register(ActiveLearningScore)
 class ActiveLearningScoreAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
-    list_display = ["project", "strategy", "rank", "score", "study", "model_version", "created_at"]
-    list_filter = ["project", "strategy", "model_version__task"]
+    list_display = [
+        "project",
+        "task",
+        "strategy",
+        "rank",
+        "score",
+        "study",
+        "model_version",
+        "created_at",
+    ]
+    list_filter = ["project", "task", "strategy"]
     search_fields = ["study__study_instance_uid", "project__slug"]
     list_select_related = ["project", "study", "model_version__project"]
     fields = [
         "project",
+        "task",
         "strategy",
         "rank",
         "score",

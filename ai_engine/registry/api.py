@@ -12,9 +12,10 @@ from rest_framework import generics, status
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from ai_engine.registry import monitoring, selectors, services
+from ai_engine.registry import active_learning, monitoring, selectors, services
 from ai_engine.registry.models import ActiveLearningScore, Job, ModelVersion
 from ai_engine.registry.serializers import (
+    ActiveLearningQuerySerializer,
     ActiveLearningScoreSerializer,
     AISettingsSerializer,
     AlertSerializer,
@@ -81,6 +82,15 @@ class JobListView(ProjectScopedMixin, generics.ListCreateAPIView):
                 for v in versions
             ]
             jobs, created = [job for job, _ in pairs], any(new for _, new in pairs)
+        elif kind == Job.Kind.SCORING:
+            job, created = active_learning.scoring_job_create(
+                project=self.project,
+                task=task,
+                strategy=values["strategy"],
+                options=values["params"],
+                created_by=request.user,
+            )
+            jobs = [job]
         else:
             job, created = services.run_job_create(
                 project=self.project,
@@ -207,15 +217,27 @@ class AISettingsView(ProjectScopedMixin, generics.RetrieveUpdateAPIView):
 
 
 class ActiveLearningQueueView(ProjectScopedMixin, generics.ListAPIView):
-    """The ranked queue of studies to label next (?strategy=uncertainty|random)."""
+    """The ranked queue of studies to label next, as the last scoring run of each task left it.
+
+    `?strategy=uncertainty` (default) or `random`; `?task=` for one task's queue. Rank 1 is
+    the study to label first; `components` are the parts of its score; `job` the run.
+    """
 
     project_roles = MEMBERS_READ
     serializer_class = ActiveLearningScoreSerializer
+    filter_backends: list = []  # the query is checked by ActiveLearningQuerySerializer
+
+    @extend_schema(parameters=[ActiveLearningQuerySerializer])
+    def get(self, request, *args, **kwargs):
+        return super().get(request, *args, **kwargs)
 
     def get_queryset(self):
-        strategy = (
-            self.request.query_params.get("strategy") or ActiveLearningScore.Strategy.UNCERTAINTY
+        if getattr(self, "swagger_fake_view", False):
+            return ActiveLearningScore.objects.none()
+        query = ActiveLearningQuerySerializer(data=self.request.query_params)
+        query.is_valid(raise_exception=True)
+        return selectors.active_learning_queue(
+            project=self.project,
+            strategy=query.validated_data["strategy"],
+            task=query.validated_data.get("task"),
         )
-        return ActiveLearningScore.objects.filter(
-            project=self.project, strategy=strategy
-        ).select_related("study")

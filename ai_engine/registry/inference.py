@@ -1,9 +1,12 @@
 """The one door from Django to ai_engine's predict functions: `run_inference(version, study)`.
 
-It picks the study's series that fit the model's task, fetches them from Orthanc as
-Volumes (`imaging.volumes`), runs the model folder's predict function and turns its output
-into `FindingData` with heat maps (and masks) written as NIfTI on the series grid under
-`out_dir`. Nothing else on the Django side imports ai_engine's detection or grading code.
+`load_study_input(version, study)` picks the study's series that fit the model's task and
+fetches them from Orthanc as the one Volume the task's models take (`imaging.volumes`):
+the CT series in HU for detection, the T1/T1c/T2/FLAIR stack on the T1 grid for grading.
+Inference and active-learning scoring (`ai_engine/registry/active_learning.py`) both load
+through it. `run_inference` then runs the model folder's predict function and turns its
+output into `FindingData` with heat maps (and masks) written as NIfTI on the series grid
+under `out_dir`. Nothing else on the Django side imports ai_engine's detection or grading code.
 """
 
 from __future__ import annotations
@@ -11,13 +14,17 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from django.conf import settings
 
 from ai_engine.registry.exceptions import InferenceUnavailable, StudyNotReady
 from ai_engine.registry.models import ModelTask, ModelVersion
+
+if TYPE_CHECKING:
+    from ai_engine.io import Volume
+    from imaging.models import Series
 
 Progress = Callable[[float, str], None]
 
@@ -76,6 +83,65 @@ def mr_series_for_grading(study) -> dict[str, Any]:
     return found
 
 
+def input_series(model_version: ModelVersion, study) -> list[Series]:
+    """The series of `study` that `model_version`'s task reads (first one: the output grid).
+
+    Database only (nothing is fetched). Raises StudyNotReady when the study lacks them and
+    InferenceUnavailable for a task without inference.
+    """
+    from ai_engine.io.dicom import MR_SEQUENCES
+
+    if model_version.task == ModelTask.NODULE_DETECTION:
+        return [ct_series_for_detection(study)]
+    if model_version.task == ModelTask.TUMOR_GRADING:
+        found = mr_series_for_grading(study)
+        return [found[name] for name in MR_SEQUENCES]
+    raise InferenceUnavailable(f"No inference for task {model_version.task!r}.")
+
+
+def load_study_input(
+    model_version: ModelVersion, study, progress: Progress = _noop
+) -> tuple[Series, Volume]:
+    """The study's input Volume for `model_version`'s task, fetched from Orthanc.
+
+    Returns `(series, volume)`: `series` is the series whose grid the volume (and so the
+    model's output) is on. Detection: the CT series in HU. Grading: T1, T1c, T2 and FLAIR
+    resampled onto the T1 grid and stacked as 4 channels (meta `channel_names`).
+    `progress(fraction, message)` gets fractions of the loading alone (0 to <1). Raises
+    StudyNotReady (series missing), `imaging.exceptions.OrthancUnavailable` (Orthanc
+    unreachable), `OrthancError` and `ai_engine.errors.InputError` (series unreadable).
+    """
+    from ai_engine.io import Volume, resample_to_grid
+    from ai_engine.io.dicom import MR_SEQUENCES
+    from imaging.volumes import load_series_volume
+
+    series = input_series(model_version, study)
+    if model_version.task == ModelTask.NODULE_DETECTION:
+        progress(0.0, f"Loading series {series[0].series_instance_uid} from Orthanc")
+        return series[0], load_series_volume(series[0])
+    volumes = {}
+    for n, (name, one) in enumerate(zip(MR_SEQUENCES, series, strict=True)):
+        progress(n / len(MR_SEQUENCES), f"Loading {name} from Orthanc")
+        volumes[name] = load_series_volume(one)
+    reference = volumes[MR_SEQUENCES[0]]
+    stack = np.stack(
+        [
+            resample_to_grid(volumes[name], reference.affine, reference.spatial_shape)
+            for name in MR_SEQUENCES
+        ]
+    )
+    return series[0], Volume(stack, reference.affine, {"channel_names": list(MR_SEQUENCES)})
+
+
+def _within(progress: Progress, low: float, high: float) -> Progress:
+    """`progress` for a step that runs from `low` to `high` of the whole job."""
+
+    def scaled(fraction: float, message: str = "") -> None:
+        progress(low + (high - low) * fraction, message)
+
+    return scaled
+
+
 def run_inference(
     model_version: ModelVersion,
     study,
@@ -107,11 +173,8 @@ def _run_detection(
     """
     from ai_engine.detection.pipeline import NoduleDetector, findings_on_source
     from ai_engine.io import Volume, save_nifti
-    from imaging.volumes import load_series_volume
 
-    series = ct_series_for_detection(study)
-    progress(0.05, f"Loading series {series.series_instance_uid} from Orthanc")
-    volume = load_series_volume(series)
+    series, volume = load_study_input(version, study, _within(progress, 0.05, 0.3))
     progress(0.3, "Detecting nodules")
     detector = NoduleDetector.from_model_folder(version.path)
     findings, label_map = findings_on_source(
@@ -144,30 +207,15 @@ def _run_grading(
     from ai_engine.grading.data import preprocess
     from ai_engine.grading.explain import explain_study
     from ai_engine.grading.model import load_grading_model
-    from ai_engine.io import Volume, resample_to_grid
-    from ai_engine.io.dicom import MR_SEQUENCES
-    from imaging.volumes import load_series_volume
 
-    series_by_name = mr_series_for_grading(study)
-    volumes = {}
-    for n, name in enumerate(MR_SEQUENCES):
-        progress(0.05 + 0.1 * n, f"Loading {name} from Orthanc")
-        volumes[name] = load_series_volume(series_by_name[name])
-    reference = volumes[MR_SEQUENCES[0]]
-    stack = np.stack(
-        [
-            resample_to_grid(volumes[name], reference.affine, reference.spatial_shape)
-            for name in MR_SEQUENCES
-        ]
-    )
-    volume = Volume(stack, reference.affine, {"channel_names": list(MR_SEQUENCES)})
+    # Loading the 4 sequences reports 0.05, 0.15, 0.25, 0.35.
+    series, volume = load_study_input(version, study, _within(progress, 0.05, 0.45))
     progress(0.5, "Grading")
     model = load_grading_model(version.path)
     prepared = preprocess(volume, model.spatial_size, model.channels)
     prediction = model.grade(prepared)
     progress(0.7, "Explaining (Grad-CAM)")
     explanation = explain_study(model, prepared, grade=prediction["grade"])
-    series = series_by_name[MR_SEQUENCES[0]]
     heatmap = out_dir / f"{series.series_instance_uid}-gradcam.nii.gz"
     save_heatmap(explanation.heat_source, heatmap)
     probabilities = {str(k): float(v) for k, v in prediction["probabilities"].items()}

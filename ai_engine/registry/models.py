@@ -341,7 +341,8 @@ class ModelAlert(models.Model):
 
 
 class ActiveLearningScore(models.Model):
-    """A study's place in a project's active-learning queue (one row per study and strategy)."""
+    """A study's place in a project's active-learning queue: one queue per project, task and
+    strategy, one row per study in it."""
 
     class Strategy(models.TextChoices):
         UNCERTAINTY = "uncertainty", "Uncertainty (MC dropout + TTA) with diversity"
@@ -349,6 +350,7 @@ class ActiveLearningScore(models.Model):
 
     project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="al_scores")
     study = models.ForeignKey("imaging.Study", on_delete=models.CASCADE, related_name="al_scores")
+    task = models.CharField(max_length=32, choices=ModelTask.choices)
     model_version = models.ForeignKey(
         ModelVersion, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
     )
@@ -360,10 +362,10 @@ class ActiveLearningScore(models.Model):
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
-        ordering = ["project", "strategy", "rank"]
+        ordering = ["project", "task", "strategy", "rank"]
         constraints = [
             models.UniqueConstraint(
-                fields=["project", "strategy", "study"], name="one_al_score_per_study"
+                fields=["project", "task", "strategy", "study"], name="one_al_score_per_study"
             ),
         ]
 

@@ -1,10 +1,19 @@
-"""Read side of the registry: queue positions, labels since training, version listings."""
+"""Read side of the registry: queue positions, labels since training, version listings,
+labeled/unlabeled studies and the active-learning queue."""
 
 from __future__ import annotations
 
 from django.db.models import Q, QuerySet
 
-from ai_engine.registry.models import Job, ModelAlert, ModelTask, ModelVersion
+from ai_engine.registry.models import (
+    TASK_MODALITY,
+    ActiveLearningScore,
+    Job,
+    ModelAlert,
+    ModelTask,
+    ModelVersion,
+)
+from imaging.models import Study
 from projects.models import Project
 
 
@@ -43,11 +52,47 @@ def last_training_start(*, project: Project, task: str):
     return job.created_at if job else None
 
 
+def finding_kind_for(task: str) -> str:
+    """The kind of finding a task's models produce (and radiologists label)."""
+    from annotations.models import FindingKind
+
+    return FindingKind.NODULE if task == ModelTask.NODULE_DETECTION else FindingKind.GRADE
+
+
+def labeled_studies(*, project: Project, task: str) -> QuerySet[Study]:
+    """Studies a radiologist labeled for `task`: a verdict on one of its findings of the
+    task's kind (accept, reject or correct) or a finding of that kind added by hand."""
+    kind = finding_kind_for(task)
+    return Study.objects.filter(project=project).filter(
+        Q(findings__kind=kind, findings__feedback__isnull=False) | Q(added_findings__kind=kind)
+    )
+
+
+def unlabeled_studies(*, project: Project, task: str) -> QuerySet[Study]:
+    """The project's studies of the task's modality that nobody labeled for the task yet."""
+    labeled = labeled_studies(project=project, task=task).values("pk")
+    return (
+        Study.objects.filter(project=project, modalities_in_study__contains=TASK_MODALITY[task])
+        .exclude(pk__in=labeled)
+        .order_by("pk")
+    )
+
+
+def active_learning_queue(
+    *, project: Project, strategy: str, task: str | None = None
+) -> QuerySet[ActiveLearningScore]:
+    """The ranked queue of one strategy (rank 1 first), per task when the project has several."""
+    rows = ActiveLearningScore.objects.filter(project=project, strategy=strategy)
+    if task:
+        rows = rows.filter(task=task)
+    return rows.select_related("study", "model_version").order_by("task", "rank", "pk")
+
+
 def labels_since_last_training(*, project: Project, task: str) -> int:
     """Ground-truth labels (accepts, corrections, added findings) made since the last training."""
-    from annotations.models import AddedFinding, FindingFeedback, FindingKind, Verdict
+    from annotations.models import AddedFinding, FindingFeedback, Verdict
 
-    kind = FindingKind.NODULE if task == ModelTask.NODULE_DETECTION else FindingKind.GRADE
+    kind = finding_kind_for(task)
     since = last_training_start(project=project, task=task)
     feedback = FindingFeedback.objects.filter(
         finding__project=project,

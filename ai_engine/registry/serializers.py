@@ -40,6 +40,8 @@ class JobSerializer(serializers.ModelSerializer):
             "error",
             "cancel_requested",
             "attempts",
+            "lost_attempts",
+            "attempt_started_at",
             "params",
             "result",
             "created_by",
@@ -53,9 +55,32 @@ class JobSerializer(serializers.ModelSerializer):
         return queue_position(job=obj)
 
 
+def _strategy_field(**kwargs) -> serializers.ChoiceField:
+    allowed = ", ".join(ActiveLearningScore.Strategy.values)
+    return serializers.ChoiceField(
+        choices=ActiveLearningScore.Strategy.choices,
+        error_messages={"invalid_choice": f'"{{input}}" is not a strategy; use one of: {allowed}.'},
+        **kwargs,
+    )
+
+
+class ScoringOptionsSerializer(serializers.Serializer):
+    """Optional `params` of a scoring job (the defaults are ai_engine.active_learning's)."""
+
+    mc_samples = serializers.IntegerField(
+        min_value=2, max_value=64, required=False, help_text="MC-dropout passes per study."
+    )
+    tta = serializers.BooleanField(required=False, help_text="Add test-time-augmentation variance.")
+    diversity_weight = serializers.FloatField(
+        min_value=0.0, max_value=1.0, required=False, help_text="Weight of the diversity term."
+    )
+    seed = serializers.IntegerField(min_value=0, required=False)
+
+
 class JobCreateSerializer(serializers.Serializer):
     """inference: `study` (StudyInstanceUID) and optional `task`, or `scope: "project"`
-    for the whole project; training / scoring: `task`."""
+    for the whole project; training: `task`; scoring: `task` and `strategy` (uncertainty,
+    the default, or random), optional `params` mc_samples, tta, diversity_weight, seed."""
 
     kind = serializers.ChoiceField(choices=Job.Kind.choices)
     task = serializers.ChoiceField(choices=ModelTask.choices, required=False)
@@ -63,20 +88,35 @@ class JobCreateSerializer(serializers.Serializer):
     scope = serializers.ChoiceField(
         choices=[("study", "study"), ("project", "project")], default="study"
     )
+    strategy = _strategy_field(required=False, help_text="Scoring only: how studies are ranked.")
     params = serializers.DictField(required=False, default=dict)
 
     def validate(self, attrs: dict) -> dict:
-        if attrs["kind"] == Job.Kind.SCORING:
-            raise serializers.ValidationError(
-                {"kind": "Active-learning scoring is not available yet on this platform."}
-            )
-        if attrs["kind"] == Job.Kind.INFERENCE:
+        kind = attrs["kind"]
+        if kind != Job.Kind.SCORING and "strategy" in attrs:
+            raise serializers.ValidationError({"strategy": "Only scoring jobs take a strategy."})
+        if kind == Job.Kind.INFERENCE:
             if attrs["scope"] == "study" and not attrs.get("study"):
                 raise serializers.ValidationError(
                     {"study": "Name the study (StudyInstanceUID) or use scope=project."}
                 )
         elif not attrs.get("task"):
-            raise serializers.ValidationError({"task": f"A {attrs['kind']} job needs a task."})
+            raise serializers.ValidationError({"task": f"A {kind} job needs a task."})
+        if kind == Job.Kind.SCORING:
+            attrs.setdefault("strategy", ActiveLearningScore.Strategy.UNCERTAINTY)
+            options = ScoringOptionsSerializer(data=attrs["params"])
+            unknown = sorted(set(attrs["params"]) - set(options.fields))
+            if unknown:
+                raise serializers.ValidationError(
+                    {
+                        "params": f"Unknown scoring params {unknown}; allowed: "
+                        f"{sorted(options.fields)} (the strategy goes in the top-level "
+                        "`strategy` field)."
+                    }
+                )
+            if not options.is_valid():
+                raise serializers.ValidationError({"params": options.errors})
+            attrs["params"] = dict(options.validated_data)
         return attrs
 
 
@@ -155,18 +195,45 @@ class AISettingsSerializer(serializers.ModelSerializer):
         return value
 
 
+class ActiveLearningQuerySerializer(serializers.Serializer):
+    """Query of the active-learning queue."""
+
+    strategy = _strategy_field(
+        default=ActiveLearningScore.Strategy.UNCERTAINTY, help_text="Which ranking to list."
+    )
+    task = serializers.ChoiceField(
+        choices=ModelTask.choices, required=False, help_text="Only this task's queue."
+    )
+
+
+class QueueStudySerializer(serializers.Serializer):
+    study_instance_uid = serializers.CharField()
+    study_description = serializers.CharField()
+
+
+class QueueModelVersionSerializer(serializers.Serializer):
+    id = serializers.IntegerField()
+    task = serializers.CharField()
+    version = serializers.IntegerField()
+
+
 class ActiveLearningScoreSerializer(serializers.ModelSerializer):
-    study_instance_uid = serializers.CharField(source="study.study_instance_uid", read_only=True)
+    """One study's place in the queue: rank 1 is the study to label first."""
+
+    study = QueueStudySerializer(read_only=True)
+    model_version = QueueModelVersionSerializer(read_only=True, allow_null=True)
 
     class Meta:
         model = ActiveLearningScore
         fields = [
             "rank",
-            "study_instance_uid",
+            "study",
             "score",
             "strategy",
+            "task",
             "components",
             "model_version",
+            "job",
             "created_at",
         ]
         read_only_fields = fields

@@ -1,4 +1,5 @@
-"""Permission rows of the registry API: members read; admins queue, cancel, promote, roll back."""
+"""Permission rows of the registry API: members read (the active-learning queue too); admins
+queue inference, training and scoring, cancel, promote, roll back."""
 
 from ai_engine.registry.models import Job, ModelVersion
 from ai_engine.registry.services import model_version_promote
@@ -15,6 +16,24 @@ def _champion_and_study(project):
 
 def _study_uid(project):
     return Study.objects.filter(project=project).first().study_instance_uid
+
+
+def _ranked_queue(project):
+    """A champion and a two-study queue, so the queue route answers with rows."""
+    from ai_engine.registry.models import ActiveLearningScore
+
+    version = make_version(project)
+    for rank in (1, 2):
+        ActiveLearningScore.objects.create(
+            project=project,
+            study=make_study(project),
+            task=version.task,
+            model_version=version,
+            strategy=ActiveLearningScore.Strategy.UNCERTAINTY,
+            rank=rank,
+            score=1.0 / rank,
+        )
+    return {}
 
 
 def _queued_job(project):
@@ -48,6 +67,13 @@ CASES = [
         setup=_champion_and_study,
         data=lambda p: {"kind": "inference", "study": _study_uid(p)},
     ),
+    Case(
+        "job-list",
+        "POST",
+        table(201, 403, 403),
+        setup=_champion_and_study,
+        data=lambda p: {"kind": "scoring", "task": "nodule_detection", "strategy": "random"},
+    ),
     Case("job-detail", "GET", table(200, 200, 200), setup=_queued_job),
     Case("job-cancel", "POST", table(200, 403, 403), setup=_queued_job),
     Case("model-version-list", "GET", table(200, 200, 200)),
@@ -64,5 +90,5 @@ CASES = [
     Case("model-alert-list", "GET", table(200, 200, 200)),
     Case("ai-settings", "GET", table(200, 200, 200)),
     Case("ai-settings", "PATCH", table(200, 403, 403), data=lambda p: {"retrain_after_labels": 7}),
-    Case("active-learning-queue", "GET", table(200, 200, 200)),
+    Case("active-learning-queue", "GET", table(200, 200, 200), setup=_ranked_queue),
 ]

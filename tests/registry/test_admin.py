@@ -115,7 +115,13 @@ def rows(project, users, tmp_path, settings):
     alert = monitoring.version_check(version_id=v1.pk)  # rolling 0 %: flagged
     assert alert is not None
     ActiveLearningScore.objects.create(
-        project=project, study=study, model_version=v1, strategy="random", rank=1, score=0.3
+        project=project,
+        study=study,
+        task=v1.task,
+        model_version=v1,
+        strategy="random",
+        rank=1,
+        score=0.3,
     )
     return {"v1": v1, "v2": v2, "job": job, "alert": alert, "snapshot": snapshot, "study": study}
 

@@ -261,7 +261,9 @@ def _running_job(project, version=None):
     return job
 
 
-def test_an_attempt_lost_with_its_worker_is_taken_over_and_counted(project, tmp_path, settings):
+def test_an_attempt_lost_with_its_worker_is_taken_over_and_counted(
+    project, tmp_path, settings, radiologist_client
+):
     settings.MEDIA_ROOT = tmp_path
     job = _running_job(project)
     # The worker died (no retry noted, no final state): the redelivered task takes over.
@@ -270,6 +272,11 @@ def test_an_attempt_lost_with_its_worker_is_taken_over_and_counted(project, tmp_
     again.refresh_from_db()
     assert (again.status, again.attempts, again.lost_attempts) == (S.RUNNING, 2, 1)
     assert again.celery_task_id == "second" and "Attempt 1 was lost" in again.message
+    # The API shows it (members read jobs).
+    url = reverse("job-detail", kwargs={"project": project.slug, "pk": job.pk})
+    shown = radiologist_client.get(url).data
+    assert (shown["attempts"], shown["lost_attempts"]) == (2, 1)
+    assert shown["attempt_started_at"] is not None
     # An attempt that ends with a retry is not lost.
     services.job_note_retry(job_id=job.pk, message="Orthanc unreachable; retry 1 in 1.0 s.")
     services.job_start(job_id=job.pk)
