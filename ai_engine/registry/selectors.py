@@ -81,10 +81,16 @@ def unlabeled_studies(*, project: Project, task: str) -> QuerySet[Study]:
 def active_learning_queue(
     *, project: Project, strategy: str, task: str | None = None
 ) -> QuerySet[ActiveLearningScore]:
-    """The ranked queue of one strategy (rank 1 first), per task when the project has several."""
+    """The ranked queue of one strategy (rank 1 first), per task when the project has several.
+
+    Studies labeled for the row's task since the scoring run are left out (their rank
+    stays a gap until the next run re-ranks the queue)."""
     rows = ActiveLearningScore.objects.filter(project=project, strategy=strategy)
     if task:
         rows = rows.filter(task=task)
+    for labeled_task in ModelTask.values:
+        labeled = labeled_studies(project=project, task=labeled_task).values("pk")
+        rows = rows.exclude(task=labeled_task, study__in=labeled)
     return rows.select_related("study", "model_version").order_by("task", "rank", "pk")
 
 

@@ -484,6 +484,22 @@ def test_queue_api_lists_ranks_with_study_version_and_job(project, annotator_cli
     assert [r["rank"] for r in empty] == [1, 2] and empty[0]["strategy"] == "uncertainty"
 
 
+def test_a_study_labeled_after_the_run_leaves_the_queue_at_once(project, annotator_client, users):
+    make_version(project)
+    a, b, c = (make_study(project) for _ in range(3))
+    assert _complete(_scoring_job(project), _scores(a, b, c))
+    # A radiologist gives a verdict on a finding of b: b is labeled now.
+    finding = make_finding(project, study=b)
+    FindingFeedback.objects.create(
+        finding=finding, radiologist=users["radiologist"], verdict="accept"
+    )
+    rows = annotator_client.get(_queue_url(project)).data["results"]
+    assert [(r["rank"], r["study"]["study_instance_uid"]) for r in rows] == [
+        (1, a.study_instance_uid),
+        (3, c.study_instance_uid),
+    ]
+
+
 @pytest.mark.parametrize(
     ("query", "reason"),
     [
