@@ -3,12 +3,16 @@
 `score_studies(model_dir, [(key, Volume), ...], strategy="uncertainty" | "random")` ranks
 studies with a tumor-grading or nodule-detection model folder: MC-dropout entropy (BALD as a
 component) plus test-time-augmentation variance, traded against diversity of the network's
-penultimate features; or the foreground-aware random baseline. No Django here: the registry
-(`ai_engine/registry/`) and the CLI (`python -m ai_engine active-learning score`) call it.
-See docs/active_learning.md.
+penultimate features (weight 0 by default: plain uncertainty order); or the foreground-aware
+random baseline. No Django here: the registry (`ai_engine/registry/`) and the CLI
+(`python -m ai_engine active-learning score`) call it. See docs/active_learning.md.
 """
 
-from ai_engine.active_learning.diversity import cosine_distances, diverse_order
+from ai_engine.active_learning.diversity import (
+    DEFAULT_DIVERSITY_WEIGHT,
+    cosine_distances,
+    diverse_order,
+)
 from ai_engine.active_learning.foreground import body_fraction, tissue_fraction
 from ai_engine.active_learning.mc_dropout import (
     DEFAULT_INJECTED_P,
@@ -26,6 +30,7 @@ from ai_engine.active_learning.scoring import (
 from ai_engine.active_learning.uncertainty import class_uncertainty, voxel_uncertainty
 
 __all__ = [
+    "DEFAULT_DIVERSITY_WEIGHT",
     "DEFAULT_INJECTED_P",
     "STRATEGIES",
     "TASKS",

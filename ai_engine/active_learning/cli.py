@@ -23,6 +23,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from ai_engine.active_learning.diversity import DEFAULT_DIVERSITY_WEIGHT
 from ai_engine.errors import InputError
 
 SPLIT_CHOICES = ("testing", "training", "validation", "all")
@@ -44,7 +45,10 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
     s.add_argument("--mc-samples", type=int, default=8, help="MC-dropout passes (default 8)")
     s.add_argument("--no-tta", action="store_true", help="skip test-time-augmentation variance")
     s.add_argument(
-        "--diversity-weight", type=float, default=0.5, help="0 = uncertainty only (default 0.5)"
+        "--diversity-weight",
+        type=float,
+        default=DEFAULT_DIVERSITY_WEIGHT,
+        help=f"0 = uncertainty only (default {DEFAULT_DIVERSITY_WEIGHT:g})",
     )
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--device", default="cpu")

@@ -8,7 +8,9 @@ Strategies:
   The study's uncertainty is `u = entropy` without TTA and `u = (entropy + 4 * tta_variance)
   / 2` with it (both terms in [0, 1]). The queue is then built greedily, trading `u`
   against the cosine distance of the network's penultimate features to the studies queued
-  before (`ai_engine.active_learning.diversity`, weight `diversity_weight`).
+  before (`ai_engine.active_learning.diversity`, weight `diversity_weight`, default 0:
+  plain uncertainty order, which the active-learning benchmark measured best for labelling
+  batches of a few studies; see docs/active_learning.md).
 * "random": the baseline. Each study draws a seeded uniform number (seeded by `seed` and its
   key, so the draw does not depend on the input order) and studies are queued by it; the
   score is `(draw + 1) / 2` with foreground and `draw / 2` without.
@@ -33,7 +35,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ai_engine.active_learning.diversity import diverse_order
+from ai_engine.active_learning.diversity import DEFAULT_DIVERSITY_WEIGHT, diverse_order
 from ai_engine.active_learning.foreground import (
     MIN_FOREGROUND_FRACTION,
     body_fraction,
@@ -54,7 +56,14 @@ from ai_engine.io import Volume
 from ai_engine.modelfolder import read_manifest
 from ai_engine.training.reproducibility import derive_seed
 
-__all__ = ["STRATEGIES", "TASKS", "ActiveLearningInputError", "StudyScore", "score_studies"]
+__all__ = [
+    "DEFAULT_DIVERSITY_WEIGHT",
+    "STRATEGIES",
+    "TASKS",
+    "ActiveLearningInputError",
+    "StudyScore",
+    "score_studies",
+]
 
 STRATEGIES = ("uncertainty", "random")
 GRADING_TASK = "tumor-grading"
@@ -290,7 +299,7 @@ def score_studies(
     strategy: str = "uncertainty",
     mc_samples: int = 8,
     tta: bool = True,
-    diversity_weight: float = 0.5,
+    diversity_weight: float = DEFAULT_DIVERSITY_WEIGHT,
     seed: int = 0,
     progress: Progress | None = None,
     injected_dropout: float = DEFAULT_INJECTED_P,
@@ -307,7 +316,8 @@ def score_studies(
         strategy: "uncertainty" or "random".
         mc_samples: MC-dropout passes per study (>= 2).
         tta: add the test-time-augmentation variance to the uncertainty.
-        diversity_weight: w in [0, 1] of the greedy diversity trade-off (0: uncertainty only).
+        diversity_weight: w in [0, 1] of the greedy diversity trade-off (0, the default:
+            uncertainty only; see `DEFAULT_DIVERSITY_WEIGHT`).
         seed: seeds the dropout masks (per study, from seed and key) and the random baseline.
         progress: called as `progress(fraction, message)` before each study; it may raise
             to cancel (the exception propagates, nothing is returned).

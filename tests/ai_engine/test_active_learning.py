@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from ai_engine.active_learning import (
+    DEFAULT_DIVERSITY_WEIGHT,
     ActiveLearningInputError,
     StudyScore,
     diverse_order,
@@ -180,6 +181,22 @@ def test_diversity_puts_a_near_duplicate_of_the_top_study_lower(grading):
     assert diverse["twin"].components["min_cosine_distance"] < 0.01
 
 
+def test_default_queue_is_the_uncertainty_order(grading):
+    """The default diversity weight is 0 (measured by bench/bench_active_learning.py): the
+    queue follows `uncertainty` alone, and the diversity components are still reported."""
+    assert DEFAULT_DIVERSITY_WEIGHT == 0.0
+    pool = [*_training_like()[:5], ("noise", _noise(4))]
+    default = score_studies(grading["model"], pool, mc_samples=4)
+    plain = score_studies(grading["model"], pool, mc_samples=4, diversity_weight=0.0)
+    assert [s.key for s in default] == [s.key for s in plain]
+    u = [s.components["uncertainty"] for s in default]
+    assert u == sorted(u, reverse=True)
+    assert [s.score for s in default] == u
+    assert all(s.components["min_cosine_distance"] is not None for s in default[1:])
+    diverse = score_studies(grading["model"], pool, mc_samples=4, diversity_weight=1.0)
+    assert [s.score for s in diverse] != u  # a weight > 0 does change the scores
+
+
 def test_ranks_run_from_one_to_n_with_non_increasing_scores(grading):
     pool = [
         *_training_like()[:4],
@@ -343,6 +360,7 @@ def test_cli_scores_a_datalist_end_to_end(grading, capsys):
     assert [r["rank"] for r in result["ranking"]] == [1, 2, 3]
     assert {r["key"] for r in result["ranking"]} == {f"study-{s}" for s in POOL_SEEDS}
     assert all("entropy" in r["components"] for r in result["ranking"])
+    assert result["params"]["diversity_weight"] == DEFAULT_DIVERSITY_WEIGHT
     assert "wrote" in capsys.readouterr().out
     assert main([*argv, "--strategy", "random", "--split", "all"]) == 0
     result = json.loads(out.read_text())
