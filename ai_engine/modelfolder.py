@@ -88,7 +88,9 @@ class Component:
         if self.format == "state_dict" and (
             self.network is None or (self.module is None and self.source_file is None)
         ):
-            raise ValueError("a state_dict component needs `network` and `module` (or `source_file`)")
+            raise ValueError(
+                "a state_dict component needs `network` and `module` (or `source_file`)"
+            )
         if self.format != "state_dict" and self.source_file is None and self.module is None:
             raise ValueError(f"a {self.format} component needs `source_file` (or a ScriptModule)")
         if self.format == "onnx" and self.source_file is None:

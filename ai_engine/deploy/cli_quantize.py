@@ -5,7 +5,9 @@ Examples:
       --calibration-datalist DL.json --eval-datalist DL.json
   python -m ai_engine quantize --model models/grading-vit --out models/grading-vit-int8 --method dynamic
 Methods: "dynamic" (torch, Linear layers only: for transformers), "static" (ONNX Runtime QDQ
-with calibration data: for conv nets), "auto" (by the share of Linear parameters).
+with calibration data: for conv nets), "torch-static" (PyTorch FX static int8 with fbgemm
+kernels, calibration data: the faster route for 3D CNNs on CPU), "auto" (by the share of
+Linear parameters: dynamic or static).
 Calibration data: a grading datalist (its training split is preprocessed as the model
 expects) or an .npz of input arrays (B, C, *spatial) for any model. With --eval-datalist the
 FP32 and INT8 folders are both evaluated and the change is stored in the INT8 folder.
@@ -20,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from ai_engine.deploy.cli_export import parse_input_shapes
+from ai_engine.deploy.folders import QUANTIZE_METHODS
 from ai_engine.errors import InputError
 
 
@@ -29,7 +32,7 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
     )
     parser.add_argument("--model", required=True, help="source model folder (PyTorch weights)")
     parser.add_argument("--out", required=True, help="quantized model folder to write")
-    parser.add_argument("--method", default="auto", choices=["auto", "dynamic", "static"])
+    parser.add_argument("--method", default="auto", choices=list(QUANTIZE_METHODS))
     parser.add_argument(
         "--calibration-datalist", help="grading datalist whose training items calibrate"
     )

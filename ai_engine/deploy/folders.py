@@ -27,6 +27,7 @@ from ai_engine.deploy.quantize import (
     count_linear_layers,
     quantize_dynamic_linear,
     quantize_onnx_static,
+    quantize_torch_static,
 )
 from ai_engine.errors import InputError, ModelFolderError
 from ai_engine.modelfolder import (
@@ -37,7 +38,16 @@ from ai_engine.modelfolder import (
     save_model_folder,
 )
 
-__all__ = ["component_input_shape", "export_folder", "quantize_folder", "torch_components"]
+__all__ = [
+    "QUANTIZE_METHODS",
+    "component_input_shape",
+    "export_folder",
+    "quantize_folder",
+    "torch_components",
+]
+
+#: `quantize_folder` methods.
+QUANTIZE_METHODS: tuple[str, ...] = ("auto", "dynamic", "static", "torch-static")
 
 
 def torch_components(path: str | Path) -> tuple[dict[str, Any], dict[str, torch.nn.Module]]:
@@ -218,18 +228,19 @@ def quantize_folder(
         src: a model folder with PyTorch weights.
         out: the quantized model folder to write.
         method: "dynamic" (torch dynamic quantization of Linear layers -> TorchScript),
-            "static" (ONNX Runtime QDQ static quantization -> ONNX) or "auto" (dynamic when
+            "static" (ONNX Runtime QDQ static quantization -> ONNX), "torch-static" (PyTorch
+            FX static quantization, fbgemm kernels -> TorchScript) or "auto" (dynamic when
             Linear layers hold most parameters, as in a ViT; static otherwise).
-        calibration_batches: float32 input batches (B, C, *spatial) for "static"; one
-            list used for a single-component folder.
+        calibration_batches: float32 input batches (B, C, *spatial) for "static" and
+            "torch-static"; one list used for a single-component folder.
         input_shapes: per-component input shape overrides.
         exporter: ONNX exporter used before static quantization.
 
     Returns:
         `{"folder", "components": {name: {"method", ...}}}`.
     """
-    if method not in {"auto", "dynamic", "static"}:
-        raise InputError(f"method must be auto, dynamic or static, got {method!r}")
+    if method not in QUANTIZE_METHODS:
+        raise InputError(f"method must be one of {', '.join(QUANTIZE_METHODS)}, got {method!r}")
     src, out = Path(src), Path(out)
     manifest, modules = torch_components(src)
     report: dict[str, Any] = {}
@@ -251,6 +262,21 @@ def quantize_folder(
                 qmodule = quantize_dynamic_linear(module)
                 path = export_torchscript(qmodule, example, Path(tmp) / f"{name}.ts")
                 fmt = "torchscript"
+            elif chosen == "torch-static":
+                if not calibration_batches:
+                    raise InputError(
+                        "static quantization needs calibration data (--calibration-datalist or --calibration-npz)"
+                    )
+                try:
+                    qscript = quantize_torch_static(module, calibration_batches)
+                except Exception as exc:  # FX tracing is not possible for every network
+                    raise InputError(
+                        f"component {name!r} cannot be quantized with torch FX ({exc}); "
+                        "use --method static (ONNX Runtime)"
+                    ) from exc
+                path = Path(tmp) / f"{name}.ts"
+                torch.jit.save(qscript, str(path))
+                fmt = "torchscript"
             else:
                 if not calibration_batches:
                     raise InputError(
@@ -265,7 +291,9 @@ def quantize_folder(
                 "method": chosen,
                 "format": fmt,
                 "linear_parameter_share": round(_linear_share(module), 4),
-                "calibration_batches": len(calibration_batches or []) if chosen == "static" else 0,
+                "calibration_batches": len(calibration_batches or [])
+                if chosen in {"static", "torch-static"}
+                else 0,
             }
             components[name] = Component(
                 format=fmt,

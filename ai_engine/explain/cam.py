@@ -45,6 +45,62 @@ class _LogitsOnly(torch.nn.Module):
         return _logits(self.model(x))
 
 
+class _TokensAsGrid(torch.nn.Module):
+    """Shows Grad-CAM a transformer block's tokens as a spatial feature map.
+
+    A block of a vision transformer outputs `(B, N, D)` tokens (or a tuple starting with
+    them); Grad-CAM needs `(B, D, *grid)`. A forward hook on the block passes the last
+    `prod(grid)` tokens (the patch tokens: any leading class/register tokens are left out)
+    through `grid_view`, an identity on the `(B, D, *grid)` view, and puts them back, so the
+    model computes exactly what it did and `monai.visualize` can hook `grid_view`. Tokens
+    are in the patch embedding's row-major order (`Conv3d(...).flatten(2)`), so the view is
+    `tokens.transpose(1, 2).reshape(B, D, *grid)`.
+    """
+
+    def __init__(self, model: torch.nn.Module, layer: str, grid: Sequence[int]) -> None:
+        super().__init__()
+        self.model = model
+        self.grid = tuple(int(g) for g in grid)
+        self.grid_view = torch.nn.Identity()
+        self._handle = model.get_submodule(layer).register_forward_hook(self._hook)
+
+    def _hook(self, _m: torch.nn.Module, _i: object, out: object) -> object:
+        tokens = out[0] if isinstance(out, (tuple, list)) else out
+        assert isinstance(tokens, torch.Tensor)
+        n_patch = int(np.prod(self.grid))
+        b, n, d = tokens.shape
+        if n < n_patch:
+            raise ValueError(f"{n} tokens cannot fill a token grid of {self.grid}")
+        patches = tokens[:, n - n_patch :].transpose(1, 2).reshape(b, d, *self.grid)
+        patches = self.grid_view(patches).reshape(b, d, n_patch).transpose(1, 2)
+        new = torch.cat([tokens[:, : n - n_patch], patches], dim=1)
+        if isinstance(out, (tuple, list)):
+            return type(out)([new, *out[1:]])
+        return new
+
+    def remove(self) -> None:
+        self._handle.remove()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return _logits(self.model(x))
+
+
+def _layer_output_ndim(model: torch.nn.Module, layer: str, x: torch.Tensor) -> int:
+    seen: list[int] = []
+
+    def hook(_m: torch.nn.Module, _i: object, out: object) -> None:
+        t = out[0] if isinstance(out, (tuple, list)) else out
+        seen.append(t.ndim if isinstance(t, torch.Tensor) else -1)
+
+    handle = model.get_submodule(layer).register_forward_hook(hook)
+    try:
+        with torch.no_grad():
+            model(x)
+    finally:
+        handle.remove()
+    return seen[-1] if seen else -1
+
+
 def find_target_layer(model: torch.nn.Module, example: torch.Tensor) -> str:
     """Name of the Grad-CAM target layer of `model`.
 
@@ -152,13 +208,24 @@ def explain(
         else:
             layer = target_layer or find_target_layer(model, x)
             cam_cls = GradCAM if method == "gradcam" else GradCAMpp
-            cam = cam_cls(
-                nn_module=wrapped,
-                target_layers=_prefix(wrapped, layer),
-                postprocessing=minmax_normalizer,
-            )
-            with torch.enable_grad():
-                heat = cam(x=x, class_idx=class_idx)[0, 0].detach().cpu().numpy()
+            token_view = None
+            target = _prefix(wrapped, layer)
+            if _layer_output_ndim(model, layer, x) == 3:  # (B, N, D) transformer tokens
+                grid = getattr(model, "grid", None)
+                if grid is None:
+                    raise ValueError(
+                        f"{layer} outputs tokens but {type(model).__name__} has no `grid` "
+                        "(the patch-token grid shape) to lay them out"
+                    )
+                token_view = _TokensAsGrid(model, layer, grid)
+                wrapped, target = token_view, "grid_view"
+            cam = cam_cls(nn_module=wrapped, target_layers=target, postprocessing=minmax_normalizer)
+            try:
+                with torch.enable_grad():
+                    heat = cam(x=x, class_idx=class_idx)[0, 0].detach().cpu().numpy()
+            finally:
+                if token_view is not None:
+                    token_view.remove()
     finally:
         model.train(was_training)
     heat = np.nan_to_num(np.asarray(heat, dtype=np.float32))

@@ -87,8 +87,8 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
     t.add_argument(
         "--spatial-size",
         type=_size,
-        default=(48, 48, 48),
-        help="model grid X,Y,Z (default 48,48,48)",
+        default=(32, 32, 32),
+        help="model grid X,Y,Z (default 32,32,32: ~4 mm voxels on a brain field of view)",
     )
     t.add_argument("--epochs", type=int, default=30)
     t.add_argument("--steps-per-epoch", type=int, default=None)

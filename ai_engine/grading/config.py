@@ -35,12 +35,14 @@ NETWORK_PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
-#: Grad-CAM target layer per network when the config names none. For the grading ResNet the
-#: deepest stage (`layer4`, what `find_target_layer` picks) is 3^3 voxels on a 48^3 grid, too
-#: coarse to point at a tumor: on 12 held-out phantoms the pointing game was 8% with layer4,
-#: 33% with layer3, 67% with layer2 and 83% with layer1 (1/2 resolution). Other networks use
-#: `ai_engine.explain.find_target_layer` (ViT: `token_grid`).
-CAM_LAYER_PRESETS: dict[str, str] = {"resnet3d": "layer1"}
+#: Grad-CAM target layer per network when the config names none, chosen by measurement
+#: (pointing game on held-out phantoms, 32^3 grid, bench/bench_grading.py models): ResNet
+#: Grad-CAM conv1 0.58, layer1 0.07-0.47 (two trainings), layer2 0.08, layer3 0.0, layer4 0.0
+#: (2^3 voxels: its upsampled maximum sits between the tumor positions); ViT (8^3-voxel tokens)
+#: last token grid 0.0, blocks 0/1/2 0.33/0.27/0.33 (the later block is the more
+#: class-specific of the tied ones). Token layers are laid out on the patch grid by
+#: `ai_engine.explain.explain`. Other networks use `ai_engine.explain.find_target_layer`.
+CAM_LAYER_PRESETS: dict[str, str] = {"resnet3d": "conv1", "vit_classifier": "encoder.blocks.2"}
 
 
 @dataclass
@@ -63,7 +65,7 @@ class GradingConfig:
 
     network: str = "resnet3d"
     network_kwargs: dict[str, Any] = field(default_factory=dict)
-    spatial_size: tuple[int, int, int] = (48, 48, 48)
+    spatial_size: tuple[int, int, int] = (32, 32, 32)
     channels: tuple[str, ...] = CHANNELS
     focal_gamma: float = 2.0
     class_weights: list[float] | None = None

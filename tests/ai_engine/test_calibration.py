@@ -94,3 +94,33 @@ def test_auc_is_none_for_an_absent_class_and_f1_zero():
     assert m["auc"]["2"] is None
     assert m["auc"]["0"] == pytest.approx(1.0)
     assert macro_f1(confusion_matrix(labels, probs.argmax(1), 3)) == pytest.approx(2 / 3)
+
+
+def _separated(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """A validation set the model gets entirely right, with moderate margins."""
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, 3, n)
+    logits = rng.normal(0, 0.3, (n, 3))
+    logits[np.arange(n), labels] += 2.0
+    return logits, labels
+
+
+def test_plain_fit_on_a_perfectly_separated_set_runs_to_the_bound():
+    logits, labels = _separated(24, 5)
+    assert fit_temperature(logits, labels, bounds=(0.05, 20.0)) < 0.06  # T not identified
+
+
+def test_prior_keeps_a_small_separated_set_from_sharpening_to_the_bound():
+    logits, labels = _separated(24, 5)
+    t_map = fit_temperature(logits, labels, bounds=(0.05, 20.0), prior_std=0.5)
+    assert 0.3 < t_map < 1.0  # sharpened (every case was right), but not to the bound
+
+
+def test_prior_is_outweighed_by_a_large_validation_set():
+    logits, labels = _overconfident(n=3000, seed=6)
+    plain = fit_temperature(logits, labels)
+    with_prior = fit_temperature(logits, labels, prior_std=0.5)
+    assert plain > 2.0
+    assert with_prior == pytest.approx(plain, rel=0.05)
+    with pytest.raises(ValueError, match="prior_std"):
+        fit_temperature(logits, labels, prior_std=0.0)

@@ -15,7 +15,7 @@ from ai_engine.data.phantoms import write_brain_mri
 from ai_engine.deploy.distill import DistillationLoss, count_parameters, pick_student
 from ai_engine.deploy.export import export_onnx, max_abs_diff, onnx_session, run_onnx
 from ai_engine.deploy.folders import export_folder, quantize_folder
-from ai_engine.errors import ModelFolderError
+from ai_engine.errors import InputError, ModelFolderError
 from ai_engine.grading.config import GradingConfig
 from ai_engine.grading.data import CHANNELS
 from ai_engine.grading.model import load_grading_model
@@ -133,6 +133,32 @@ def test_static_int8_folder_predicts_via_cli(root, resnet, cases, capsys):
     fp32, int8 = load_grading_model(resnet), load_grading_model(out)
     study = fp32.load(str(cases / "case301"))
     assert max_abs_diff(fp32.logits(study.image[None]), int8.logits(study.image[None])) < 0.2
+
+
+def test_torch_static_int8_folder_predicts(root, resnet, cases, capsys):
+    from ai_engine.grading.evaluate import grading_calibration_batches
+
+    out = root / "resnet-int8-torch"
+    calib = grading_calibration_batches(resnet, cases / "datalist.json", count=3)
+    report = quantize_folder(resnet, out, method="torch-static", calibration_batches=calib)
+    assert report["components"]["model"] == {
+        **report["components"]["model"],
+        "method": "torch-static",
+        "format": "torchscript",
+        "calibration_batches": 3,
+    }
+    int8 = load_grading_model(out)
+    assert int8.folder.made_by == "quantized"
+    assert "quantized::conv3d" in str(int8.runner.inlined_graph)  # int8 kernels, not fp32
+    fp32 = load_grading_model(resnet)
+    study = fp32.load(str(cases / "case302"))
+    assert max_abs_diff(fp32.logits(study.image[None]), int8.logits(study.image[None])) < 0.2
+    assert main(["grading", "predict", "--model", str(out), "--study", str(cases / "case302")]) == 0
+    assert json.loads(capsys.readouterr().out)["model"]["made_by"] == "quantized"
+    # without calibration data: a clear error, and no folder
+    with pytest.raises(InputError, match="calibration"):
+        quantize_folder(resnet, root / "no-calib", method="torch-static")
+    assert not (root / "no-calib").exists()
 
 
 def test_dynamic_int8_vit(root, vit):

@@ -319,3 +319,22 @@ def test_cli_bad_input_table(tmp_path, trained, phantoms, capsys, argv, message)
     assert code == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and message in err
+
+
+def test_pointing_game_on_phantoms_uses_the_source_geometry(trained, phantoms):
+    """Per-case pointing game of `evaluate_grading`: maps and masks on the source grid."""
+    from ai_engine.explain import pointing_game
+    from ai_engine.grading.data import load_mask_on_source
+    from ai_engine.grading.explain import explain_study
+    from ai_engine.grading.model import load_grading_model
+
+    model = load_grading_model(trained)
+    item = json.loads((phantoms / "datalist.json").read_text())["training"][2]
+    study = model.load({k: str(phantoms / v) for k, v in item["images"].items()})
+    mask = load_mask_on_source(phantoms / item["tumor_mask"], study.source)
+    explanation = explain_study(model, study)
+    heat = explanation.heat_source.array
+    assert heat.shape == mask.shape == study.source.spatial_shape
+    np.testing.assert_allclose(explanation.heat_source.affine, study.source.affine)
+    peak = np.unravel_index(int(np.argmax(heat)), heat.shape)
+    assert pointing_game(heat, mask) == bool(mask[peak])
