@@ -67,7 +67,7 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
         default=(1.5, 1.5, 1.5),
         help="resampling spacing in mm, e.g. 1.5 or 1.5,1.5,2",
     )
-    t.add_argument("--lr", type=float, default=5e-3)
+    t.add_argument("--lr", type=float, default=1e-2)
     t.add_argument("--fp-lr", type=float, default=1e-3)
     t.add_argument("--accumulation-steps", type=int, default=1)
     t.add_argument("--warmup-steps", type=int, default=10)

@@ -163,8 +163,19 @@ class NoduleDetector:
 
     def candidates(self, image: MetaTensor) -> tuple[list[Candidate], np.ndarray, np.ndarray]:
         """U-Net candidates of a preprocessed image: (candidates, label map, centers in LPS mm)."""
+        return self.candidates_from_probability(image, self.probability(image))
+
+    def candidates_from_probability(
+        self, image: MetaTensor, prob: np.ndarray
+    ) -> tuple[list[Candidate], np.ndarray, np.ndarray]:
+        """Candidates of a foreground probability map on `image`'s grid (the U-Net's, or any
+        other, e.g. a reference mask to check the post-processing)."""
         cfg = self.config
-        prob = self.probability(image)
+        prob = np.asarray(prob, dtype=np.float32)
+        if prob.shape != tuple(image.shape[-3:]):
+            raise ValueError(
+                f"probability map {prob.shape} is not on the image grid {tuple(image.shape[-3:])}"
+            )
         spacing = np.linalg.norm(np.asarray(image.affine, dtype=np.float64)[:3, :3], axis=0)
         cands, labels = extract_candidates(
             prob, spacing, cfg.candidate_threshold, cfg.min_candidate_voxels, cfg.max_candidates

@@ -72,6 +72,10 @@ class DetectionTrainOptions:
         max_steps: cap on optimizer steps per stage (quick runs).
         init_weights: a weights file for the U-Net, or a detection model folder (both stages).
         resume: continue an interrupted run in the same `out` folder.
+        pos_neg: (pos, neg) ratio of nodule-centred to background U-Net patches.
+        candidate_thresholds: U-Net thresholds tried on the validation scans after stage 1;
+            the one with the best candidate CPM becomes `config.candidate_threshold`
+            (empty, or no validation scans: the configured threshold is kept).
         mining_threshold: U-Net probability threshold for mining classifier samples.
         random_negatives: random soft-tissue negatives per training scan.
         elastic_prob: probability of the elastic deformation.
@@ -81,7 +85,7 @@ class DetectionTrainOptions:
     epochs: int = 20
     steps_per_epoch: int = 20
     batch_size: int = 4
-    lr: float = 5e-3
+    lr: float = 1e-2
     fp_epochs: int = 10
     fp_steps_per_epoch: int = 20
     fp_batch_size: int = 32
@@ -94,6 +98,8 @@ class DetectionTrainOptions:
     max_steps: int | None = None
     init_weights: str | None = None
     resume: bool = False
+    pos_neg: tuple[int, int] = (3, 1)
+    candidate_thresholds: tuple[float, ...] = (0.05, 0.1, 0.2, 0.3, 0.5)
     mining_threshold: float = 0.1
     random_negatives: int = 24
     elastic_prob: float = 0.1
@@ -159,8 +165,8 @@ def _candidate_stage(
                 keys=["image", "label"],
                 label_key="label",
                 spatial_size=config.patch_size,
-                pos=2,
-                neg=1,
+                pos=opts.pos_neg[0],
+                neg=opts.pos_neg[1],
                 num_samples=per_scan,
                 allow_smaller=True,
             ),
@@ -206,6 +212,33 @@ def _candidate_stage(
     )
     info = {**_fit_keeping_best(trainer, unet, cfg, opts), "transfer": transfer}
     return unet.eval(), info
+
+
+def choose_candidate_threshold(
+    detector: NoduleDetector, scans: Sequence[dict[str, Any]], thresholds: Sequence[float]
+) -> tuple[float, dict[str, float]]:
+    """The U-Net threshold with the best candidates-only CPM on `scans` (ties: the higher
+    threshold, fewer candidates). Returns (threshold, {threshold: cpm})."""
+    probs = [detector.probability(s["image"]) for s in scans]
+    saved = detector.config.candidate_threshold
+    table: dict[str, float] = {}
+    best = (saved, -1.0)
+    try:
+        for thr in sorted(thresholds, reverse=True):
+            detector.config.candidate_threshold = float(thr)
+            points = []
+            for scan, prob in zip(scans, probs, strict=True):
+                cands, _labels, centers_mm = detector.candidates_from_probability(
+                    scan["image"], prob
+                )
+                points.append([d.as_point() for d in detector.finish(cands, centers_mm, None)])
+            cpm = froc(points, [s["nodules"] for s in scans]).cpm
+            table[f"{thr:g}"] = cpm
+            if cpm > best[1]:
+                best = (float(thr), cpm)
+    finally:
+        detector.config.candidate_threshold = saved
+    return best[0], table
 
 
 def _epoch_line(stage: str, line: dict[str, Any]) -> str:
@@ -375,7 +408,8 @@ def train_detector(
     Raises:
         InputError: no training scans, no nodules at all.
     """
-    config = config or DetectionConfig()
+    # a copy: the threshold chosen on validation must not change the caller's config
+    config = DetectionConfig.from_dict(config.to_dict()) if config else DetectionConfig()
     opts = options or DetectionTrainOptions()
     out = Path(out)
     train_items = list(datalist.get("training", []))
@@ -389,6 +423,15 @@ def train_detector(
     _log(f"preprocessing {len(val_items)} validation scans")
     val_scans = _preprocess_items(val_items, config)
     unet, info1 = _candidate_stage(train_items, val_scans, config, opts, out)
+    if val_scans and opts.candidate_thresholds:
+        thr, table = choose_candidate_threshold(
+            NoduleDetector(config, unet, None, device=opts.device),
+            val_scans,
+            opts.candidate_thresholds,
+        )
+        config.candidate_threshold = thr
+        info1["candidate_threshold"] = {"chosen": thr, "validation_cpm": table}
+        _log(f"[candidates] threshold {thr:g} chosen on validation (CPM by threshold {table})")
     _log(f"preprocessing {len(train_items)} training scans for candidate mining")
     train_scans = _preprocess_items(train_items, config)
     classifier, info2 = _fp_stage(unet, train_scans, val_scans, config, opts, out)

@@ -166,23 +166,32 @@ def run_inference(
 def _run_detection(
     version: ModelVersion, study, out_dir: Path, progress: Progress
 ) -> list[FindingData]:
-    """Nodule detection on the study's CT series; one finding per detection with its mask.
-
-    Detection findings carry no heat map yet: the false-positive classifier's explanation
-    placed back into the scan is still to be wired in (docs/worker.md).
-    """
+    """Nodule detection on the study's CT series: one finding per detection, with the
+    study's label mask and the false-positive classifier's Grad-CAM on each candidate
+    patch placed back into one heat map on the series grid (shared by the study's nodule
+    findings; no classifier in the model -> no heat map, said in `extra`)."""
+    from ai_engine.detection.explain import explain_findings
     from ai_engine.detection.pipeline import NoduleDetector, findings_on_source
+    from ai_engine.explain import save_heatmap
     from ai_engine.io import Volume, save_nifti
 
     series, volume = load_study_input(version, study, _within(progress, 0.05, 0.3))
     progress(0.3, "Detecting nodules")
     detector = NoduleDetector.from_model_folder(version.path)
-    findings, label_map = findings_on_source(
-        detector.detect(volume), volume, detector.config.finding_threshold
-    )
-    progress(0.85, "Writing masks")
-    mask_path = ""
+    result = detector.detect(volume)
+    findings, label_map = findings_on_source(result, volume, detector.config.finding_threshold)
+    mask_path = heatmap_path = ""
+    extra: dict[str, Any] = {}
     if findings:
+        progress(0.7, "Explaining (Grad-CAM of the false-positive classifier)")
+        if detector.classifier is not None:
+            heat = explain_findings(detector, volume, findings, image=result.image)
+            heatmap_file = out_dir / f"{series.series_instance_uid}-detection-gradcam.nii.gz"
+            save_heatmap(heat, heatmap_file)
+            heatmap_path = _relative(heatmap_file)
+        else:
+            extra["explanation"] = "the model has no false-positive classifier to explain"
+        progress(0.85, "Writing masks")
         mask_file = out_dir / f"{series.series_instance_uid}-mask.nii.gz"
         save_nifti(Volume(label_map.astype(np.float32), volume.affine), mask_file, dtype=np.uint16)
         mask_path = _relative(mask_file)
@@ -195,6 +204,8 @@ def _run_detection(
             diameter_mm=float(item["diameter_mm"]),
             score=float(item["score"]),
             mask_path=mask_path,
+            heatmap_path=heatmap_path,
+            extra=dict(extra),
         )
         for item in findings
     ]

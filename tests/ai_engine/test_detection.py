@@ -313,3 +313,156 @@ def test_demo_training_writes_a_model_folder_predict_can_use(tmp_path, capsys):
     detector = NoduleDetector.from_model_folder(out)
     assert detector.classifier is not None
     assert (out / "demo_data" / "datalist.json").exists()
+
+
+def _flipped_x(volume):
+    """The same physical image stored with the x axis reversed (negative x direction)."""
+    from ai_engine.io.volume import Volume
+
+    nx = volume.array.shape[0]
+    flip = np.eye(4)
+    flip[0, 0], flip[0, 3] = -1.0, nx - 1
+    return Volume(np.ascontiguousarray(volume.array[::-1]), volume.affine @ flip, volume.meta)
+
+
+def test_a_perfect_probability_map_gives_cpm_1_and_findings_on_the_nodules():
+    """The post-processing on ground truth: the reference spheres as the U-Net's map must give
+    one detection per nodule at its center (voxel <-> LPS through orientation, resampling and
+    back to a source stored with a flipped axis), its diameter, and CPM 1."""
+    from ai_engine.data.phantoms import make_chest_ct
+    from ai_engine.detection.pipeline import NoduleDetector, ScanResult, findings_on_source
+    from ai_engine.evaluation.froc import froc
+    from ai_engine.networks import build_network
+
+    detector = NoduleDetector(TINY, build_network("unet3d", **TINY.unet_kwargs))
+    pre = preprocessing(TINY.spacing_mm, TINY.hu_range, with_label=True)
+    points, references = [], []
+    for seed in (21, 22, 23):
+        volume, nodules = make_chest_ct(seed, shape=(96, 96, 32), n_nodules=3)
+        assert len(nodules) >= 2, "the seeds must give nodules"
+        source = _flipped_x(volume)
+        out = pre({"image": source, "nodules": nodules})
+        cands, labels, centers_mm = detector.candidates_from_probability(
+            out["image"], out["label"][0].numpy()
+        )
+        detections = detector.finish(cands, centers_mm, None)
+        assert len(detections) == len(nodules)
+        points.append([d.as_point() for d in detections])
+        references.append(nodules)
+        result = ScanResult(detections=detections, label_map=labels, image=out["image"])
+        findings, label_src = findings_on_source(result, source)
+        assert label_src.shape == source.spatial_shape
+        for nodule in nodules:
+            center = np.asarray(nodule["center_lps_mm"])
+            dist = [np.linalg.norm(np.asarray(f["center_lps_mm"]) - center) for f in findings]
+            k = int(np.argmin(dist))
+            assert dist[k] < 0.75, (seed, nodule, findings[k])  # half a resampled voxel
+            finding = findings[k]
+            assert finding["diameter_mm"] == pytest.approx(nodule["diameter_mm"], abs=1.0, rel=0.15)
+            # the finding's source voxel is the nodule center's, and its mask covers it
+            vox = source.lps_to_voxel(center[None])[0]
+            assert np.allclose(finding["center_voxel"], vox, atol=1.0)
+            assert label_src[tuple(np.rint(vox).astype(int))] == finding["mask_label"]
+    result = froc(points, references)
+    assert result.cpm == 1.0 and result.n_false_positives == 0
+
+
+# ---------------------------------------------------------------- explanations of findings
+EXPLAIN_CFG = DetectionConfig(
+    patch_size=(32, 32, 32),
+    sw_roi_size=(32, 32, 32),
+    unet_channels=(4, 8, 16),
+    fp_patch_size=24,
+    fp_channels=(4, 8, 8, 8),
+    sw_batch_size=1,
+)
+
+
+class CenterWeightedEvidence(torch.nn.Module):
+    """A patch "classifier" whose evidence is known: its Grad-CAM layer outputs the patch
+    weighted by a Gaussian centred on it, and its logit is that layer's mean, so the CAM's
+    maximum is the brightest near-centre voxel (a solid nodule in lung). It checks where the
+    maps land (patch origin, resampled grid -> flipped source grid); how faithful a trained
+    classifier's maps are is what the bench's pointing game measures."""
+
+    cam_target_layer = "features"
+
+    def __init__(self, size: int) -> None:
+        super().__init__()
+        axis = torch.arange(size, dtype=torch.float32) - (size // 2)
+        g = torch.exp(-(axis**2) / (2 * (size / 6) ** 2))
+        self.register_buffer("weight", g[:, None, None] * g[None, :, None] * g[None, None, :])
+        self.features = torch.nn.Conv3d(1, 1, 1, bias=False)
+        torch.nn.init.ones_(self.features.weight)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.features(x * self.weight).mean(dim=(2, 3, 4))
+
+
+@pytest.fixture(scope="module")
+def explained():
+    """A detector whose classifier is `CenterWeightedEvidence`, and a phantom stored with a
+    flipped axis (so the source grid differs from the detector's RAS grid)."""
+    from ai_engine.data.phantoms import make_chest_ct
+    from ai_engine.detection.pipeline import NoduleDetector
+    from ai_engine.networks import build_network
+
+    cfg = EXPLAIN_CFG
+    classifier = CenterWeightedEvidence(cfg.fp_patch_size).eval()
+    detector = NoduleDetector(cfg, build_network("unet3d", **cfg.unet_kwargs), classifier)
+    volume, nodules = make_chest_ct(77, shape=(96, 96, 32), n_nodules=4)
+    assert len(nodules) >= 2, "the seed must give nodules"
+    return detector, _flipped_x(volume), nodules
+
+
+def test_finding_heat_map_has_the_source_geometry_and_points_at_the_nodule(explained, tmp_path):
+    from ai_engine.detection.explain import explain_findings, pointing_game_detection
+    from ai_engine.explain import save_heatmap
+
+    detector, source, nodules = explained
+    findings = [{"center_lps_mm": n["center_lps_mm"], "score": 1.0} for n in nodules]
+    heat = explain_findings(detector, source, findings)
+    assert heat.array.shape == source.spatial_shape
+    assert np.array_equal(heat.affine, source.affine)
+    assert heat.array.dtype == np.float32 and heat.array.min() >= 0.0 and heat.array.max() <= 1.0
+    saved = nib.load(save_heatmap(heat, tmp_path / "heat.nii.gz"))
+    assert saved.shape == source.spatial_shape
+    # one nodule at a time: the map's maximum lies on the nodule (within its radius, give or
+    # take half a voxel diagonal of the 1.5 mm grid the map is computed on)
+    half_voxel = 0.5 * np.sqrt(3) * EXPLAIN_CFG.spacing_mm[0]
+    inside = 0
+    for nodule in nodules:
+        one = explain_findings(detector, source, [{"center_lps_mm": nodule["center_lps_mm"]}])
+        peak = np.array(np.unravel_index(int(np.argmax(one.array)), one.array.shape))
+        peak_mm = source.voxel_to_lps(peak[None].astype(float))[0]
+        dist = np.linalg.norm(peak_mm - np.asarray(nodule["center_lps_mm"]))
+        assert dist <= nodule["diameter_mm"] / 2.0 + half_voxel, (nodule, dist)
+        inside += int(dist <= nodule["diameter_mm"] / 2.0)
+        # the combined map is the maximum of the per-finding maps
+        assert heat.array[tuple(peak)] >= one.array[tuple(peak)] - 1e-6
+    game = pointing_game_detection(detector, source, findings, nodules)
+    assert game == {"n_true_positive": len(nodules), "n_hit": inside}
+    assert inside >= len(nodules) - 1
+    # a finding on no nodule is not a true positive
+    far = [{"center_lps_mm": list(source.voxel_to_lps(np.array([[2.0, 2.0, 2.0]]))[0])}]
+    assert pointing_game_detection(detector, source, far, nodules)["n_true_positive"] == 0
+
+
+def test_no_findings_give_an_all_zero_heat_map_of_the_source_shape(explained):
+    from ai_engine.detection.explain import explain_findings
+
+    detector, source, _ = explained
+    heat = explain_findings(detector, source, [])
+    assert heat.array.shape == source.spatial_shape and not heat.array.any()
+    assert np.array_equal(heat.affine, source.affine)
+
+
+def test_explaining_needs_a_classifier_and_centers(explained):
+    from ai_engine.detection.explain import explain_findings
+    from ai_engine.detection.pipeline import NoduleDetector
+
+    detector, source, _ = explained
+    with pytest.raises(ValueError, match="no false-positive classifier"):
+        explain_findings(NoduleDetector(detector.config, detector.unet, None), source, [{}])
+    with pytest.raises(ValueError, match="center_lps_mm"):
+        explain_findings(detector, source, [{"score": 0.9}])
