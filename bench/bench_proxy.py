@@ -86,6 +86,12 @@ def main() -> None:
     )
     parser.add_argument("--auth", choices=("token", "session"), default="token")
     parser.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="gunicorn worker processes (4 threads each); production's default is 3",
+    )
+    parser.add_argument(
         "--learn-transfer-syntax",
         action="store_true",
         help="leave Instance.transfer_syntax_uid blank (the proxy asks Orthanc once each)",
@@ -93,6 +99,8 @@ def main() -> None:
     args = parser.parse_args()
     if args.rounds < 1 or args.slices < 1 or args.size < 8 or args.concurrency < 0:
         parser.error("--rounds and --slices must be >= 1, --size >= 8, --concurrency >= 0")
+    if args.workers < 1:
+        parser.error("--workers must be >= 1")
 
     from tests.support.orthanc import free_port, make_orthanc
 
@@ -166,7 +174,7 @@ def main() -> None:
                 "--bind",
                 f"127.0.0.1:{port}",
                 "--workers",
-                "1",
+                str(args.workers),
                 "--threads",
                 "4",
                 "--worker-class",
