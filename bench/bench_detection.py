@@ -103,8 +103,8 @@ def main() -> int:
     )
     parser.add_argument("--work", default="/tmp/bench_detection")
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--n-train", type=int, default=16)
-    parser.add_argument("--n-val", type=int, default=4)
+    parser.add_argument("--n-train", type=int, default=48)
+    parser.add_argument("--n-val", type=int, default=8)
     parser.add_argument("--n-test", type=int, default=12)
     parser.add_argument(
         "--shape", default="160,160,64", help="phantom matrix of the train/test scans"
@@ -112,17 +112,33 @@ def main() -> int:
     parser.add_argument(
         "--ct-shape", default="512,512,300", help="matrix of the timed CT-sized scan"
     )
-    parser.add_argument("--epochs", type=int, default=8)
+    parser.add_argument("--epochs", type=int, default=40)
+    parser.add_argument(
+        "--patience",
+        type=int,
+        default=12,
+        help="epochs without validation-CPM gain before stopping",
+    )
     parser.add_argument("--steps-per-epoch", type=int, default=25)
-    parser.add_argument("--batch-size", type=int, default=6, help="U-Net patches per step")
-    parser.add_argument("--fp-epochs", type=int, default=4)
+    parser.add_argument("--batch-size", type=int, default=4, help="U-Net patches per step")
+    parser.add_argument("--fp-epochs", type=int, default=8)
     parser.add_argument("--fp-steps-per-epoch", type=int, default=20)
     parser.add_argument("--fp-batch-size", type=int, default=16)
     parser.add_argument("--fp-channels", default="8,16,32,32", help="classifier stage widths")
     parser.add_argument("--lr", type=float, default=1e-2, help="U-Net peak learning rate")
     parser.add_argument("--fp-lr", type=float, default=1e-3, help="classifier peak learning rate")
     parser.add_argument("--spacing", type=float, default=1.5)
-    parser.add_argument("--patch", type=int, default=24, help="U-Net training patch edge")
+    parser.add_argument("--patch", type=int, default=32, help="U-Net training patch edge")
+    parser.add_argument(
+        "--norm", default="instance", choices=["instance", "batch"], help="U-Net normalisation"
+    )
+    parser.add_argument("--pos-neg", default="1,1", help="nodule:background U-Net patches")
+    parser.add_argument(
+        "--label-min-diameter",
+        type=float,
+        default=6.0,
+        help="U-Net target spheres are at least this wide (mm)",
+    )
     parser.add_argument("--fp-patch", type=int, default=24, help="classifier patch edge")
     parser.add_argument("--roi", type=int, default=64, help="sliding-window ROI at inference")
     parser.add_argument("--overlap", type=float, default=0.125)
@@ -156,6 +172,7 @@ def main() -> int:
     config = DetectionConfig(
         spacing_mm=(args.spacing,) * 3,
         patch_size=(args.patch,) * 3,
+        unet_norm=args.norm,
         sw_roi_size=(args.roi,) * 3,
         sw_overlap=args.overlap,
         fp_patch_size=args.fp_patch,
@@ -173,6 +190,9 @@ def main() -> int:
             lr=args.lr,
             fp_lr=args.fp_lr,
             elastic_prob=0.05,
+            early_stopping_patience=args.patience,
+            pos_neg=tuple(int(v) for v in args.pos_neg.split(",")),
+            label_min_diameter_mm=args.label_min_diameter,
             resume=args.resume,
             seed=args.seed,
             progress=False,
@@ -194,10 +214,13 @@ def main() -> int:
     # the nodule.
     t0 = time.perf_counter()
     n_tp = n_point = 0
+    n_candidates, n_findings = [], []
     for item in test_items:
         source = load_ct(item["image"])
         result = detector.detect(source)
         findings, _ = findings_on_source(result, source, detector.config.finding_threshold)
+        n_candidates.append(len(result.detections))
+        n_findings.append(len(findings))
         game = pointing_game_detection(
             detector, source, findings, item["nodules"], image=result.image
         )
@@ -230,6 +253,15 @@ def main() -> int:
             "",
         )
     )
+    rows.append(
+        (
+            "candidates / findings per test scan (mean, max)",
+            f"{np.mean(n_candidates):.1f}, {max(n_candidates)} / "
+            f"{np.mean(n_findings):.1f}, {max(n_findings)}",
+            "",
+        )
+    )
+    rows.append(("score combination (chosen on validation)", detector.config.combine, ""))
     rows.append(("test scans / nodules", f"{metrics['n_images']} / {metrics['n_nodules']}", ""))
     rows.append(
         (
@@ -257,7 +289,11 @@ def main() -> int:
     rows.append(("  of which", ", ".join(f"{k} {v:.1f}" for k, v in cpu_t.items()), ""))
     rows.append(("GPU inference (same scan)", gpu, ""))
     rows.append(
-        ("spacing / patch / overlap", f"{args.spacing} mm / {args.patch}^3 / {args.overlap}", "")
+        (
+            "spacing / patch / overlap / U-Net norm",
+            f"{args.spacing} mm / {args.patch}^3 / {args.overlap} / {args.norm}",
+            "",
+        )
     )
 
     width = max(len(r[0]) for r in rows)

@@ -83,7 +83,11 @@ def extract_candidates(
 def combine_scores(
     p_candidate: np.ndarray, p_classifier: np.ndarray, mode: str = "geometric"
 ) -> np.ndarray:
-    """Final score from the candidate probability and the classifier probability."""
+    """Final score from the candidate probability and the classifier probability.
+
+    Modes: "geometric" sqrt(p q), "product" p q, "mean" (p + q) / 2, "classifier" q and
+    "candidate" p (the classifier is ignored: chosen on validation when it does not help).
+    """
     p = np.asarray(p_candidate, dtype=np.float64)
     q = np.asarray(p_classifier, dtype=np.float64)
     if mode == "geometric":
@@ -94,6 +98,8 @@ def combine_scores(
         return (p + q) / 2.0
     if mode == "classifier":
         return q
+    if mode == "candidate":
+        return p
     raise ValueError(f"unknown combine mode {mode!r}")
 
 

@@ -67,6 +67,22 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
         default=(1.5, 1.5, 1.5),
         help="resampling spacing in mm, e.g. 1.5 or 1.5,1.5,2",
     )
+    t.add_argument(
+        "--unet-norm", choices=["instance", "batch"], default="instance", help="U-Net norm"
+    )
+    t.add_argument("--loss", choices=["dicece", "dicefocal"], default="dicece", help="U-Net loss")
+    t.add_argument(
+        "--pos-neg",
+        type=lambda s: tuple(int(v) for v in s.split(",")),
+        default=(1, 1),
+        help="nodule:background U-Net patches, e.g. 1,1",
+    )
+    t.add_argument(
+        "--label-min-diameter",
+        type=float,
+        default=0.0,
+        help="U-Net target spheres are at least this wide (mm)",
+    )
     t.add_argument("--lr", type=float, default=1e-2)
     t.add_argument("--fp-lr", type=float, default=1e-3)
     t.add_argument("--accumulation-steps", type=int, default=1)
@@ -135,12 +151,19 @@ def _train(args: argparse.Namespace) -> int:
         return _train_demo(args)
     if not args.data:
         raise InputError("train needs --data DATALIST (or --demo)")
+    pos_neg = args.pos_neg
+    if len(pos_neg) != 2 or min(pos_neg) < 0 or max(pos_neg) == 0:
+        pos_neg_text = ",".join(map(str, pos_neg))
+        raise InputError(f"--pos-neg must be two counts, not both 0, got {pos_neg_text}")
     datalist = load_datalist(args.data)
     if args.init_weights and not Path(args.init_weights).exists():
         raise InputError(f"--init-weights {args.init_weights} does not exist")
     try:
         config = DetectionConfig(
-            spacing_mm=args.spacing, patch_size=args.patch_size, sw_roi_size=args.roi_size
+            spacing_mm=args.spacing,
+            patch_size=args.patch_size,
+            sw_roi_size=args.roi_size,
+            unet_norm=args.unet_norm,
         )
     except ValueError as exc:
         raise InputError(str(exc)) from None
@@ -162,6 +185,9 @@ def _train(args: argparse.Namespace) -> int:
         init_weights=args.init_weights,
         resume=args.resume,
         progress=not args.no_progress,
+        loss=args.loss,
+        pos_neg=args.pos_neg,
+        label_min_diameter_mm=args.label_min_diameter,
     )
     out = train_detector(datalist, args.out, config, options)
     print(f"model folder written to {out}")

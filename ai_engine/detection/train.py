@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from monai.losses import DiceCELoss, FocalLoss
+from monai.losses import DiceCELoss, DiceFocalLoss, FocalLoss
 from monai.transforms import (
     Compose,
     EnsureTyped,
@@ -72,10 +72,21 @@ class DetectionTrainOptions:
         max_steps: cap on optimizer steps per stage (quick runs).
         init_weights: a weights file for the U-Net, or a detection model folder (both stages).
         resume: continue an interrupted run in the same `out` folder.
-        pos_neg: (pos, neg) ratio of nodule-centred to background U-Net patches.
+        pos_neg: (pos, neg) ratio of nodule-centred to background U-Net patches (1:1; 3:1
+            taught the net that much of a patch is nodule: foreground all over the body).
+        loss: U-Net loss, "dicece" (Dice + cross-entropy) or "dicefocal" (Dice + focal); the
+            Dice is computed over the batch, on the nodule class only.
+        batch_dice: the Dice over the whole batch (True) or per patch, averaged (False: a patch
+            with a small nodule weighs as much as one with a large nodule).
+        label_min_diameter_mm: the U-Net's target spheres are at least this wide.
+        negative_min_hu: background U-Net patches are centred on voxels above this HU (inside
+            the body); None: anywhere in the scan.
         candidate_thresholds: U-Net thresholds tried on the validation scans after stage 1;
             the one with the best candidate CPM becomes `config.candidate_threshold`
             (empty, or no validation scans: the configured threshold is kept).
+        combine_modes: score combinations tried on the validation scans after stage 2; the one
+            with the best CPM becomes `config.combine` ("candidate": the classifier is not
+            used); empty, or no validation scans: the configured one is kept.
         mining_threshold: U-Net probability threshold for mining classifier samples.
         random_negatives: random soft-tissue negatives per training scan.
         elastic_prob: probability of the elastic deformation.
@@ -98,8 +109,13 @@ class DetectionTrainOptions:
     max_steps: int | None = None
     init_weights: str | None = None
     resume: bool = False
-    pos_neg: tuple[int, int] = (3, 1)
+    pos_neg: tuple[int, int] = (1, 1)
+    loss: str = "dicece"
+    negative_min_hu: float | None = -950.0
+    batch_dice: bool = True
+    label_min_diameter_mm: float = 0.0
     candidate_thresholds: tuple[float, ...] = (0.05, 0.1, 0.2, 0.3, 0.5)
+    combine_modes: tuple[str, ...] = ("geometric", "product", "mean", "classifier", "candidate")
     mining_threshold: float = 0.1
     random_negatives: int = 24
     elastic_prob: float = 0.1
@@ -156,9 +172,20 @@ def _candidate_stage(
     if opts.init_weights:
         transfer = _init_component(unet, opts.init_weights, "candidates")
     per_scan = 2
+    lo_hu, hi_hu = config.hu_range
+    neg_thr = (
+        0.0
+        if opts.negative_min_hu is None
+        else float((opts.negative_min_hu - lo_hu) / (hi_hu - lo_hu))
+    )
     transform = Compose(
         [
-            preprocessing(config.spacing_mm, config.hu_range, with_label=True),
+            preprocessing(
+                config.spacing_mm,
+                config.hu_range,
+                with_label=True,
+                label_min_diameter_mm=opts.label_min_diameter_mm,
+            ),
             SelectItemsd(keys=["image", "label"]),  # nodule lists differ in length: no collate
             SpatialPadd(keys=["image", "label"], spatial_size=config.patch_size),
             RandCropByPosNegLabeld(
@@ -168,6 +195,10 @@ def _candidate_stage(
                 pos=opts.pos_neg[0],
                 neg=opts.pos_neg[1],
                 num_samples=per_scan,
+                # background patches centred inside the body (lungs, vessels, chest wall), not
+                # in the air around it, which inference never has to reject
+                image_key="image" if opts.negative_min_hu is not None else None,
+                image_threshold=neg_thr,
                 allow_smaller=True,
             ),
             *spatial_augmentations(
@@ -200,7 +231,16 @@ def _candidate_stage(
         else None
     )
     # Batch Dice on the nodule class only (background Dice is ~1 and only dilutes the gradient).
-    loss = DiceCELoss(include_background=False, to_onehot_y=True, softmax=True, batch=True)
+    if opts.loss == "dicefocal":
+        loss = DiceFocalLoss(
+            include_background=False, to_onehot_y=True, softmax=True, batch=opts.batch_dice
+        )
+    elif opts.loss == "dicece":
+        loss = DiceCELoss(
+            include_background=False, to_onehot_y=True, softmax=True, batch=opts.batch_dice
+        )
+    else:
+        raise InputError(f"loss must be dicece or dicefocal, got {opts.loss!r}")
     trainer = Trainer(
         unet,
         loss,
@@ -238,6 +278,38 @@ def choose_candidate_threshold(
                 best = (float(thr), cpm)
     finally:
         detector.config.candidate_threshold = saved
+    return best[0], table
+
+
+def choose_combine(
+    detector: NoduleDetector, scans: Sequence[dict[str, Any]], modes: Sequence[str]
+) -> tuple[str, dict[str, float]]:
+    """The score combination with the best whole-detector CPM on `scans` (ties: the earlier
+    mode in `modes`). "candidate" ignores the classifier, so a classifier that makes the CPM
+    worse than the U-Net alone is not used. Returns (mode, {mode: cpm})."""
+    per_scan = []
+    for scan in scans:
+        cands, _labels, centers_mm = detector.candidates(scan["image"])
+        q = detector.classify(
+            scan["image"], np.array([c.center_voxel for c in cands]).reshape(-1, 3)
+        )
+        per_scan.append((cands, centers_mm, q))
+    saved = detector.config.combine
+    table: dict[str, float] = {}
+    best = (saved, -1.0)
+    try:
+        for mode in modes:
+            detector.config.combine = mode
+            points = [
+                [d.as_point() for d in detector.finish(cands, centers_mm, q)]
+                for cands, centers_mm, q in per_scan
+            ]
+            cpm = froc(points, [s["nodules"] for s in scans]).cpm
+            table[mode] = cpm
+            if cpm > best[1]:
+                best = (mode, cpm)
+    finally:
+        detector.config.combine = saved
     return best[0], table
 
 
@@ -414,6 +486,8 @@ def train_detector(
     out = Path(out)
     train_items = list(datalist.get("training", []))
     val_items = list(datalist.get("validation", []))
+    if opts.loss not in {"dicece", "dicefocal"}:
+        raise InputError(f"loss must be dicece or dicefocal, got {opts.loss!r}")
     if not train_items:
         raise InputError("the datalist has no 'training' items")
     if not any(it.get("nodules") for it in train_items):
@@ -435,6 +509,15 @@ def train_detector(
     _log(f"preprocessing {len(train_items)} training scans for candidate mining")
     train_scans = _preprocess_items(train_items, config)
     classifier, info2 = _fp_stage(unet, train_scans, val_scans, config, opts, out)
+    if val_scans and opts.combine_modes:
+        mode, table = choose_combine(
+            NoduleDetector(config, unet, classifier, device=opts.device),
+            val_scans,
+            opts.combine_modes,
+        )
+        config.combine = mode
+        info2["combine"] = {"chosen": mode, "validation_cpm": table}
+        _log(f"[fp_reduction] score combination {mode!r} chosen on validation (CPM {table})")
     metrics: dict[str, Any] = {}
     if val_scans:
         det = NoduleDetector(config, unet, classifier, device=opts.device)

@@ -98,21 +98,28 @@ class NoduleSphereMaskd(MapTransform):
         keys: output key(s) of the label map.
         ref_key: the image whose grid the mask follows.
         nodules_key: list of `{"center_lps_mm", "diameter_mm"}`.
+        min_diameter_mm: smaller nodules are drawn as spheres of this diameter (a training
+            target that gives a 3 mm nodule more than a couple of voxels at 1.5 mm).
     """
 
     def __init__(
-        self, keys: Any = "label", ref_key: str = "image", nodules_key: str = "nodules"
+        self,
+        keys: Any = "label",
+        ref_key: str = "image",
+        nodules_key: str = "nodules",
+        min_diameter_mm: float = 0.0,
     ) -> None:
         super().__init__(keys)
         self.ref_key = ref_key
         self.nodules_key = nodules_key
+        self.min_diameter_mm = float(min_diameter_mm)
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
         out = dict(data)
         ref = out[self.ref_key]
         if not isinstance(ref, MetaTensor):
             raise TypeError(f"{self.ref_key!r} must be a MetaTensor with an affine")
-        mask = sphere_mask(ref, out.get(self.nodules_key, []))
+        mask = sphere_mask(ref, out.get(self.nodules_key, []), self.min_diameter_mm)
         for key in self.keys:  # output keys: they need not exist yet
             meta = {k: v for k, v in ref.meta.items() if k != "affine"}
             out[key] = MetaTensor(
@@ -121,8 +128,11 @@ class NoduleSphereMaskd(MapTransform):
         return out
 
 
-def sphere_mask(ref: MetaTensor, nodules: list[dict[str, Any]]) -> np.ndarray:
-    """uint8 (X, Y, Z) mask of the nodule spheres on `ref`'s (C, X, Y, Z) grid."""
+def sphere_mask(
+    ref: MetaTensor, nodules: list[dict[str, Any]], min_diameter_mm: float = 0.0
+) -> np.ndarray:
+    """float32 0/1 (X, Y, Z) mask of the nodule spheres on `ref`'s (C, X, Y, Z) grid (spheres
+    at least `min_diameter_mm` across)."""
     shape = tuple(int(n) for n in ref.shape[-3:])
     mask = np.zeros(shape, dtype=np.float32)
     if not nodules:
@@ -131,7 +141,7 @@ def sphere_mask(ref: MetaTensor, nodules: list[dict[str, Any]]) -> np.ndarray:
     spacing = np.linalg.norm(affine[:3, :3], axis=0)
     for nodule in nodules:
         center = lps_mm_to_voxel(ref, np.asarray(nodule["center_lps_mm"], dtype=np.float64))[0]
-        radius_mm = float(nodule["diameter_mm"]) / 2.0
+        radius_mm = max(float(nodule["diameter_mm"]), min_diameter_mm) / 2.0
         r_vox = radius_mm / spacing
         lo = np.maximum(np.floor(center - r_vox).astype(int), 0)
         hi = np.minimum(np.ceil(center + r_vox).astype(int) + 1, shape)
@@ -148,9 +158,13 @@ def sphere_mask(ref: MetaTensor, nodules: list[dict[str, Any]]) -> np.ndarray:
 
 
 def preprocessing(
-    spacing_mm: tuple[float, float, float], hu_range: tuple[float, float], with_label: bool = False
+    spacing_mm: tuple[float, float, float],
+    hu_range: tuple[float, float],
+    with_label: bool = False,
+    label_min_diameter_mm: float = 0.0,
 ) -> Compose:
-    """Load CT -> orient RAS -> resample to `spacing_mm` -> HU window to [0, 1] (-> spheres)."""
+    """Load CT -> orient RAS -> resample to `spacing_mm` -> HU window to [0, 1] (-> spheres at
+    least `label_min_diameter_mm` across)."""
     steps: list[Any] = [
         LoadCTd(keys="image"),
         OrientRASd(keys="image"),
@@ -160,7 +174,14 @@ def preprocessing(
         ),
     ]
     if with_label:
-        steps.append(NoduleSphereMaskd(keys="label", ref_key="image", nodules_key="nodules"))
+        steps.append(
+            NoduleSphereMaskd(
+                keys="label",
+                ref_key="image",
+                nodules_key="nodules",
+                min_diameter_mm=label_min_diameter_mm,
+            )
+        )
     steps.append(
         EnsureTyped(keys=["image", "label"] if with_label else ["image"], dtype=torch.float32)
     )

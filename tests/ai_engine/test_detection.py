@@ -254,6 +254,19 @@ BAD_CASES = [
         "not valid JSON",
     ),
     (
+        "--pos-neg with no patch of either kind",
+        lambda p, m: [
+            "train",
+            "--data",
+            str(p["bad"] / "notjson.json"),
+            "--out",
+            str(p["bad"] / "o3"),
+            "--pos-neg",
+            "0,0",
+        ],
+        "--pos-neg must be two counts",
+    ),
+    (
         "train with neither --data nor --demo",
         lambda p, m: ["train", "--out", str(p["bad"] / "o2")],
         "needs --data",
@@ -466,3 +479,64 @@ def test_explaining_needs_a_classifier_and_centers(explained):
         explain_findings(NoduleDetector(detector.config, detector.unet, None), source, [{}])
     with pytest.raises(ValueError, match="center_lps_mm"):
         explain_findings(detector, source, [{"score": 0.9}])
+
+
+# ---------------------------------------------------------------- U-Net options (issue #4)
+def test_unet_norm_is_recorded_and_old_network_kwargs_still_build_batch_norm():
+    """The norm goes into the network kwargs the model folder stores (so `predict` rebuilds the
+    same net); kwargs written before the option (no "norm") still build the BatchNorm U-Net."""
+    from ai_engine.networks import build_network
+
+    cfg = DetectionConfig(unet_channels=(4, 8, 16), patch_size=(32, 32, 32))
+    assert cfg.unet_norm == "instance" and cfg.unet_kwargs["norm"] == "instance"
+    kinds = {type(m).__name__ for m in build_network("unet3d", **cfg.unet_kwargs).modules()}
+    assert "InstanceNorm3d" in kinds and "BatchNorm3d" not in kinds
+    old = {k: v for k, v in cfg.unet_kwargs.items() if k != "norm"}
+    kinds = {type(m).__name__ for m in build_network("unet3d", **old).modules()}
+    assert "BatchNorm3d" in kinds and "InstanceNorm3d" not in kinds
+    assert (
+        DetectionConfig.from_dict({**cfg.to_dict(), "unet_norm": "batch"}).unet_kwargs["norm"]
+        == "batch"
+    )
+    with pytest.raises(ValueError, match="unet_norm"):
+        DetectionConfig(unet_norm="layer")
+    with pytest.raises(ValueError, match="combine"):
+        DetectionConfig(combine="max")
+
+
+def test_combine_candidate_ignores_the_classifier():
+    from ai_engine.detection.candidates import combine_scores
+
+    p, q = np.array([0.9, 0.2]), np.array([0.1, 0.8])
+    assert np.allclose(combine_scores(p, q, "candidate"), p)
+    assert np.allclose(combine_scores(p, q, "geometric"), np.sqrt(p * q))
+
+
+def test_label_min_diameter_widens_small_nodule_targets_only():
+    """A 3 mm nodule drawn with a 6 mm minimum covers about a 6 mm sphere; a 9 mm one is
+    unchanged; both stay centred on the nodule."""
+    from monai.data import MetaTensor
+
+    from ai_engine.detection.transforms import sphere_mask
+
+    ref = MetaTensor(torch.zeros(1, 40, 40, 40), affine=torch.diag(torch.tensor([1.0, 1, 1, 1])))
+    small = [{"center_lps_mm": [-20.0, -20.0, 20.0], "diameter_mm": 3.0}]
+    large = [{"center_lps_mm": [-20.0, -20.0, 20.0], "diameter_mm": 9.0}]
+    sphere = np.pi / 6.0
+    assert sphere_mask(ref, small).sum() == pytest.approx(sphere * 27, rel=0.35)
+    widened = sphere_mask(ref, small, min_diameter_mm=6.0)
+    assert widened.sum() == pytest.approx(sphere * 216, rel=0.15)
+    idx = np.argwhere(widened > 0).mean(axis=0)
+    assert np.allclose(idx, np.argwhere(sphere_mask(ref, small) > 0).mean(axis=0), atol=0.5)
+    assert np.array_equal(sphere_mask(ref, large, 6.0), sphere_mask(ref, large))
+
+
+def test_unknown_unet_loss_is_refused(data, tmp_path):
+    from ai_engine.data.datalist import load_datalist
+    from ai_engine.errors import InputError
+
+    _root, datalist = data
+    opts = DetectionTrainOptions(loss="mse", max_steps=1, progress=False)
+    with pytest.raises(InputError, match="loss must be dicece or dicefocal"):
+        train_detector(load_datalist(datalist), tmp_path / "m", TINY, opts)
+    assert not (tmp_path / "m" / "model.json").exists()
