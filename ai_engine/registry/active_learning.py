@@ -19,7 +19,7 @@ from typing import Any
 from django.db import transaction
 from rest_framework import status
 
-from ai_engine.registry import selectors
+from ai_engine.registry import selectors, services
 from ai_engine.registry.exceptions import NoChampion, RegistryError, StudyNotReady
 from ai_engine.registry.models import ActiveLearningScore, Job, ModelVersion
 from imaging.models import Study
@@ -222,13 +222,10 @@ def scoring_complete(
     was requested is cancelled here and the old queue stays. Returns True when it wrote.
     """
     with transaction.atomic():
-        job = Job.objects.select_for_update().get(pk=job_id)
-        if job.status != Job.Status.RUNNING:
-            return False
-        if job.cancel_requested:
-            job.transition_to(
-                Job.Status.CANCELLED, message="Stopped on request; the previous queue is kept."
-            )
+        job = services.job_lock_for_completion(
+            job_id=job_id, cancelled_message="Stopped on request; the previous queue is kept."
+        )
+        if job is None:
             return False
         bad = [s.key for s in scores if not math.isfinite(s.score)]
         if bad:

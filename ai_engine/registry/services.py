@@ -609,6 +609,22 @@ def _study_status(job: Job, status: str) -> None:
         Study.objects.filter(pk=job.study_id).update(ai_status=status)
 
 
+def job_lock_for_completion(*, job_id: int, cancelled_message: str) -> Job | None:
+    """Inside the caller's transaction: the job row, locked, when it may write its results
+    now; None when it is no longer running (finished by an earlier delivery, cancelled) or
+    when a cancellation was requested (applied here, with `cancelled_message`)."""
+    job = Job.objects.select_for_update().get(pk=job_id)
+    if job.status != Job.Status.RUNNING:
+        return None
+    if job.cancel_requested:
+        job.transition_to(Job.Status.CANCELLED, message=cancelled_message)
+        _study_status(job, AIStatus.NONE)
+        out_dir = job_output_dir(job=job)
+        transaction.on_commit(lambda: shutil.rmtree(out_dir, ignore_errors=True))
+        return None
+    return job
+
+
 def inference_complete(*, job_id: int, findings: Sequence[FindingData]) -> bool:
     """Write the findings and mark the job succeeded, in one transaction, exactly once.
 
@@ -618,16 +634,10 @@ def inference_complete(*, job_id: int, findings: Sequence[FindingData]) -> bool:
     from annotations.services import findings_record
 
     with transaction.atomic():
-        job = Job.objects.select_for_update().get(pk=job_id)
-        if job.status != Job.Status.RUNNING:
-            return False
-        if job.cancel_requested:
-            job.transition_to(
-                Job.Status.CANCELLED, message="Stopped on request; nothing was written."
-            )
-            _study_status(job, AIStatus.NONE)
-            out_dir = job_output_dir(job=job)
-            transaction.on_commit(lambda: shutil.rmtree(out_dir, ignore_errors=True))
+        job = job_lock_for_completion(
+            job_id=job_id, cancelled_message="Stopped on request; nothing was written."
+        )
+        if job is None:
             return False
         rows = findings_record(job=job, findings=findings)
         job.result = {"findings": len(rows)}
