@@ -299,7 +299,9 @@ def test_frames_uncompressed_cornerstone_shape(data, member, project, orthanc):
         HTTP_ACCEPT=CORNERSTONE_FRAMES,
     )
     assert response.status_code == 200
-    assert response.streaming
+    # One frame is one read from Orthanc: sent whole, with its length (a list streams).
+    assert not response.streaming
+    assert int(response["Content-Length"]) == len(response.content)
     assert response["Content-Type"].startswith("multipart/related")
     assert EXPLICIT_LE in response["Content-Type"]
     [(headers, payload)] = multipart_parts(response)

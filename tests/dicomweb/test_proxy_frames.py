@@ -19,8 +19,15 @@ from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
 from imaging import proxy
+from imaging.exceptions import OrthancError, OrthancUnavailable
 from imaging.models import Instance, Study
-from imaging.proxy_frames import FRAME_MEDIA_TYPES, FrameTokenAuthentication, wants_stored_encoding
+from imaging.proxy_frames import (
+    FRAME_MEDIA_TYPES,
+    FrameTokenAuthentication,
+    UpstreamAnswer,
+    raw_frame_reader,
+    wants_stored_encoding,
+)
 from projects.models import Membership, Role
 from tests.dicomweb.dicom_factory import (
     ORTHANC_TRANSCODED,
@@ -32,6 +39,7 @@ from tests.dicomweb.dicom_factory import (
     store_series,
 )
 from tests.factories import UserFactory
+from tests.support.orthanc import free_port
 
 pytestmark = pytest.mark.integration
 
@@ -98,7 +106,8 @@ def token_client(user) -> APIClient:
 
 @pytest.fixture
 def upstream_paths(monkeypatch):
-    """The Orthanc paths the proxy asks for (its thread's client), in order."""
+    """The Orthanc paths the proxy asks for (its thread's REST client and the process's
+    raw-frame reader), in order."""
     paths: list[str] = []
     client = proxy.orthanc_client()
     original = client.request
@@ -108,6 +117,14 @@ def upstream_paths(monkeypatch):
         return original(method, path, **kwargs)
 
     monkeypatch.setattr(client, "request", spy)
+    frames = raw_frame_reader()
+    read = frames.read
+
+    def spy_read(orthanc_id, number):
+        paths.append(f"/instances/{orthanc_id}/frames/{number - 1}/raw")
+        return read(orthanc_id, number)
+
+    monkeypatch.setattr(frames, "read", spy_read)
     return paths
 
 
@@ -359,23 +376,35 @@ def test_superuser_reads_any_project_like_everywhere_else(ct, project):
     assert token_client(root).get(frames_url(project, ct)).status_code == 200
 
 
-def test_client_going_away_closes_the_raw_frame_upstream(ct, project, reader, monkeypatch):
-    upstreams = []
-    client = proxy.orthanc_client()
-    original = client.request
-
-    def spy(method, path, **kwargs):
-        upstreams.append(original(method, path, **kwargs))
-        return upstreams[-1]
-
-    monkeypatch.setattr(client, "request", spy)
-    response = token_client(reader).get(frames_url(project, ct, "1"))
+def test_client_going_away_stops_reading_frames(orthanc, project, reader, upstream_paths):
+    """A frame list is read from Orthanc one frame per part, as it is sent: a client that
+    leaves after the first part costs Orthanc no further frame."""
+    series = make_multiframe(
+        "1.2.840.10008.1.2.1", url=orthanc.url, auth=(orthanc.username, orthanc.password), seed=5
+    )
+    index_series(project, series)
+    response = token_client(reader).get(
+        frames_url(project, series, "1,2,3"), HTTP_ACCEPT=CORNERSTONE_FRAMES
+    )
     assert response.status_code == 200
-    raw = upstreams[-1]
-    assert raw.url.endswith("/frames/0/raw")
-    assert not raw.raw.closed
+    assert response.streaming
+    first = next(iter(response.streaming_content))
+    assert first.startswith(b"--") and b"Content-Location" in first
     response.close()  # what Django does when the client leaves before the body
-    assert raw.raw.closed
+    assert sum(path.endswith("/raw") for path in upstream_paths) == 1
+
+
+def test_raw_frame_reader_maps_orthanc_answers(orthanc, settings):
+    """Unreachable -> 503, wrong credentials -> 502, unknown instance -> its 404 answer."""
+    reader = raw_frame_reader()
+    missing = reader.read("00000000-00000000-00000000-00000000-00000000", 1)
+    assert isinstance(missing, UpstreamAnswer) and missing.status == 404
+    settings.ORTHANC_PASSWORD = "not-the-password"
+    with pytest.raises(OrthancError, match="credentials"):
+        raw_frame_reader().read("00000000-00000000-00000000-00000000-00000000", 1)
+    settings.ORTHANC_URL = f"http://127.0.0.1:{free_port()}"
+    with pytest.raises(OrthancUnavailable, match="unreachable"):
+        raw_frame_reader().read("00000000-00000000-00000000-00000000-00000000", 1)
 
 
 @pytest.mark.parametrize("superuser", [False, True])
