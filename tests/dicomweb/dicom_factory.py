@@ -13,14 +13,9 @@ from io import BytesIO
 import numpy as np
 import requests
 from pydicom import dcmread
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import (
-    PYDICOM_IMPLEMENTATION_UID,
-    CTImageStorage,
-    ExplicitVRLittleEndian,
-    JPEGLSLossless,
-    generate_uid,
-)
+from pydicom.dataset import Dataset
+
+from tests.support.dicom_files import ct_series
 
 
 @dataclass
@@ -59,61 +54,28 @@ def make_ct_series(
     jpeg_ls: bool = False,
     seed: int = 0,
 ) -> CtSeries:
-    """A CT series of `slices` slices, `rows` x `columns`, 16-bit signed pixels."""
-    rng = np.random.default_rng(seed)
-    study_uid = study_instance_uid or generate_uid()
-    series = CtSeries(study_uid, generate_uid(), patient_id)
-    for index in range(slices):
-        meta = FileMetaDataset()
-        meta.MediaStorageSOPClassUID = CTImageStorage
-        meta.MediaStorageSOPInstanceUID = generate_uid()
-        meta.TransferSyntaxUID = ExplicitVRLittleEndian
-        meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
-
-        ds = Dataset()
-        ds.file_meta = meta
-        ds.preamble = b"\0" * 128
-        ds.SOPClassUID = CTImageStorage
-        ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
-        ds.StudyInstanceUID = study_uid
-        ds.SeriesInstanceUID = series.series_instance_uid
-        ds.PatientID = patient_id
-        ds.PatientName = patient_name
-        ds.PatientBirthDate = "19700101"
-        ds.PatientSex = "F"
-        ds.StudyDate = study_date
-        ds.StudyTime = "101500"
-        ds.StudyDescription = study_description
-        ds.AccessionNumber = f"ACC-{patient_id}"
-        ds.StudyID = "1"
-        ds.Modality = "CT"
-        ds.SeriesNumber = 1
-        ds.SeriesDescription = "Axial 1mm"
-        ds.InstanceNumber = index + 1
-        ds.ImagePositionPatient = [0.0, 0.0, float(index)]
-        ds.ImageOrientationPatient = [1.0, 0.0, 0.0, 0.0, 1.0, 0.0]
-        ds.PixelSpacing = [0.7, 0.7]
-        ds.SliceThickness = 1.0
-        ds.FrameOfReferenceUID = generate_uid(prefix=None, entropy_srcs=[study_uid])
-        ds.SamplesPerPixel = 1
-        ds.PhotometricInterpretation = "MONOCHROME2"
-        ds.Rows = rows
-        ds.Columns = columns
-        ds.BitsAllocated = 16
-        ds.BitsStored = 16
-        ds.HighBit = 15
-        ds.PixelRepresentation = 1
-        ds.RescaleIntercept = 0
-        ds.RescaleSlope = 1
-        ds.WindowCenter = 40
-        ds.WindowWidth = 400
-        pixels = rng.integers(-1000, 1000, size=(rows, columns), dtype=np.int16)
-        if jpeg_ls:
-            ds.compress(JPEGLSLossless, pixels, encoding_plugin="pyjpegls")
-        else:
-            ds.PixelData = pixels.tobytes()
-        series.datasets.append(ds)
-    return series
+    """A CT series of `slices` slices, `rows` x `columns`, 16-bit signed pixels, 0.7 mm
+    pixels 1 mm apart (`tests.support.dicom_files.ct_series`)."""
+    datasets = ct_series(
+        slices,
+        rows=rows,
+        columns=columns,
+        patient_id=patient_id,
+        patient_name=patient_name,
+        study_uid=study_instance_uid,
+        study_description=study_description,
+        series_description="Axial 1mm",
+        accession_number=f"ACC-{patient_id}",
+        study_date=study_date,
+        origin_mm=(0.0, 0.0),
+        pixel_spacing_mm=0.7,
+        slice_mm=1.0,
+        window=(40, 400),
+        jpeg_ls=jpeg_ls,
+        seed=seed,
+    )
+    first = datasets[0]
+    return CtSeries(str(first.StudyInstanceUID), str(first.SeriesInstanceUID), patient_id, datasets)
 
 
 def store_series(series: CtSeries, *, url: str, auth: tuple[str, str]) -> None:

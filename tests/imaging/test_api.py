@@ -10,9 +10,9 @@ from django.test.utils import CaptureQueriesContext
 
 from imaging.models import AIStatus, Instance, Patient, Series, Study
 from imaging.orthanc import OrthancClient
-from tests.imaging.dicom_files import ct_series
 from tests.imaging.factories import PatientFactory, SeriesFactory, StudyFactory
 from tests.imaging.uploads import dicom_files, upload
+from tests.support.dicom_files import ct_series
 from tests.support.orthanc import free_port
 
 

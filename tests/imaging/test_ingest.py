@@ -18,8 +18,8 @@ from imaging.services import ingest_sources
 from imaging.signals import study_indexed
 from imaging.validation import UploadSource
 from tests.factories import ProjectFactory
-from tests.imaging.dicom_files import ct_series, to_bytes, write_series
 from tests.imaging.uploads import dicom_files, upload, zip_bytes
+from tests.support.dicom_files import ct_series, to_bytes, write_series
 from tests.support.orthanc import free_port
 
 pytestmark = pytest.mark.integration

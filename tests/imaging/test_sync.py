@@ -15,9 +15,9 @@ from imaging.services import update_study_counts
 from imaging.signals import study_indexed
 from imaging.sync import FEED, reconcile, sync_orthanc_changes
 from imaging.tasks import sync_orthanc_changes_task
-from tests.imaging.dicom_files import ct_series, to_bytes
 from tests.imaging.factories import StudyFactory
 from tests.imaging.uploads import dicom_files, upload
+from tests.support.dicom_files import ct_series, to_bytes
 
 pytestmark = pytest.mark.integration
 

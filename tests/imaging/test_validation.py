@@ -19,8 +19,8 @@ from pydicom.filewriter import write_dataset
 from imaging.models import Instance, QuarantinedFile, Study, UploadBatch
 from imaging.orthanc import OrthancClient
 from imaging.validation import Limits, UploadSource, validate_sources
-from tests.imaging.dicom_files import ct_series, to_bytes
 from tests.imaging.uploads import upload, zip_bytes
+from tests.support.dicom_files import ct_series, to_bytes
 
 
 def _good() -> bytes:

@@ -8,8 +8,8 @@ import pytest
 from imaging.exceptions import OrthancUnavailable
 from imaging.models import Series
 from imaging.volumes import load_series_volume
-from tests.imaging.dicom_files import ct_series
 from tests.imaging.uploads import dicom_files, upload
+from tests.support.dicom_files import ct_series
 from tests.support.orthanc import free_port
 
 pytestmark = pytest.mark.integration

@@ -9,7 +9,7 @@ from django.core.files.uploadedfile import SimpleUploadedFile
 from django.urls import reverse
 from pydicom.dataset import Dataset
 
-from tests.imaging.dicom_files import to_bytes
+from tests.support.dicom_files import to_bytes
 
 
 def upload(client, project, files: dict[str, bytes]):

@@ -287,8 +287,8 @@ def test_inference_and_scoring_load_the_same_study_input(orthanc, project, admin
 
     from ai_engine.registry.inference import load_study_input
     from imaging.volumes import load_series_volume
-    from tests.imaging.dicom_files import ct_series
     from tests.imaging.uploads import dicom_files
+    from tests.support.dicom_files import ct_series
 
     assert (
         upload(admin_client, project, dicom_files(ct_series(3, rows=20, columns=16))).status_code
