@@ -195,20 +195,54 @@ MEMBER_TARGET = CompiledQuery(Instance, _target, {**_TARGET_MARKS, "user": -7_30
 SUPERUSER_TARGET = CompiledQuery(Instance, _target, _TARGET_MARKS)
 
 
-def frame_target(user, slug: str, study: str, series: str, instance: str) -> FrameTarget:
-    """The instance `study/series/instance` of project `slug`, if `user` may read it, in
-    one query; else 404 (an unknown project, a non-member and another project's or
-    another study's instance look the same). Membership is never cached."""
+def find_frame_target(
+    user_id: int, is_superuser: bool, slug: str, study: str, series: str, instance: str
+) -> FrameTarget | None:
+    """The instance `study/series/instance` of project `slug` if the user may read it, in
+    one query, else None. Membership is never cached."""
     values = {"instance": instance, "series": series, "study": study, "slug": slug}
-    if user.is_superuser:
+    if is_superuser:
         row = SUPERUSER_TARGET.first(**values)
     else:
-        row = MEMBER_TARGET.first(**values, user=user.pk)
-    if row is None:
+        row = MEMBER_TARGET.first(**values, user=user_id)
+    return None if row is None else FrameTarget(*row)
+
+
+def frame_target(user, slug: str, study: str, series: str, instance: str) -> FrameTarget:
+    """`find_frame_target` for an authenticated `user`; 404 when not found (an unknown
+    project, a non-member and another project's or another study's instance look the
+    same)."""
+    target = find_frame_target(user.pk, user.is_superuser, slug, study, series, instance)
+    if target is None:
         raise NotFound(
             f"No instance {instance} in series {series} of study {study} in project '{slug}'."
         )
-    return FrameTarget(*row)
+    return target
+
+
+def token_key(authorization: str) -> str | None:
+    """The key of a well-formed `Token <key>` header (DRF's keyword, any case), else None."""
+    words = authorization.split()
+    if len(words) == 2 and words[0].lower() == "token":
+        return words[1]
+    return None
+
+
+def reader_of(request) -> tuple[int, bool] | None:
+    """(user id, is superuser) of an active user, authenticated as DRF would do it on the
+    frame route (a `Token` header, else the session), or None for anything else: no or
+    malformed credentials, an unknown token, an inactive user (DRF answers those)."""
+    authorization = request.META.get("HTTP_AUTHORIZATION")
+    if authorization:
+        key = token_key(authorization)
+        row = TOKEN_USER.first(key=key) if key else None
+        if row is None or not row[1]:
+            return None
+        return row[0], bool(row[2])
+    user = request.user  # the session's (AuthenticationMiddleware)
+    if not user.is_authenticated or not user.is_active:
+        return None
+    return user.pk, user.is_superuser
 
 
 @dataclass(frozen=True)

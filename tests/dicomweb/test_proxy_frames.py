@@ -376,6 +376,123 @@ def test_superuser_reads_any_project_like_everywhere_else(ct, project):
     assert token_client(root).get(frames_url(project, ct)).status_code == 200
 
 
+@pytest.fixture
+def drf_dispatches(monkeypatch):
+    """The frame requests DRF's view handled (the others were answered directly)."""
+    paths: list[str] = []
+    original = proxy.RetrieveInstanceFrames.dispatch
+
+    def spy(self, request, *args, **kwargs):
+        paths.append(request.path)
+        return original(self, request, *args, **kwargs)
+
+    monkeypatch.setattr(proxy.RetrieveInstanceFrames, "dispatch", spy)
+    return paths
+
+
+def without_boundaries(response) -> tuple[dict, bytes]:
+    boundary = re.search(r"boundary=(\w+)", response["Content-Type"]).group(1)
+    headers = {k: v.replace(boundary, "B") for k, v in response.headers.items()}
+    return headers, body_of(response).replace(boundary.encode(), b"B")
+
+
+def test_frame_requests_skip_drf_once_the_syntax_is_known_and_answer_the_same(
+    ct, project, reader, client, drf_dispatches, monkeypatch
+):
+    """Cornerstone3D's request by a member, token or session, is answered without DRF's
+    request cycle (the first one ever learns the transfer syntax through DRF), with the
+    same status, headers and body (but the boundary) as DRF's path."""
+    tokens = token_client(reader)
+    client.force_login(reader)
+    url = frames_url(project, ct)
+    assert tokens.get(url, HTTP_ACCEPT=CORNERSTONE_FRAMES).status_code == 200
+    assert tokens.get(frames_url(project, ct, index=2)).status_code == 200
+    assert len(drf_dispatches) == 2  # learned the transfer syntax of each
+    direct = [
+        tokens.get(url, HTTP_ACCEPT=CORNERSTONE_FRAMES),
+        client.get(url, HTTP_ACCEPT=CORNERSTONE_FRAMES),
+        tokens.get(frames_url(project, ct, index=2)),  # no Accept: the same request
+    ]
+    assert len(drf_dispatches) == 2
+    monkeypatch.setattr(proxy.RetrieveInstanceFrames, "answer_directly", lambda *a, **k: None)
+    through_drf = [
+        tokens.get(url, HTTP_ACCEPT=CORNERSTONE_FRAMES),
+        client.get(url, HTTP_ACCEPT=CORNERSTONE_FRAMES),
+        tokens.get(frames_url(project, ct, index=2)),
+    ]
+    assert len(drf_dispatches) == 5
+    for ours, drfs in zip(direct, through_drf, strict=True):
+        assert ours.status_code == drfs.status_code == 200
+        assert without_boundaries(ours) == without_boundaries(drfs)
+
+
+@pytest.mark.parametrize(
+    "case",
+    [
+        "anonymous",
+        "unknown token",
+        "token without key",
+        "basic auth",
+        "inactive user",
+        "not a member",
+        "frame out of range",
+        "frame 0",
+        "syntax not yet known",
+        "other accept",
+        "HEAD",
+        "orthanc down",
+    ],
+)
+def test_everything_but_a_servable_frame_request_goes_to_drf(
+    case, ct, project, reader, drf_dispatches, settings
+):
+    """Errors and unusual requests are DRF's alone (one source of statuses and messages):
+    the direct answer is only for a request that will get its frames."""
+    Instance.objects.filter(sop_instance_uid__in=ct.sop_instance_uids).update(
+        transfer_syntax_uid=str(ct.datasets[0].file_meta.TransferSyntaxUID)
+    )
+    url, headers = frames_url(project, ct), {"HTTP_ACCEPT": CORNERSTONE_FRAMES}
+    credentials = {"anonymous", "unknown token", "token without key", "basic auth"}
+    client = APIClient() if case in credentials else token_client(reader)
+    if case == "unknown token":
+        headers["HTTP_AUTHORIZATION"] = "Token 0123456789abcdef"
+    elif case == "token without key":
+        headers["HTTP_AUTHORIZATION"] = "Token"
+    elif case == "basic auth":
+        headers["HTTP_AUTHORIZATION"] = "Basic cmVhZGVyOnNlY3JldA=="
+    elif case == "inactive user":
+        reader.is_active = False
+        reader.save(update_fields=["is_active"])
+    elif case == "not a member":
+        Membership.objects.filter(user=reader, project=project).delete()
+    elif case == "frame out of range":
+        url = frames_url(project, ct, "2")
+    elif case == "frame 0":
+        url = frames_url(project, ct, "0")
+    elif case == "syntax not yet known":
+        Instance.objects.filter(sop_instance_uid=ct.sop_instance_uids[0]).update(
+            transfer_syntax_uid=""
+        )
+    elif case == "other accept":
+        headers["HTTP_ACCEPT"] = 'multipart/related; type="application/octet-stream"'
+    elif case == "orthanc down":
+        settings.ORTHANC_URL = f"http://127.0.0.1:{free_port()}"
+    response = (client.head if case == "HEAD" else client.get)(url, **headers)
+    assert drf_dispatches == [url]
+    expected = {
+        "anonymous": 401,
+        "unknown token": 401,
+        "token without key": 401,
+        "basic auth": 401,
+        "inactive user": 401,
+        "not a member": 404,
+        "frame out of range": 400,
+        "frame 0": 400,
+        "orthanc down": 503,
+    }.get(case, 200)
+    assert response.status_code == expected
+
+
 def test_client_going_away_stops_reading_frames(orthanc, project, reader, upstream_paths):
     """A frame list is read from Orthanc one frame per part, as it is sent: a client that
     leaves after the first part costs Orthanc no further frame."""
