@@ -14,9 +14,12 @@ Phantoms (`ai_engine.data.phantoms.make_brain_mri`) are cached in `--work/phanto
 NIfTI file per sequence (the same integer voxels and geometry the DICOM writer stores; reading
 them is ~7x faster than the DICOM series), so a rerun only retrains what `--fresh` deleted.
 
-Usage (about 15 minutes from scratch on 2 busy CPU threads with the defaults):
+Usage (the whole bench took ~45 minutes from scratch on 2 busy CPU threads):
   nohup .venv/bin/python bench/bench_grading.py --work var/bench/grading --fresh \
       > /tmp/bench_grading.log 2>&1 &
+Parts: `--only cnn` or `--only vit` trains/evaluates one model (`--skip-deploy` leaves out
+export, INT8 and the student, which need both); a model folder already in `--work/models`
+is evaluated, not retrained (`--fresh` deletes them).
 """
 
 from __future__ import annotations
@@ -127,15 +130,35 @@ def main() -> int:
     parser.add_argument("--test", type=int, default=30, help="held-out test phantoms")
     parser.add_argument("--shape", type=parse_size, default=(64, 64, 48), help="phantom matrix")
     parser.add_argument("--spatial-size", type=parse_size, default=(32, 32, 32), help="model grid")
-    parser.add_argument("--cnn-epochs", type=int, default=16)
-    parser.add_argument("--vit-epochs", type=int, default=16)
+    parser.add_argument("--cnn-epochs", type=int, default=30)
+    parser.add_argument("--vit-epochs", type=int, default=30)
     parser.add_argument("--student-epochs", type=int, default=10)
     parser.add_argument("--cnn-lr", type=float, default=1e-3)
     parser.add_argument("--vit-lr", type=float, default=3e-4)
-    parser.add_argument("--patience", type=int, default=10, help="early-stopping patience")
+    parser.add_argument("--vit-warmup", type=int, default=24, help="ViT warm-up steps")
+    parser.add_argument(
+        "--cnn-kwargs", default="{}", help="JSON overriding the CNN preset's network kwargs"
+    )
+    parser.add_argument(
+        "--vit-kwargs", default="{}", help="JSON overriding the ViT preset's network kwargs"
+    )
+    parser.add_argument(
+        "--seg-aux-weight",
+        type=float,
+        default=None,
+        help="auxiliary tumor segmentation weight (default: GradingConfig's; 0 = off)",
+    )
+    parser.add_argument(
+        "--patience", type=int, default=15, help="early-stopping patience (CNN, student)"
+    )
+    parser.add_argument("--vit-patience", type=int, default=12, help="ViT early-stopping patience")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument(
-        "--models", default="cnn,vit", help="comma list of cnn, vit (what to train/evaluate)"
+        "--models",
+        "--only",
+        dest="models",
+        default="cnn,vit",
+        help="comma list of cnn, vit (what to train/evaluate; deploy rows need both)",
     )
     parser.add_argument(
         "--skip-deploy", action="store_true", help="no export / INT8 / student (quality only)"
@@ -173,13 +196,26 @@ def main() -> int:
     test_items = load_datalist(datalist)["testing"]
     rows: dict[str, dict] = {}
 
-    def train_one(name: str, network: str, lr: float, epochs: int) -> Path:
+    def train_one(
+        name: str,
+        network: str,
+        lr: float,
+        epochs: int,
+        kwargs: str,
+        warmup: int = 24,
+        patience: int | None = None,
+    ) -> Path:
         folder = models / name
         if not (folder / "model.json").exists():
             start = time.perf_counter()
-            config = GradingConfig(network=network, spatial_size=spatial, batch_size=4)
+            extra = {} if args.seg_aux_weight is None else {"seg_aux_weight": args.seg_aux_weight}
+            config = GradingConfig(
+                network=network, network_kwargs=json.loads(kwargs), spatial_size=spatial,
+                batch_size=4, **extra,
+            )  # fmt: skip
             tc = TrainConfig(
-                epochs=epochs, lr=lr, warmup_steps=24, early_stopping_patience=args.patience,
+                epochs=epochs, lr=lr, warmup_steps=warmup,
+                early_stopping_patience=patience or args.patience,
                 monitor="val_loss", monitor_mode="min", seed=0, progress=False,
             )  # fmt: skip
             summary = train_grading(datalist, folder, config, tc)
@@ -226,10 +262,13 @@ def main() -> int:
 
     cnn = vit = None
     if "cnn" in wanted:
-        cnn = train_one("cnn", "resnet3d", args.cnn_lr, args.cnn_epochs)
+        cnn = train_one("cnn", "resnet3d", args.cnn_lr, args.cnn_epochs, args.cnn_kwargs)
         evaluate("cnn_fp32", cnn, pointing=True)
     if "vit" in wanted:
-        vit = train_one("vit", "vit_classifier", args.vit_lr, args.vit_epochs)
+        vit = train_one(
+            "vit", "vit_classifier", args.vit_lr, args.vit_epochs, args.vit_kwargs,
+            args.vit_warmup, args.vit_patience,
+        )  # fmt: skip
         evaluate("vit_fp32", vit, pointing=True)
 
     parity = {}

@@ -111,6 +111,13 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
     t.add_argument(
         "--channel-dropout", type=float, default=0.2, help="probability of dropping a sequence"
     )
+    t.add_argument(
+        "--seg-aux-weight",
+        type=float,
+        default=None,
+        help="weight of the auxiliary tumor segmentation loss when items have tumor_mask "
+        "(default: the GradingConfig default; 0 = off)",
+    )
     t.add_argument("--no-augment", action="store_true")
     t.add_argument("--pretrained", help="local weights file for transfer learning (partial load)")
     t.add_argument("--resume", action="store_true", help="continue from OUT/training/last.pt")
@@ -170,6 +177,7 @@ def _train(args: argparse.Namespace) -> int:
             channel_dropout_prob=args.channel_dropout,
             augment=not args.no_augment,
             batch_size=args.batch_size,
+            **({} if args.seg_aux_weight is None else {"seg_aux_weight": args.seg_aux_weight}),
         )
         train_config = TrainConfig(
             epochs=args.epochs,

@@ -38,6 +38,7 @@ __all__ = [
     "load_study",
     "model_grid_affine",
     "preprocess",
+    "tumor_fraction_on_model_grid",
 ]
 
 CHANNELS: tuple[str, ...] = ("T1", "T1c", "T2", "FLAIR")
@@ -145,16 +146,38 @@ def load_mask_on_source(mask_path: str | Path, source: Volume) -> np.ndarray:
     return array > 0
 
 
+def tumor_fraction_on_model_grid(mask_path: str | Path, study: GradingStudy) -> np.ndarray:
+    """The tumor mask (`> 0`) linearly resampled onto the model grid: (X, Y, Z) in [0, 1].
+
+    Training target of the auxiliary segmentation heads (`ai_engine.grading.seg_aux`).
+    """
+    mask = load_volume(mask_path)
+    if mask.array.ndim != 3:
+        raise InputError(f"{mask_path}: a mask must be one scalar volume")
+    binary = Volume((mask.array > 0).astype(np.float32), mask.affine)
+    size = study.image.shape[1:]
+    return np.clip(resample_to_grid(binary, study.model_affine, size, order=1), 0.0, 1.0)
+
+
 class LoadGradingStudyd(MapTransform):
     """Dict transform: `{"images": {...}, "grade": g}` -> `{"image": tensor, "label": int}`.
 
-    Deterministic, so `CacheDataset` keeps its output and the DICOM series are read once.
+    With `with_tumor=True` it also gives `"tumor"` (1, *spatial_size), the tumor fraction on
+    the model grid, and `"tumor_weight"` (1.0, or 0.0 with a zero map when the item has no
+    `tumor_mask`). Deterministic, so `CacheDataset` keeps its output and the DICOM series
+    are read once.
     """
 
-    def __init__(self, spatial_size: Sequence[int], channels: Sequence[str] = CHANNELS) -> None:
+    def __init__(
+        self,
+        spatial_size: Sequence[int],
+        channels: Sequence[str] = CHANNELS,
+        with_tumor: bool = False,
+    ) -> None:
         super().__init__(keys=["images"])
         self.spatial_size = tuple(int(s) for s in spatial_size)
         self.channels = tuple(channels)
+        self.with_tumor = with_tumor
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
         study = load_study(data["images"], self.spatial_size, self.channels)
@@ -162,6 +185,15 @@ class LoadGradingStudyd(MapTransform):
         out["image"] = torch.from_numpy(study.image)
         if "grade" in data:
             out["label"] = torch.tensor(grade_to_label(data["grade"]), dtype=torch.long)
+        if self.with_tumor:
+            path = data.get("tumor_mask")
+            if path:
+                fraction = tumor_fraction_on_model_grid(path, study)
+                out["tumor"] = torch.from_numpy(fraction[None].astype(np.float32))
+                out["tumor_weight"] = torch.tensor(1.0)
+            else:
+                out["tumor"] = torch.zeros((1, *self.spatial_size), dtype=torch.float32)
+                out["tumor_weight"] = torch.tensor(0.0)
         return out
 
 

@@ -72,8 +72,7 @@ def explain_study(
             module = _RunnerModule(model)
     else:
         module = model.module
-    cfg = model.config
-    layer = cfg.cam_layer if cfg is not None else None
+    layer = model.cam_layer
     heat, class_idx = explain(
         module, study.image, method=method, class_idx=class_idx, target_layer=layer
     )  # type: ignore[arg-type]

@@ -49,6 +49,16 @@ class GradingModel:
         return GradingConfig.from_dict(data) if data else None
 
     @property
+    def cam_layer(self) -> str | None:
+        """Grad-CAM layer recorded at training time (`extra.cam_target_layer`), else the
+        config's choice (None: `ai_engine.explain.find_target_layer` decides)."""
+        extra = self.folder.manifest.get("extra") or {}
+        if extra.get("cam_target_layer"):
+            return str(extra["cam_target_layer"])
+        cfg = self.config
+        return cfg.cam_layer if cfg is not None else None
+
+    @property
     def module(self) -> torch.nn.Module:
         """The network as a differentiable torch module (for Grad-CAM).
 

@@ -24,6 +24,7 @@ from ai_engine.grading.data import (
     RandChannelDropoutd,
     grade_to_label,
 )
+from ai_engine.grading.seg_aux import SegAuxLoss, TumorSegAux, layer_channels
 from ai_engine.modelfolder import Component, save_model_folder
 from ai_engine.networks import build_network
 from ai_engine.training import (
@@ -199,9 +200,18 @@ def train_grading(
     train_items, val_items = _split(splits, train_config.seed)
     seed_everything(train_config.seed)
     keys = ["image"]
-    train_tf: list[Any] = [LoadGradingStudyd(config.spatial_size, config.channels)]
+    # Auxiliary tumor segmentation when the training items carry masks (seg_aux.py).
+    use_aux = (
+        config.seg_aux_weight > 0
+        and bool(config.aux_layers)
+        and any(it.get("tumor_mask") for it in train_items)
+    )
+    spatial_keys = ["image", "tumor"] if use_aux else keys
+    train_tf: list[Any] = [
+        LoadGradingStudyd(config.spatial_size, config.channels, with_tumor=use_aux)
+    ]
     if config.augment:
-        train_tf += spatial_augmentations(keys, rotate_degrees=10.0, elastic_prob=0.0)
+        train_tf += spatial_augmentations(spatial_keys, rotate_degrees=10.0, elastic_prob=0.0)
         train_tf += intensity_augmentations(keys, contrast_prob=0.0)
     if config.channel_dropout_prob > 0:
         train_tf.append(RandChannelDropoutd(keys, prob=config.channel_dropout_prob))
@@ -221,8 +231,9 @@ def train_grading(
         transfer = load_partial_weights(model, pretrained)
         logger.info("transfer learning: %s", transfer.summary())
 
-    train_loss: Callable[[torch.Tensor, Any], torch.Tensor] = loss_fn
+    train_loss: Callable[[Any, Any], torch.Tensor] = loss_fn
     prepare_batch = default_prepare_batch
+    kd = None
     if teacher is not None:
         distillation = dict(distillation or {})
         kd = DistillationLoss(
@@ -230,18 +241,40 @@ def train_grading(
             alpha=float(distillation.get("alpha", 0.7)),
             hard_loss=loss_fn,
         )
+    trained: torch.nn.Module = model
+    if use_aux:
+        layers = list(config.aux_layers)
+        example = torch.zeros((1, len(config.channels), *config.spatial_size))
+        trained = TumorSegAux(model, layers, layer_channels(model, layers, example))
+    seg_loss = SegAuxLoss()
+    if teacher is not None or use_aux:
 
         def prepare_batch(batch: Any, device: torch.device) -> tuple[torch.Tensor, Any]:
             x, y = default_prepare_batch(batch, device)
-            with torch.no_grad():
-                t = torch.as_tensor(teacher(x)).float().to(device)
-            return x, (y, t)
+            target: dict[str, torch.Tensor] = {"label": y}
+            if teacher is not None:
+                with torch.no_grad():
+                    target["teacher"] = torch.as_tensor(teacher(x)).float().to(device)
+            if use_aux:
+                for key in ("tumor", "tumor_weight"):
+                    value = torch.as_tensor(batch[key]).as_subclass(torch.Tensor)
+                    target[key] = value.float().to(device)
+            return x, target
 
-        def train_loss(out: torch.Tensor, target: Any) -> torch.Tensor:
-            return kd(out, target[1], target[0])
+        def train_loss(out: Any, target: dict[str, torch.Tensor]) -> torch.Tensor:
+            logits, segs = out if use_aux else (out, None)
+            if kd is not None:
+                loss = kd(logits, target["teacher"], target["label"])
+            else:
+                loss = loss_fn(logits, target["label"])
+            if segs is not None:
+                aux = seg_loss(segs, target["tumor"], target["tumor_weight"])
+                loss = loss + config.seg_aux_weight * aux
+            return loss
 
-    def validate(net: torch.nn.Module) -> dict[str, float]:
-        logits, labels = predict_logits(net, val_ds, config.batch_size)
+    def validate(_net: torch.nn.Module) -> dict[str, float]:
+        # `_net` is the trained module (maybe the segmentation wrapper); grade with `model`.
+        logits, labels = predict_logits(model, val_ds, config.batch_size)
         loss = float(loss_fn(torch.as_tensor(logits, dtype=torch.float32), torch.as_tensor(labels)))
         metrics = classification_metrics(labels, apply_temperature(logits, 1.0), CLASS_NAMES)
         return {
@@ -253,7 +286,7 @@ def train_grading(
     loader = EpochLoader(train_ds, config.batch_size, shuffle=True, seed=train_config.seed)
     work = out_dir / "training"
     trainer = Trainer(
-        model,
+        trained,
         train_loss,
         loader,
         train_config,
@@ -264,7 +297,9 @@ def train_grading(
     result = trainer.fit(resume=resume)
     best = result.best_weights or (work / BEST_WEIGHTS)
     if best.is_file():
-        model.load_state_dict(torch.load(best, map_location=trainer.device, weights_only=True))
+        trained.load_state_dict(torch.load(best, map_location=trainer.device, weights_only=True))
+    if isinstance(trained, TumorSegAux):
+        trained.remove_hooks()  # the heads are training-only; the folder keeps `model`
     model.eval()
 
     val_logits, val_labels = predict_logits(model, val_ds, config.batch_size)
@@ -310,6 +345,9 @@ def train_grading(
             "best_epoch": result.best_epoch,
             "steps": result.steps,
             "stopped_early": result.stopped_early,
+            "seg_aux": {"layers": list(config.aux_layers), "weight": config.seg_aux_weight}
+            if use_aux
+            else None,
         },
         preprocessing=preprocessing_record(config),
         postprocessing={

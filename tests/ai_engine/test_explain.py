@@ -242,3 +242,59 @@ def test_trained_tiny_cnn_points_at_the_lesion_far_above_chance():
         fractions.append(mask.mean())
     assert max(fractions) < 0.03
     assert sum(hits) >= 15, hits  # chance: P(>= 15 of 20 at p=0.03) ~ 1e-19
+
+
+class _BoxGateLogits(torch.nn.Module):
+    """Gate logits +10 inside a fixed box of the gate's grid, -10 elsewhere."""
+
+    def __init__(self, box: tuple[slice, ...]) -> None:
+        super().__init__()
+        self.box = box
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        s = torch.full((x.shape[0], 1, *x.shape[2:]), -10.0)
+        s[(slice(None), slice(None), *self.box)] = 10.0
+        return s
+
+
+@pytest.mark.parametrize(
+    ("name", "kwargs", "gate_branch", "gate_grid"),
+    [
+        # GatedResNet: the gate sits on stage 1's grid (16^3 for a 32^3 input)
+        ("resnet3d", {"block_inplanes": [8, 8, 8, 8], "conv1_t_stride": 2}, "gate.branch", 16),
+        # gated ViT: the gate has the input's resolution (its logits replaced here)
+        ("vit_classifier", {"img_size": 32, "patch_size": 4, "num_layers": 1}, "gate_logits", 32),
+    ],
+)
+def test_grad_cam_on_a_tumor_gate_stays_inside_the_open_gate(name, kwargs, gate_branch, gate_grid):
+    """What the gate closes cannot carry evidence: Grad-CAM on the gated map is ~0 there, and
+    the gated map is the model's own Grad-CAM layer."""
+    torch.manual_seed(0)
+    net = build_network(name, in_channels=4, num_classes=3, tumor_gate=True, **kwargs).eval()
+    scale = 32 // gate_grid
+    box = (slice(4, 10), slice(8, 14), slice(2, 8))  # in voxels of the 32^3 input
+    grid_box = tuple(slice(b.start // scale, b.stop // scale) for b in box)
+    parent, _, attr = gate_branch.rpartition(".")
+    setattr(net.get_submodule(parent) if parent else net, attr, _BoxGateLogits(grid_box))
+    image = torch.randn(4, 32, 32, 32)
+    inside = np.zeros((32, 32, 32), dtype=bool)
+    inside[box] = True
+    cube = ndimage.generate_binary_structure(3, 3)
+    near = ndimage.binary_dilation(inside, cube, iterations=scale)  # upsampling blurs a cell
+    layer = find_target_layer(net, image[None])
+    assert layer == ("gate.gated" if name == "resnet3d" else "gated")
+    heat, _ = explain(net, image)  # the predicted class
+    assert heat.max() > 0  # centred logits: the predicted class has positive evidence
+    assert heat[~near].max() < 0.02
+    assert pointing_game(heat, inside, tolerance_voxels=scale)
+
+
+def test_tumor_gate_normalised_pooling_is_the_gate_weighted_mean():
+    from ai_engine.networks.gate import TumorGate
+
+    gate = TumorGate(3, normalize=True)
+    x = torch.randn(2, 3, 4, 4, 4)
+    out = gate(x)
+    g = torch.sigmoid(gate.branch(x))
+    expected = (x * g).flatten(2).sum(2) / (g.flatten(2).sum(2) + 1.0)
+    torch.testing.assert_close(out.flatten(2).mean(2), expected)

@@ -77,16 +77,69 @@ def test_training_loss_falls_and_folder_describes_itself(trained):
     }
 
 
+def test_tumor_masks_train_the_gate_and_the_folder_keeps_only_the_classifier(trained):
+    """With masks in the datalist the gate is supervised (seg_aux), the heads are not saved,
+    and Grad-CAM uses the gated map."""
+    manifest = json.loads((trained / "model.json").read_text())
+    assert manifest["made_by_params"]["seg_aux"] == {
+        "layers": ["gate.gate_logits"],
+        "weight": 1.0,
+    }
+    assert manifest["components"]["model"]["network"]["kwargs"]["tumor_gate"] is True
+    assert manifest["extra"]["cam_target_layer"] == "gate.gated"
+    state = torch.load(trained / "weights.pt", weights_only=True)
+    assert any(k.startswith("gate.branch") for k in state)
+    assert not any(k.startswith(("heads.", "net.")) for k in state)
+
+
+def test_tumor_fraction_on_the_model_grid(phantoms):
+    from ai_engine.grading.data import tumor_fraction_on_model_grid
+
+    case = phantoms / "case204"
+    study = load_study(str(case), (16, 16, 16))
+    fraction = tumor_fraction_on_model_grid(case / "tumor_mask.nii.gz", study)
+    assert fraction.shape == (16, 16, 16)
+    assert fraction.min() >= 0.0 and fraction.max() <= 1.0 and fraction.max() > 0.5
+    mask = load_volume(case / "tumor_mask.nii.gz")
+    # same centre in patient space (LPS mm), within one model voxel
+    src_center = mask.voxel_to_lps(np.argwhere(mask.array > 0).mean(0)[None])[0]
+    idx = np.argwhere(fraction > 0)
+    weights = fraction[fraction > 0]
+    model_center_vox = (idx * weights[:, None]).sum(0) / weights.sum()
+    model_center = (study.model_affine @ np.append(model_center_vox, 1.0))[:3]
+    voxel_mm = np.abs(np.diag(study.model_affine)[:3])
+    assert np.all(np.abs(model_center - src_center) <= voxel_mm)
+
+
+def test_seg_aux_loss_prefers_the_mask_and_skips_items_without_one():
+    from ai_engine.grading.seg_aux import SegAuxLoss
+
+    mask = torch.zeros(2, 1, 8, 8, 8)
+    mask[:, :, 2:5, 2:5, 2:5] = 1.0
+    good = [(mask * 2 - 1) * 6]  # logits agreeing with the mask
+    bad = [-good[0]]
+    loss = SegAuxLoss()
+    both = torch.ones(2)
+    assert loss(good, mask, both) < 0.2 < loss(bad, mask, both)
+    assert loss(bad, mask, torch.zeros(2)) == 0  # no masks: no segmentation loss
+    only_first = torch.tensor([1.0, 0.0])
+    mixed = [torch.cat([good[0][:1], bad[0][1:]])]
+    assert loss(mixed, mask, only_first) == pytest.approx(float(loss(good, mask, both)))
+
+
 def test_transfer_learning_from_local_file_and_resume(trained, phantoms):
     out = phantoms / "finetuned"
     argv = [
         "grading", "train", "--datalist", str(phantoms / "datalist.json"), "--out", str(out),
         "--network-kwargs", '{"block_inplanes": [8, 16, 32, 32]}', "--spatial-size", "32,32,32",
         "--batch-size", "3", "--no-augment", "--quiet", "--pretrained", str(trained / "weights.pt"),
+        "--seg-aux-weight", "0",
     ]  # fmt: skip
     assert main([*argv, "--epochs", "1"]) == 0
-    transfer = json.loads((out / "model.json").read_text())["made_by_params"]["transfer"]
+    params = json.loads((out / "model.json").read_text())["made_by_params"]
+    transfer = params["transfer"]
     assert transfer["matched"] and not transfer["shape_mismatch"]
+    assert params["seg_aux"] is None  # --seg-aux-weight 0: masks ignored
     assert main([*argv, "--epochs", "2", "--resume"]) == 0
     lines = [json.loads(x) for x in (out / "log.jsonl").read_text().splitlines()]
     assert [line["epoch"] for line in lines] == [0, 1]  # epoch 0 kept, only epoch 1 ran
