@@ -112,17 +112,17 @@ def main() -> int:
     parser.add_argument(
         "--ct-shape", default="512,512,300", help="matrix of the timed CT-sized scan"
     )
-    parser.add_argument("--epochs", type=int, default=40)
+    parser.add_argument("--epochs", type=int, default=24)
     parser.add_argument(
         "--patience",
         type=int,
-        default=12,
+        default=24,
         help="epochs without validation-CPM gain before stopping",
     )
-    parser.add_argument("--steps-per-epoch", type=int, default=25)
+    parser.add_argument("--steps-per-epoch", type=int, default=100)
     parser.add_argument("--batch-size", type=int, default=4, help="U-Net patches per step")
-    parser.add_argument("--fp-epochs", type=int, default=8)
-    parser.add_argument("--fp-steps-per-epoch", type=int, default=20)
+    parser.add_argument("--fp-epochs", type=int, default=6)
+    parser.add_argument("--fp-steps-per-epoch", type=int, default=40)
     parser.add_argument("--fp-batch-size", type=int, default=16)
     parser.add_argument("--fp-channels", default="8,16,32,32", help="classifier stage widths")
     parser.add_argument("--lr", type=float, default=1e-2, help="U-Net peak learning rate")
@@ -138,6 +138,25 @@ def main() -> int:
         type=float,
         default=6.0,
         help="U-Net target spheres are at least this wide (mm)",
+    )
+    parser.add_argument(
+        "--dice",
+        default="patch",
+        choices=["patch", "batch"],
+        help="U-Net Dice per patch (each nodule-centred patch weighs the same) or over the batch",
+    )
+    parser.add_argument(
+        "--hard-fraction",
+        type=float,
+        default=0.5,
+        help="share of background U-Net patches centred on soft tissue beside the lung",
+    )
+    parser.add_argument(
+        "--peak-distance",
+        type=float,
+        default=3.0,
+        help="local-maximum window of the candidates while stage 1 validates, mm (0: connected "
+        "components); after stage 1, 0 or 3 mm is chosen on validation",
     )
     parser.add_argument("--fp-patch", type=int, default=24, help="classifier patch edge")
     parser.add_argument("--roi", type=int, default=64, help="sliding-window ROI at inference")
@@ -177,6 +196,7 @@ def main() -> int:
         sw_overlap=args.overlap,
         fp_patch_size=args.fp_patch,
         fp_channels=tuple(int(v) for v in args.fp_channels.split(",")),
+        candidate_peak_distance_mm=args.peak_distance,
     )
     t_train = float("nan")
     if args.retrain or not (model / "model.json").is_file():
@@ -193,6 +213,8 @@ def main() -> int:
             early_stopping_patience=args.patience,
             pos_neg=tuple(int(v) for v in args.pos_neg.split(",")),
             label_min_diameter_mm=args.label_min_diameter,
+            batch_dice=args.dice == "batch",
+            hard_negative_fraction=args.hard_fraction,
             resume=args.resume,
             seed=args.seed,
             progress=False,
@@ -261,6 +283,13 @@ def main() -> int:
             "",
         )
     )
+    rows.append(
+        (
+            "candidate peak distance / test-time flips (chosen on validation)",
+            f"{detector.config.candidate_peak_distance_mm:g} mm / {detector.config.test_time_flips}",
+            "",
+        )
+    )
     rows.append(("score combination (chosen on validation)", detector.config.combine, ""))
     rows.append(("test scans / nodules", f"{metrics['n_images']} / {metrics['n_nodules']}", ""))
     rows.append(
@@ -292,6 +321,13 @@ def main() -> int:
         (
             "spacing / patch / overlap / U-Net norm",
             f"{args.spacing} mm / {args.patch}^3 / {args.overlap} / {args.norm}",
+            "",
+        )
+    )
+    rows.append(
+        (
+            "U-Net Dice / hard-negative share of background patches",
+            f"{args.dice} / {args.hard_fraction:g}",
             "",
         )
     )

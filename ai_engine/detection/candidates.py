@@ -1,4 +1,5 @@
-"""Candidates: connected components of the U-Net's foreground probability map."""
+"""Candidates: regions of the U-Net's foreground probability map around its local maxima
+(connected components split by a watershed from the peaks)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,8 @@ class Candidate:
     """One candidate on the resampled (RAS) grid.
 
     Attributes:
-        center_voxel: probability-weighted centroid (fractional voxel indices, resampled grid).
+        center_voxel: centroid weighted by a power of the probability (fractional voxel
+            indices, resampled grid).
         diameter_mm: equivalent-sphere diameter of the component.
         prob: highest foreground probability in the component.
         component: label of the component in the label map returned with it.
@@ -35,29 +37,59 @@ def extract_candidates(
     threshold: float = 0.5,
     min_voxels: int = 1,
     max_candidates: int | None = None,
+    peak_distance_mm: float = 0.0,
+    center_power: float = 1.0,
 ) -> tuple[list[Candidate], np.ndarray]:
-    """Connected components (26-connectivity) of `prob >= threshold`.
+    """Candidate regions of `prob >= threshold`.
+
+    With `peak_distance_mm` 0 each connected component (26-connectivity) is one candidate.
+    Otherwise every local maximum of `prob` (the highest value within +-`peak_distance_mm` on
+    each axis; a plateau is one maximum) seeds a region, and a watershed of `-prob` inside the
+    thresholded mask splits the components between the seeds: a small nodule touching a vessel
+    or another nodule keeps its own candidate and centre instead of being merged into the
+    larger blob (whose probability-weighted centre then lies on neither). A component without
+    a local maximum of its own (a higher peak lies within the distance outside it) is seeded
+    at its highest voxel.
 
     Args:
         prob: (X, Y, Z) foreground probability.
         spacing_mm: voxel size along X, Y, Z.
         threshold: probability threshold.
-        min_voxels: drop smaller components.
+        min_voxels: drop smaller regions.
         max_candidates: keep the most probable ones.
+        peak_distance_mm: half-width of the local-maximum window (0: components only).
+        center_power: the center is the centroid weighted by prob ** center_power (higher:
+            nearer the confident core, less pulled by a vessel stump at lower probability).
 
     Returns:
         (candidates sorted by prob, highest first; int32 label map whose value k marks the
         voxels of the candidate with `component == k`).
     """
     spacing_mm = np.asarray(spacing_mm, dtype=np.float64)
-    labels, n = ndimage.label(prob >= threshold, structure=np.ones((3, 3, 3), bool))
+    structure = np.ones((3, 3, 3), bool)
+    mask = prob >= threshold
+    labels, n = ndimage.label(mask, structure=structure)
+    if n and peak_distance_mm > 0:
+        from skimage.segmentation import watershed
+
+        half = np.maximum(np.ceil(peak_distance_mm / spacing_mm).astype(int), 1)
+        peaks = mask & (prob >= ndimage.maximum_filter(prob, size=tuple(2 * half + 1)))
+        markers, n_markers = ndimage.label(peaks, structure=structure)
+        seeded = np.zeros(n + 1, bool)
+        seeded[labels[peaks]] = True
+        for k in np.flatnonzero(~seeded[1:]) + 1:
+            pos = ndimage.maximum_position(prob, labels, k)
+            n_markers += 1
+            markers[pos] = n_markers
+        labels = watershed(-prob, markers, mask=mask, connectivity=3)
+        n = int(n_markers)
     if n == 0:
         return [], labels.astype(np.int32)
     index = np.arange(1, n + 1)
     sizes = ndimage.sum_labels(np.ones_like(prob, dtype=np.float32), labels, index)
     peaks = ndimage.maximum(prob, labels, index)
-    centers = ndimage.center_of_mass(prob, labels, index)
-    boxes = ndimage.find_objects(labels)
+    centers = ndimage.center_of_mass(prob.astype(np.float64) ** center_power, labels, index)
+    boxes = ndimage.find_objects(labels, max_label=n)
     voxel_mm3 = float(np.prod(spacing_mm))
     out = []
     for k, size, peak, center, box in zip(index, sizes, peaks, centers, boxes, strict=True):

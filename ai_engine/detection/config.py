@@ -32,8 +32,17 @@ class DetectionConfig:
             may exceed the training patch; larger windows overlap less). None: `patch_size`.
         sw_overlap: sliding-window overlap.
         sw_batch_size: windows per forward pass.
+        test_time_flips: average the U-Net's probability over the image and its flips along
+            each axis (4 passes; training turns it on when it raises the validation CPM).
         candidate_threshold: foreground probability that makes a voxel part of a candidate.
-        min_candidate_voxels: smaller connected components are dropped.
+        min_candidate_voxels: smaller candidate regions are dropped.
+        candidate_peak_distance_mm: every local maximum of the probability map within
+            +-this distance seeds its own candidate (a watershed splits the thresholded
+            components between them, so a small nodule touching a vessel is not merged into
+            it); 0: one candidate per connected component. Training picks it on validation.
+        candidate_center_power: a candidate's center is its centroid weighted by
+            prob ** this (4: the confident core; 1: the plain probability-weighted centroid;
+            the hit radius of a 3-5 mm nodule is 1-1.7 voxels at 1.5 mm).
         max_candidates: at most this many candidates per scan (highest probability first).
         fp_patch_size: cube edge (voxels) of the classifier's patches (24 at 1.5 mm: 36 mm of
             context; the ResNet's last feature map is then 3^3 with its middle cell on the
@@ -55,8 +64,11 @@ class DetectionConfig:
     sw_roi_size: tuple[int, int, int] | None = (64, 64, 64)
     sw_overlap: float = 0.125
     sw_batch_size: int = 2
+    test_time_flips: bool = False
     candidate_threshold: float = 0.3
     min_candidate_voxels: int = 2
+    candidate_peak_distance_mm: float = 0.0
+    candidate_center_power: float = 4.0
     max_candidates: int = 64
     fp_patch_size: int = 24
     fp_channels: tuple[int, ...] = (16, 32, 64, 64)

@@ -135,14 +135,24 @@ class NoduleDetector:
 
     @torch.no_grad()
     def probability(self, image: torch.Tensor) -> np.ndarray:
-        """Foreground probability (X, Y, Z) by sliding-window U-Net inference on the body box."""
+        """Foreground probability (X, Y, Z) by sliding-window U-Net inference on the body box
+        (averaged over the flips of the three axes when `config.test_time_flips`)."""
         plain = image.as_subclass(torch.Tensor) if isinstance(image, MetaTensor) else image
         box = self.body_box(plain)
         crop = plain[(slice(None), *box)][None].to(self.device)
         use_amp = self.device.type == "cuda"
-        with torch.autocast(device_type=self.device.type, dtype=torch.float16, enabled=use_amp):
-            logits = self.inferer(crop, self.unet)
-        prob = torch.softmax(logits.float(), dim=1)[0, 1].cpu().numpy()
+        flips: list[tuple[int, ...]] = [()]
+        if self.config.test_time_flips:
+            flips += [(2,), (3,), (4,)]
+        total = None
+        for dims in flips:
+            x = torch.flip(crop, dims) if dims else crop
+            with torch.autocast(device_type=self.device.type, dtype=torch.float16, enabled=use_amp):
+                logits = self.inferer(x, self.unet)
+            p = torch.softmax(logits.float(), dim=1)[:, 1:2]
+            p = torch.flip(p, dims) if dims else p
+            total = p if total is None else total + p
+        prob = (total / len(flips))[0, 0].cpu().numpy()
         full = np.zeros(tuple(plain.shape[-3:]), dtype=np.float32)
         full[box] = prob
         return full
@@ -178,7 +188,13 @@ class NoduleDetector:
             )
         spacing = np.linalg.norm(np.asarray(image.affine, dtype=np.float64)[:3, :3], axis=0)
         cands, labels = extract_candidates(
-            prob, spacing, cfg.candidate_threshold, cfg.min_candidate_voxels, cfg.max_candidates
+            prob,
+            spacing,
+            cfg.candidate_threshold,
+            cfg.min_candidate_voxels,
+            cfg.max_candidates,
+            cfg.candidate_peak_distance_mm,
+            cfg.candidate_center_power,
         )
         centers = np.array([c.center_voxel for c in cands]).reshape(-1, 3)
         centers_mm = voxel_to_lps_mm(image, centers) if len(cands) else np.zeros((0, 3))

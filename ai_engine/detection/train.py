@@ -31,7 +31,7 @@ from monai.transforms import (
 from ai_engine.detection.config import DetectionConfig
 from ai_engine.detection.patches import balance, extract_patches, label_points, random_tissue_points
 from ai_engine.detection.pipeline import TASK, NoduleDetector
-from ai_engine.detection.transforms import preprocessing
+from ai_engine.detection.transforms import CropCentersd, preprocessing
 from ai_engine.errors import InputError
 from ai_engine.evaluation.froc import froc
 from ai_engine.modelfolder import Component, save_model_folder
@@ -79,11 +79,20 @@ class DetectionTrainOptions:
         batch_dice: the Dice over the whole batch (True) or per patch, averaged (False: a patch
             with a small nodule weighs as much as one with a large nodule).
         label_min_diameter_mm: the U-Net's target spheres are at least this wide.
+        balanced_nodules: positive U-Net patches are centred on each nodule equally often
+            (`CropCentersd`); False: uniformly over nodule voxels (MONAI's default, which
+            shows the large nodules far more often than the small ones).
+        hard_negative_fraction: with `balanced_nodules`, the share of background patches
+            centred on soft tissue beside the lung (vessels) rather than anywhere in the body.
         negative_min_hu: background U-Net patches are centred on voxels above this HU (inside
             the body); None: anywhere in the scan.
         candidate_thresholds: U-Net thresholds tried on the validation scans after stage 1;
             the one with the best candidate CPM becomes `config.candidate_threshold`
             (empty, or no validation scans: the configured threshold is kept).
+        candidate_peak_distances: `config.candidate_peak_distance_mm` values tried with the
+            thresholds (0: connected components); empty: the configured one is kept.
+        try_test_time_flips: after stage 1, also try `config.test_time_flips` on the validation
+            scans and keep it when it raises the candidates' CPM (it costs 4 U-Net passes).
         combine_modes: score combinations tried on the validation scans after stage 2; the one
             with the best CPM becomes `config.combine` ("candidate": the classifier is not
             used); empty, or no validation scans: the configured one is kept.
@@ -114,7 +123,11 @@ class DetectionTrainOptions:
     negative_min_hu: float | None = -950.0
     batch_dice: bool = True
     label_min_diameter_mm: float = 0.0
+    balanced_nodules: bool = True
+    hard_negative_fraction: float = 0.5
     candidate_thresholds: tuple[float, ...] = (0.05, 0.1, 0.2, 0.3, 0.5)
+    candidate_peak_distances: tuple[float, ...] = (0.0, 3.0)
+    try_test_time_flips: bool = True
     combine_modes: tuple[str, ...] = ("geometric", "product", "mean", "classifier", "candidate")
     mining_threshold: float = 0.1
     random_negatives: int = 24
@@ -178,16 +191,32 @@ def _candidate_stage(
         if opts.negative_min_hu is None
         else float((opts.negative_min_hu - lo_hu) / (hi_hu - lo_hu))
     )
+    centres: list[Any] = []
+    index_keys: list[str] = []
+    if opts.balanced_nodules:
+        centres = [
+            CropCentersd(
+                body_threshold=neg_thr,
+                lung_threshold=float((-500.0 - lo_hu) / (hi_hu - lo_hu)),
+                tissue_threshold=float((-300.0 - lo_hu) / (hi_hu - lo_hu)),
+                hard_fraction=opts.hard_negative_fraction,
+            )
+        ]
+        index_keys = ["fg_indices", "bg_indices"]
+    # Flattened (*.transforms): a nested Compose counts as random for CacheDataset, which then
+    # cached nothing and loaded, resampled and labelled a DICOM series for every patch.
     transform = Compose(
         [
-            preprocessing(
+            *preprocessing(
                 config.spacing_mm,
                 config.hu_range,
                 with_label=True,
                 label_min_diameter_mm=opts.label_min_diameter_mm,
-            ),
-            SelectItemsd(keys=["image", "label"]),  # nodule lists differ in length: no collate
+            ).transforms,
             SpatialPadd(keys=["image", "label"], spatial_size=config.patch_size),
+            *centres,
+            # nodule lists differ in length: no collate
+            SelectItemsd(keys=["image", "label", *index_keys]),
             RandCropByPosNegLabeld(
                 keys=["image", "label"],
                 label_key="label",
@@ -199,6 +228,8 @@ def _candidate_stage(
                 # in the air around it, which inference never has to reject
                 image_key="image" if opts.negative_min_hu is not None else None,
                 image_threshold=neg_thr,
+                fg_indices_key="fg_indices" if centres else None,
+                bg_indices_key="bg_indices" if centres else None,
                 allow_smaller=True,
             ),
             *spatial_augmentations(
@@ -255,29 +286,38 @@ def _candidate_stage(
 
 
 def choose_candidate_threshold(
-    detector: NoduleDetector, scans: Sequence[dict[str, Any]], thresholds: Sequence[float]
+    detector: NoduleDetector,
+    scans: Sequence[dict[str, Any]],
+    thresholds: Sequence[float],
+    peak_distances: Sequence[float] = (),
 ) -> tuple[float, dict[str, float]]:
     """The U-Net threshold with the best candidates-only CPM on `scans` (ties: the higher
-    threshold, fewer candidates). Returns (threshold, {threshold: cpm})."""
+    threshold, fewer candidates). With `peak_distances`, each is tried too and the best one is
+    left in `detector.config.candidate_peak_distance_mm` (ties: the earlier). Returns
+    (threshold, {threshold: cpm} or {"<threshold>@<distance>mm": cpm})."""
     probs = [detector.probability(s["image"]) for s in scans]
     saved = detector.config.candidate_threshold
+    distances = list(peak_distances) or [detector.config.candidate_peak_distance_mm]
     table: dict[str, float] = {}
-    best = (saved, -1.0)
+    best = (saved, -1.0, distances[0])
     try:
-        for thr in sorted(thresholds, reverse=True):
-            detector.config.candidate_threshold = float(thr)
-            points = []
-            for scan, prob in zip(scans, probs, strict=True):
-                cands, _labels, centers_mm = detector.candidates_from_probability(
-                    scan["image"], prob
-                )
-                points.append([d.as_point() for d in detector.finish(cands, centers_mm, None)])
-            cpm = froc(points, [s["nodules"] for s in scans]).cpm
-            table[f"{thr:g}"] = cpm
-            if cpm > best[1]:
-                best = (float(thr), cpm)
+        for dist in distances:
+            detector.config.candidate_peak_distance_mm = float(dist)
+            for thr in sorted(thresholds, reverse=True):
+                detector.config.candidate_threshold = float(thr)
+                points = []
+                for scan, prob in zip(scans, probs, strict=True):
+                    cands, _labels, centers_mm = detector.candidates_from_probability(
+                        scan["image"], prob
+                    )
+                    points.append([d.as_point() for d in detector.finish(cands, centers_mm, None)])
+                cpm = froc(points, [s["nodules"] for s in scans]).cpm
+                table[f"{thr:g}@{dist:g}mm" if peak_distances else f"{thr:g}"] = cpm
+                if cpm > best[1]:
+                    best = (float(thr), cpm, float(dist))
     finally:
         detector.config.candidate_threshold = saved
+        detector.config.candidate_peak_distance_mm = best[2]
     return best[0], table
 
 
@@ -498,14 +538,28 @@ def train_detector(
     val_scans = _preprocess_items(val_items, config)
     unet, info1 = _candidate_stage(train_items, val_scans, config, opts, out)
     if val_scans and opts.candidate_thresholds:
-        thr, table = choose_candidate_threshold(
-            NoduleDetector(config, unet, None, device=opts.device),
-            val_scans,
-            opts.candidate_thresholds,
+        best: tuple[float, float, bool, float] | None = None
+        for flips in (False, True) if opts.try_test_time_flips else (config.test_time_flips,):
+            config.test_time_flips = flips
+            probe = NoduleDetector(config, unet, None, device=opts.device)
+            thr, table = choose_candidate_threshold(
+                probe, val_scans, opts.candidate_thresholds, opts.candidate_peak_distances
+            )
+            info1.setdefault("candidate_threshold", {})[f"flips={flips}"] = table
+            _log(f"[candidates] test-time flips {flips}: CPM by threshold(@peak distance) {table}")
+            cpm = max(table.values())
+            if best is None or cpm > best[1]:
+                best = (thr, cpm, flips, probe.config.candidate_peak_distance_mm)
+        assert best is not None
+        config.candidate_threshold, _cpm, config.test_time_flips = best[:3]
+        config.candidate_peak_distance_mm = best[3]
+        info1["candidate_threshold"]["chosen"] = best[0]
+        info1["test_time_flips"] = best[2]
+        info1["candidate_peak_distance_mm"] = best[3]
+        _log(
+            f"[candidates] threshold {best[0]:g}, peak distance {best[3]:g} mm, test-time flips "
+            f"{best[2]} chosen on validation"
         )
-        config.candidate_threshold = thr
-        info1["candidate_threshold"] = {"chosen": thr, "validation_cpm": table}
-        _log(f"[candidates] threshold {thr:g} chosen on validation (CPM by threshold {table})")
     _log(f"preprocessing {len(train_items)} training scans for candidate mining")
     train_scans = _preprocess_items(train_items, config)
     classifier, info2 = _fp_stage(unet, train_scans, val_scans, config, opts, out)

@@ -540,3 +540,85 @@ def test_unknown_unet_loss_is_refused(data, tmp_path):
     with pytest.raises(InputError, match="loss must be dicece or dicefocal"):
         train_detector(load_datalist(datalist), tmp_path / "m", TINY, opts)
     assert not (tmp_path / "m" / "model.json").exists()
+
+
+def test_local_maxima_split_a_small_blob_from_a_large_one_it_touches():
+    """Two touching blobs (a 10 mm one at p 0.9 and a 4 mm one at p 0.6 next to it) form one
+    connected component; the peak extraction gives each its own candidate at its own centre."""
+    grid = np.indices((40, 40, 40)).transpose(1, 2, 3, 0).astype(np.float64)
+    big, small = np.array([15.0, 20, 20]), np.array([21.0, 20, 20])
+    d_big = np.linalg.norm(grid - big, axis=-1)
+    d_small = np.linalg.norm(grid - small, axis=-1)
+    prob = np.maximum(0.9 * np.exp(-((d_big / 4.0) ** 2)), 0.6 * np.exp(-((d_small / 1.5) ** 2)))
+    spacing = np.ones(3)
+    merged, _ = extract_candidates(prob, spacing, threshold=0.2)
+    assert len(merged) == 1
+    split, labels = extract_candidates(prob, spacing, threshold=0.2, peak_distance_mm=2.0)
+    assert len(split) == 2
+    assert np.allclose(split[0].center_voxel, big, atol=0.6)
+    assert np.allclose(split[1].center_voxel, small, atol=0.6)
+    assert split[0].prob == pytest.approx(0.9, abs=0.01)
+    assert split[1].prob == pytest.approx(0.6, abs=0.01)
+    # the label map partitions the thresholded voxels between the candidates
+    assert set(np.unique(labels)) == {0, split[0].component, split[1].component}
+    assert np.array_equal(labels > 0, prob >= 0.2)
+
+
+def test_a_weak_blob_beside_a_stronger_peak_still_gets_a_candidate():
+    """A separate component whose maximum is not a local maximum of the window (a higher peak
+    lies within the distance, outside it) is seeded at its own highest voxel."""
+    prob = np.zeros((20, 20, 20), np.float32)
+    prob[5, 10, 10], prob[7, 10, 10] = 0.9, 0.5
+    cands, _ = extract_candidates(prob, np.ones(3), threshold=0.3, peak_distance_mm=3.0)
+    assert sorted(c.prob for c in cands) == pytest.approx([0.5, 0.9])
+
+
+def test_crop_centres_give_every_nodule_the_same_share():
+    """`CropCentersd`: a 3-voxel and a 500-voxel nodule get the same number of positive crop
+    centres, all on nodule voxels; background centres lie in the body outside the nodules, and
+    about `hard_fraction` of them on soft tissue beside the lung."""
+    from ai_engine.detection.transforms import CropCentersd
+
+    image = np.full((1, 40, 40, 40), 0.1, np.float32)  # lung
+    image[0, :, :, :4] = 0.75  # chest wall (soft tissue)
+    label = np.zeros((1, 40, 40, 40), np.float32)
+    label[0, 10:18, 10:18, 10:18] = 1  # 512 voxels
+    label[0, 30, 30, 30:33] = 1  # 3 voxels
+    image[label > 0] = 0.75
+    out = CropCentersd(per_nodule=32, body_threshold=0.05, hard_fraction=0.5)(
+        {"image": image, "label": label}
+    )
+    fg = np.unravel_index(out["fg_indices"], label.shape[1:])
+    assert len(out["fg_indices"]) == 64
+    assert label[0][fg].all()
+    assert (np.asarray(fg[0]) == 30).sum() == 32
+    bg = np.unravel_index(out["bg_indices"], label.shape[1:])
+    assert not label[0][bg].any()
+    hard = (image[0][bg] > 0.5).mean()
+    assert 0.45 < hard < 0.6  # half hard by design, plus the body's own soft-tissue share
+
+
+def test_test_time_flips_average_the_flipped_passes():
+    """With `test_time_flips` the map is the mean of four passes (the image and its flips
+    along each axis, flipped back): for a network that marks its input's left half, the
+    x-flipped pass marks the right half and the other two the left."""
+    from monai.data import MetaTensor
+
+    from ai_engine.detection.pipeline import NoduleDetector
+
+    class LeftHalf(torch.nn.Module):
+        def forward(self, x):
+            out = torch.zeros(x.shape[0], 2, *x.shape[2:])
+            out[:, 0] = 5.0
+            out[:, 1, : x.shape[2] // 2] = 10.0
+            return out
+
+    cfg = DetectionConfig(
+        patch_size=(16, 16, 16), sw_roi_size=(32, 32, 32), unet_channels=(4, 8), sw_overlap=0.0
+    )
+    image = MetaTensor(torch.ones(1, 32, 32, 32))
+    plain = NoduleDetector(cfg, LeftHalf()).probability(image)
+    assert plain[:16].min() > 0.99 and plain[16:].max() < 0.01
+    cfg.test_time_flips = True
+    flipped = NoduleDetector(cfg, LeftHalf()).probability(image)
+    assert np.allclose(flipped, (3 * plain + plain[::-1]) / 4, atol=1e-6)
