@@ -3,8 +3,8 @@
 Strategies:
 
 * "uncertainty": per study, `mc_samples` MC-dropout passes (`ai_engine.active_learning.
-  mc_dropout`) give the predictive entropy (the ranking signal) and the mutual information
-  (BALD, reported); with `tta`, flipped / intensity-shifted copies give the TTA variance.
+  mc_dropout`) give the predictive entropy (the ranking signal), the mutual information
+  (BALD) and for grading the margin of the two likeliest grades (both reported); with `tta`, flipped / intensity-shifted copies give the TTA variance.
   The study's uncertainty is `u = entropy` without TTA and `u = (entropy + 4 * tta_variance)
   / 2` with it (both terms in [0, 1]). The queue is then built greedily, trading `u`
   against the cosine distance of the network's penultimate features to the studies queued
@@ -167,6 +167,7 @@ class _GradingScorer:
         comps: dict[str, Any] = {
             "entropy": unc["entropy"],
             "bald": unc["bald"],
+            "margin": unc["margin"],
             "mc_mean_probabilities": {
                 str(g): round(p, 4) for g, p in zip(GRADES, unc["mean_probabilities"], strict=True)
             },

@@ -55,7 +55,8 @@ def class_uncertainty(samples: np.ndarray) -> dict[str, float]:
     """Entropy and mutual information of (T, C) class distributions, both in [0, 1].
 
     Returns:
-        `{"entropy": H[p̄]/log C, "bald": I/log C, "mean_probabilities": p̄}`.
+        `{"entropy": H[p̄]/log C, "bald": I/log C, "margin": 1 - (p̄_(1) - p̄_(2)),
+        "mean_probabilities": p̄}` (p̄_(1) >= p̄_(2): the two largest mean probabilities).
     """
     samples = np.asarray(samples, dtype=np.float64)
     if samples.ndim != 2 or samples.shape[1] < 2:
@@ -64,9 +65,11 @@ def class_uncertainty(samples: np.ndarray) -> dict[str, float]:
     norm = np.log(samples.shape[1])
     total = float(entropy(mean)) / norm
     expected = float(entropy(samples, axis=1).mean()) / norm
+    top2 = np.sort(mean)[-2:]
     return {
         "entropy": total,
         "bald": max(total - expected, 0.0),
+        "margin": float(1.0 - (top2[1] - top2[0])),
         "mean_probabilities": [float(v) for v in mean],
     }
 
