@@ -132,7 +132,7 @@ def main() -> int:
     parser.add_argument("--spatial-size", type=parse_size, default=(32, 32, 32), help="model grid")
     parser.add_argument("--cnn-epochs", type=int, default=30)
     parser.add_argument("--vit-epochs", type=int, default=30)
-    parser.add_argument("--student-epochs", type=int, default=10)
+    parser.add_argument("--student-epochs", type=int, default=30)
     parser.add_argument("--cnn-lr", type=float, default=1e-3)
     parser.add_argument("--vit-lr", type=float, default=3e-4)
     parser.add_argument("--vit-warmup", type=int, default=24, help="ViT warm-up steps")
