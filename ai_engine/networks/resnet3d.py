@@ -24,6 +24,29 @@ def _upsample_like(x: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
 torch.fx.wrap("_upsample_like")
 
 
+def _monai_resnet(
+    in_channels: int,
+    num_classes: int,
+    layers: Sequence[int],
+    block_inplanes: Sequence[int],
+    block: str,
+    conv1_t_size: int,
+    conv1_t_stride: int,
+    no_max_pool: bool,
+) -> ResNet:
+    return ResNet(
+        block=block,
+        layers=list(layers),
+        block_inplanes=list(block_inplanes),
+        spatial_dims=3,
+        n_input_channels=in_channels,
+        conv1_t_size=conv1_t_size,
+        conv1_t_stride=conv1_t_stride,
+        no_max_pool=no_max_pool,
+        num_classes=num_classes,
+    )
+
+
 class GatedResNet(torch.nn.Module):
     """MONAI ResNet stages 1-3 fused on stage 1's grid, a tumor gate and a linear head.
 
@@ -70,17 +93,10 @@ class GatedResNet(torch.nn.Module):
         super().__init__()
         if num_classes < 2:
             raise ValueError(f"GatedResNet needs num_classes >= 2, got {num_classes}")
-        base = ResNet(
-            block=block,
-            layers=list(layers),
-            block_inplanes=list(block_inplanes),
-            spatial_dims=3,
-            n_input_channels=in_channels,
-            conv1_t_size=conv1_t_size,
-            conv1_t_stride=conv1_t_stride,
-            no_max_pool=no_max_pool,
-            num_classes=num_classes,
-        )
+        base = _monai_resnet(
+            in_channels, num_classes, layers, block_inplanes, block,
+            conv1_t_size, conv1_t_stride, no_max_pool,
+        )  # fmt: skip
         self.conv1, self.bn1, self.act = base.conv1, base.bn1, base.act
         self.maxpool = None if no_max_pool else base.maxpool
         self.layer1, self.layer2, self.layer3 = base.layer1, base.layer2, base.layer3
@@ -152,14 +168,7 @@ def resnet3d(
             normalize_gate=normalize_gate,
             gate_offset=gate_offset,
         )
-    return ResNet(
-        block=block,
-        layers=list(layers),
-        block_inplanes=list(block_inplanes),
-        spatial_dims=3,
-        n_input_channels=in_channels,
-        conv1_t_size=conv1_t_size,
-        conv1_t_stride=conv1_t_stride,
-        no_max_pool=no_max_pool,
-        num_classes=num_classes,
-    )
+    return _monai_resnet(
+        in_channels, num_classes, layers, block_inplanes, block,
+        conv1_t_size, conv1_t_stride, no_max_pool,
+    )  # fmt: skip
