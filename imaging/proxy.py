@@ -42,16 +42,14 @@ from rest_framework.views import APIView
 
 from imaging.exceptions import ImagingError, OrthancError
 from imaging.models import Instance, Series, Study
-from imaging.orthanc import OrthancClient
+from imaging.orthanc import OrthancClient, UpstreamAnswer, raw_frame_reader
 from imaging.proxy_frames import (
     FRAME_MEDIA_TYPES,
     FrameTarget,
     FrameTokenAuthentication,
     MultipartFrames,
-    UpstreamAnswer,
     find_frame_target,
     frame_target,
-    raw_frame_reader,
     reader_of,
     wants_stored_encoding,
 )

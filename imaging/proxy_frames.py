@@ -32,15 +32,10 @@ more than running them.
 
 from __future__ import annotations
 
-import base64
-import threading
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
-from urllib.parse import urlsplit
 
-import urllib3
-from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.db import connections, router
 from django.utils.translation import gettext as _
@@ -48,7 +43,6 @@ from rest_framework.authentication import TokenAuthentication
 from rest_framework.authtoken.models import Token
 from rest_framework.exceptions import AuthenticationFailed, NotFound
 
-from imaging.exceptions import OrthancError, OrthancUnavailable
 from imaging.models import Instance
 
 # Stored transfer syntax -> media type of a frame (PS3.18 Table 8.7.3-2). Only syntaxes
@@ -243,80 +237,6 @@ def reader_of(request) -> tuple[int, bool] | None:
     if not user.is_authenticated or not user.is_active:
         return None
     return user.pk, user.is_superuser
-
-
-@dataclass(frozen=True)
-class UpstreamAnswer:
-    """An Orthanc answer that is not a frame: its status, reason and body (for the error)."""
-
-    status: int
-    reason: str
-    body: bytes
-
-
-class RawFrameReader:
-    """Orthanc's raw frames over a pool of keep-alive connections (urllib3, no `requests`).
-
-    `requests` costs about 0.5 ms of Python per call on top of urllib3 (session merging,
-    hooks, cookie jars); Orthanc itself answers a raw frame in about 0.15 ms, so on the
-    frame path `requests` was most of the upstream time. The pool is per process and
-    thread-safe (gunicorn's threads share it); errors read like `OrthancClient`'s:
-    unreachable -> `OrthancUnavailable` (503), 401 or 5xx -> `OrthancError` (502), any
-    other non-200 comes back as an `UpstreamAnswer` for the caller to map.
-    """
-
-    def __init__(self, url: str, username: str, password: str, timeout_s: float) -> None:
-        parts = urlsplit(url)
-        self.url = url
-        self.prefix = parts.path.rstrip("/")
-        self.pool = urllib3.connection_from_url(
-            url,
-            maxsize=16,
-            timeout=urllib3.Timeout(connect=timeout_s, read=timeout_s),
-            # One new connection if a kept-alive one turned out dead (Orthanc restarted);
-            # never a second read: a GET that reached Orthanc is answered or fails.
-            retries=urllib3.Retry(total=1, connect=1, read=0, redirect=0, status=0),
-        )
-        credentials = base64.b64encode(f"{username}:{password}".encode()).decode()
-        self.headers = {"Authorization": f"Basic {credentials}"}
-
-    def read(self, orthanc_id: str, number: int) -> bytes | UpstreamAnswer:
-        """Frame `number` (1-based) of the instance, as stored."""
-        path = f"{self.prefix}/instances/{orthanc_id}/frames/{number - 1}/raw"
-        try:
-            answer = self.pool.request("GET", path, headers=self.headers)
-        except urllib3.exceptions.HTTPError as exc:
-            raise OrthancUnavailable(
-                f"Orthanc at {self.url} is unreachable ({type(exc).__name__}); try again later."
-            ) from exc
-        if answer.status == 200:
-            return answer.data
-        if answer.status == 401:
-            raise OrthancError("Orthanc rejected the platform's credentials (HTTP 401).")
-        if answer.status >= 500:
-            raise OrthancError(
-                f"Orthanc failed on GET {path}: HTTP {answer.status} {answer.data[:200]!r}"
-            )
-        return UpstreamAnswer(answer.status, answer.reason or "", answer.data)
-
-
-_readers: dict[tuple, RawFrameReader] = {}
-_readers_lock = threading.Lock()
-
-
-def raw_frame_reader() -> RawFrameReader:
-    """The process's reader for the configured Orthanc (rebuilt when tests change it)."""
-    key = (
-        settings.ORTHANC_URL,
-        settings.ORTHANC_USERNAME,
-        settings.ORTHANC_PASSWORD,
-        settings.ORTHANC_TIMEOUT_S,
-    )
-    reader = _readers.get(key)
-    if reader is None:
-        with _readers_lock:
-            reader = _readers.setdefault(key, RawFrameReader(*key))
-    return reader
 
 
 class MultipartFrames:

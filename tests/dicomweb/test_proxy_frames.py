@@ -21,11 +21,10 @@ from rest_framework.test import APIClient
 from imaging import proxy
 from imaging.exceptions import OrthancError, OrthancUnavailable
 from imaging.models import Instance, Study
+from imaging.orthanc import UpstreamAnswer, raw_frame_reader
 from imaging.proxy_frames import (
     FRAME_MEDIA_TYPES,
     FrameTokenAuthentication,
-    UpstreamAnswer,
-    raw_frame_reader,
     wants_stored_encoding,
 )
 from projects.models import Membership, Role
