@@ -105,6 +105,15 @@ class DetectionConfig:
             raise ValueError(
                 f"combine must be one of {', '.join(COMBINE_MODES)}, got {self.combine!r}"
             )
+        if self.candidate_peak_distance_mm < 0:
+            raise ValueError(
+                "candidate_peak_distance_mm must be >= 0 (0: connected components), "
+                f"got {self.candidate_peak_distance_mm}"
+            )
+        if self.candidate_center_power <= 0:
+            raise ValueError(
+                f"candidate_center_power must be > 0, got {self.candidate_center_power}"
+            )
 
     @property
     def unet_kwargs(self) -> dict[str, Any]:

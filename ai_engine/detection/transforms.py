@@ -209,7 +209,8 @@ class CropCentersd(MapTransform):
         per_nodule: indices per nodule (evenly spread over its voxels).
         body_threshold, lung_threshold, tissue_threshold: window values (0-1) of the body, the
             lung and soft tissue.
-        hard_fraction: share of the background indices on soft tissue beside the lung.
+        hard_fraction: share of the background indices on soft tissue beside the lung, in
+            [0, 1).
         max_background: at most this many background indices of each kind (evenly spread).
     """
 
@@ -235,6 +236,11 @@ class CropCentersd(MapTransform):
         self.tissue_threshold = float(tissue_threshold)
         self.hard_fraction = float(hard_fraction)
         self.max_background = int(max_background)
+        if self.per_nodule < 1:
+            raise ValueError(f"per_nodule must be >= 1, got {per_nodule}")
+        if not 0.0 <= self.hard_fraction < 1.0:
+            # 1 would leave no ordinary background at all (and the share is a ratio of the two)
+            raise ValueError(f"hard_fraction must be in [0, 1), got {hard_fraction}")
 
     @staticmethod
     def _spread(idx: np.ndarray, n: int) -> np.ndarray:

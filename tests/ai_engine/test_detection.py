@@ -502,6 +502,10 @@ def test_unet_norm_is_recorded_and_old_network_kwargs_still_build_batch_norm():
         DetectionConfig(unet_norm="layer")
     with pytest.raises(ValueError, match="combine"):
         DetectionConfig(combine="max")
+    with pytest.raises(ValueError, match="candidate_peak_distance_mm must be >= 0"):
+        DetectionConfig(candidate_peak_distance_mm=-1.0)
+    with pytest.raises(ValueError, match="candidate_center_power must be > 0"):
+        DetectionConfig(candidate_center_power=0.0)
 
 
 def test_combine_candidate_ignores_the_classifier():
@@ -596,6 +600,21 @@ def test_crop_centres_give_every_nodule_the_same_share():
     assert not label[0][bg].any()
     hard = (image[0][bg] > 0.5).mean()
     assert 0.45 < hard < 0.6  # half hard by design, plus the body's own soft-tissue share
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"hard_fraction": 1.0}, r"hard_fraction must be in \[0, 1\)"),
+        ({"hard_fraction": -0.1}, r"hard_fraction must be in \[0, 1\)"),
+        ({"per_nodule": 0}, "per_nodule must be >= 1"),
+    ],
+)
+def test_crop_centres_refuse_settings_outside_their_range(kwargs, message):
+    from ai_engine.detection.transforms import CropCentersd
+
+    with pytest.raises(ValueError, match=message):
+        CropCentersd(**kwargs)
 
 
 def test_test_time_flips_average_the_flipped_passes():

@@ -349,6 +349,19 @@ def test_cli_bad_datalist(tmp_path, phantoms, capsys, mutate, message):
             ],
             "--pretrained",
         ),
+        (
+            [
+                "grading",
+                "train",
+                "--datalist",
+                "{data}",
+                "--out",
+                "{tmp}/m",
+                "--seg-aux-weight",
+                "-1",
+            ],
+            "seg_aux_weight must be >= 0",
+        ),
         (["export", "--model", "{tmp}/none", "--out", "{tmp}/e"], "model folder not found"),
         (["quantize", "--model", "{tmp}/none", "--out", "{tmp}/q"], "model folder not found"),
         (
