@@ -92,6 +92,12 @@ def main() -> None:
         help="gunicorn worker processes (4 threads each); production's default is 3",
     )
     parser.add_argument(
+        "--server",
+        choices=("gunicorn", "granian"),
+        default="gunicorn",
+        help="WSGI server of the app: gunicorn (gthread) or granian (Rust, WSGI interface)",
+    )
+    parser.add_argument(
         "--learn-transfer-syntax",
         action="store_true",
         help="leave Instance.transfer_syntax_uid blank (the proxy asks Orthanc once each)",
@@ -165,26 +171,19 @@ def main() -> None:
             credentials = {"Authorization": f"Token {token}"}
 
         port = free_port()
-        server = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "gunicorn",
-                "config.wsgi",
-                "--bind",
-                f"127.0.0.1:{port}",
-                "--workers",
-                str(args.workers),
-                "--threads",
-                "4",
-                "--worker-class",
-                "gthread",
-                "--log-level",
-                "warning",
-            ],
-            cwd=REPO,
-            env=env,
-        )
+        if args.server == "granian":
+            command = [
+                sys.executable, "-m", "granian", "--interface", "wsgi", "config.wsgi:application",
+                "--host", "127.0.0.1", "--port", str(port), "--workers", str(args.workers),
+                "--blocking-threads", "4", "--log-level", "warning", "--no-access-log",
+            ]
+        else:
+            command = [
+                sys.executable, "-m", "gunicorn", "config.wsgi", "--bind", f"127.0.0.1:{port}",
+                "--workers", str(args.workers), "--threads", "4", "--worker-class", "gthread",
+                "--log-level", "warning",
+            ]
+        server = subprocess.Popen(command, cwd=REPO, env=env)
         app = f"http://127.0.0.1:{port}"
         wait_for(f"{app}/api/health")
 

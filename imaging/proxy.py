@@ -590,11 +590,16 @@ class RetrieveInstanceFrames(DicomwebView):
     authentication_classes = [FrameTokenAuthentication, SessionAuthentication]
 
     @classmethod
+    def allow_header(cls) -> str:
+        """DRF's `Allow` header of this view (for the answers DRF does not make)."""
+        probe = cls()
+        probe.setup(None)  # as DRF's view does per request (adds HEAD)
+        return ", ".join(probe.allowed_methods)
+
+    @classmethod
     def as_view(cls, **initkwargs):
         drf_view = super().as_view(**initkwargs)
-        probe = cls(**initkwargs)
-        probe.setup(None)  # as DRF's view does per request (adds HEAD)
-        allow = ", ".join(probe.allowed_methods)  # DRF's `Allow` header
+        allow = cls.allow_header()
 
         def view(request: HttpRequest, **kwargs: str) -> HttpResponseBase:
             response = cls.answer_directly(request, **kwargs)

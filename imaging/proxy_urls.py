@@ -58,6 +58,7 @@ STUDY = f"{ROOT}/studies/<uid:study>"
 SERIES = f"{STUDY}/series/<uid:series>"
 INSTANCE = f"{SERIES}/instances/<uid:instance>"
 FRAMES = f"{INSTANCE}/frames/<frames:frames>"
+FRAMES_ROUTE_NAME = "dicomweb-retrieve-instance-frames"  # also matched by proxy_fastlane
 
 urlpatterns = [
     # QIDO-RS
@@ -94,7 +95,7 @@ urlpatterns = [
         name="dicomweb-retrieve-instance-metadata",
     ),
     # WADO-RS frames and bulk data
-    path(FRAMES, proxy.RetrieveInstanceFrames.as_view(), name="dicomweb-retrieve-instance-frames"),
+    path(FRAMES, proxy.RetrieveInstanceFrames.as_view(), name=FRAMES_ROUTE_NAME),
     path(
         f"{INSTANCE}/bulk/<bulktag:tag>",
         proxy.RetrieveBulkdata.as_view(),
