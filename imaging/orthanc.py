@@ -217,7 +217,7 @@ class RawFrameReader:
     `requests` costs about 0.5 ms of Python per call on top of urllib3 (session merging,
     hooks, cookie jars); Orthanc itself answers a raw frame in about 0.15 ms, so on the
     frame path `requests` was most of the upstream time. The pool is per process and
-    thread-safe (gunicorn's threads share it); errors are `OrthancClient`'s:
+    thread-safe (granian's blocking threads share it); errors are `OrthancClient`'s:
     unreachable -> `OrthancUnavailable` (503), 401 or 5xx -> `OrthancError` (502), any
     other non-200 comes back as an `UpstreamAnswer` for the caller to map.
     """

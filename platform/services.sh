@@ -247,12 +247,18 @@ web_up() { http_ok "http://$HTTP_HOST:$HTTP_PORT/accounts/login/"; }
 start_web() {
   if pid_alive "$WEB_PID"; then say "web: already running (pid $(cat "$WEB_PID"))"; return 0; fi
   need_venv; mkdir -p "$LOG" "$RUN"
-  (cd "$REPO" && "$VENV/bin/gunicorn" config.wsgi:application \
-    --bind "$HTTP_HOST:$HTTP_PORT" --workers "${WEB_CONCURRENCY:-2}" --timeout 120 \
-    --pid "$WEB_PID" --daemon \
-    --access-logfile "$LOG/web-access.log" --error-logfile "$LOG/web.log")
+  # Granian has no daemon mode: it runs in the background in its own session, and its main
+  # process writes (and on exit removes) the pid file that stop_web signals.
+  rm -f "$WEB_PID"
+  (cd "$REPO" && exec setsid "$VENV/bin/granian" --interface wsgi config.wsgi:application \
+    --host "$HTTP_HOST" --port "$HTTP_PORT" --workers "${WEB_CONCURRENCY:-2}" --blocking-threads 4 \
+    --workers-kill-timeout 30 --pid-file "$WEB_PID" --access-log >>"$LOG/web.log" 2>&1 </dev/null) &
+  local launched=$!
   local deadline=$((SECONDS + 60))
-  until web_up; do
+  until web_up && pid_alive "$WEB_PID"; do
+    if ! kill -0 "$launched" 2>/dev/null; then
+      rm -f "$WEB_PID"; die "web exited while starting; see $LOG/web.log"
+    fi
     (( SECONDS < deadline )) || die "web did not answer on $HTTP_HOST:$HTTP_PORT within 60 s; see $LOG/web.log"
     sleep 0.3
   done

@@ -46,9 +46,31 @@ def test_build_context_and_dockerfile_exist(name):
     assert (context / build["dockerfile"]).is_file()
 
 
+DOCKERFILE = (REPO / "platform/docker/Dockerfile").read_text()
+# The image's defaults for the web server: `ENV GRANIAN_...=value` lines of the Dockerfile.
+IMAGE_GRANIAN_ENV = dict(re.findall(r"\b(GRANIAN_[A-Z0-9_]+)=(\S+)", DOCKERFILE))
+
+
+def _granian_env_names() -> set[str]:
+    """The variables granian reads: one GRANIAN_<OPTION> per option (click's auto prefix)."""
+    import click
+    from granian.cli import cli
+
+    return {f"GRANIAN_{p.name.upper()}" for p in cli.params if isinstance(p, click.Option)}
+
+
+def _compose_default(value) -> str:
+    """`${NAME:-default}` as compose renders it when NAME is unset."""
+    return re.sub(r"\$\{[A-Z0-9_]+:-([^}]*)\}", r"\1", str(value))
+
+
 @pytest.mark.parametrize("name", APP_SERVICES)
 def test_app_environment_is_read_by_settings(name):
     env = SERVICES[name]["environment"]
+    if SERVICES[name]["command"][0] == "granian":
+        server_env = {k for k in env if k.startswith("GRANIAN_")}
+        assert server_env <= _granian_env_names(), f"{name}: granian reads no {server_env}"
+        env = {k: v for k, v in env.items() if k not in server_env}
     unknown = sorted(set(env) - SETTINGS_ENV)
     assert not unknown, f"{name} sets variables settings.py never reads: {unknown}"
     for required in ("DJANGO_SECRET_KEY", "DATABASE_URL", "REDIS_URL", "ORTHANC_URL"):
@@ -61,21 +83,52 @@ def _manage_commands() -> set[str]:
     return set(get_commands())
 
 
+def _check_granian_command(command: list[str], env: dict) -> dict:
+    """Parse `command` as granian would, with `env` (compose defaults rendered) as its
+    GRANIAN_* settings; the WSGI target and every file it names must exist."""
+    import click
+    from granian.cli import cli
+
+    server_env = {k: _compose_default(v) for k, v in env.items() if k.startswith("GRANIAN_")}
+    assert set(server_env) <= _granian_env_names(), f"granian reads no {set(server_env)}"
+    saved = os.environ.copy()
+    cwd = Path.cwd()
+    try:
+        for k in list(os.environ):
+            if k.startswith("GRANIAN_"):
+                del os.environ[k]
+        os.environ.update(server_env)
+        os.chdir(REPO)  # the image's WORKDIR is the repository
+        ctx = cli.make_context("granian", list(command[1:]), auto_envvar_prefix="GRANIAN")
+    finally:
+        os.chdir(cwd)
+        os.environ.clear()
+        os.environ.update(saved)
+    params = ctx.params
+    assert params["interface"] == "wsgi", params["interface"]
+    module, _, attr = params["app"].partition(":")
+    source = REPO / (module.replace(".", "/") + ".py")
+    assert source.is_file(), source
+    assert re.search(rf"^{attr or 'application'}\s*=", source.read_text(), re.M)
+    # Files it reads (log config, TLS, env files, static mounts...) exist: no dangling path.
+    for param in cli.params:
+        value = params.get(param.name)
+        if not isinstance(param.type, click.Path) or param.name in {"pid_file", "uds"}:
+            continue
+        for path in value if isinstance(value, (list, tuple)) else [value]:
+            if path is not None:
+                assert (REPO / path).exists(), f"granian --{param.name}: {path} is missing"
+    return params
+
+
 @pytest.mark.parametrize("name", APP_SERVICES)
 def test_commands_name_things_that_exist(name):
     command = SERVICES[name]["command"]
     assert isinstance(command, list), "use the exec form"
     executable = command[0]
-    if executable == "gunicorn":
-        module, _, attr = command[1].partition(":")
-        assert (REPO / (module.replace(".", "/") + ".py")).is_file()
-        assert re.search(
-            rf"^{attr or 'application'}\s*=",
-            (REPO / (module.replace(".", "/") + ".py")).read_text(),
-            re.M,
-        )
-        config = command[command.index("--config") + 1]
-        assert (REPO / config).is_file()
+    if executable == "granian":
+        env = {**IMAGE_GRANIAN_ENV, **SERVICES[name]["environment"]}
+        _check_granian_command(command, env)
     elif executable == "celery":
         assert command[1:3] == ["-A", "worker"] and (REPO / "worker/celery.py").is_file()
         assert command[3] in {"worker", "beat"}
@@ -133,8 +186,27 @@ def test_dockerfile_copies_and_runs_what_exists():
     dockerfile = (REPO / "platform/docker/Dockerfile").read_text()
     for path in re.findall(r"^COPY (?!\. )(.+) \./$", dockerfile, re.M)[0].split():
         assert (REPO / path).is_file(), path
-    assert "platform/docker/gunicorn.conf.py" in dockerfile
     assert "collectstatic" in dockerfile
+    # The image's default command is the web server, as compose's web service runs it.
+    import json
+
+    cmd = json.loads(re.findall(r"^CMD (\[.*\])$", dockerfile, re.M)[-1])
+    assert cmd == SERVICES["web"]["command"]
+    params = _check_granian_command(cmd, IMAGE_GRANIAN_ENV)
+    assert (params["host"], params["port"], params["log_access_enabled"]) == ("0.0.0.0", 8000, True)
+
+
+def test_web_listens_where_compose_publishes_it_and_logs_requests():
+    params = _check_granian_command(
+        SERVICES["web"]["command"], {**IMAGE_GRANIAN_ENV, **SERVICES["web"]["environment"]}
+    )
+    assert params["host"] == "0.0.0.0"
+    published = {p.rsplit(":", 1)[1] for p in SERVICES["web"]["ports"]}
+    assert published == {str(params["port"])}
+    assert params["log_access_enabled"] is True
+    # WEB_CONCURRENCY keeps its meaning: the number of worker processes, 3 by default.
+    assert SERVICES["web"]["environment"]["GRANIAN_WORKERS"] == "${WEB_CONCURRENCY:-3}"
+    assert params["workers"] == 3
 
 
 def test_docker_compose_validates_the_file(tmp_path):
