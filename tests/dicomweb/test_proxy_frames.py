@@ -425,6 +425,43 @@ def test_frame_requests_skip_drf_once_the_syntax_is_known_and_answer_the_same(
         assert without_boundaries(ours) == without_boundaries(drfs)
 
 
+@pytest.fixture
+def url_resolutions(monkeypatch):
+    """The paths Django's URL resolver was asked for."""
+    from django.core.handlers.base import BaseHandler
+
+    paths: list[str] = []
+    original = BaseHandler.resolve_request
+
+    def spy(self, request):
+        paths.append(request.path)
+        return original(self, request)
+
+    monkeypatch.setattr(BaseHandler, "resolve_request", spy)
+    return paths
+
+
+def test_token_frame_requests_are_answered_ahead_of_the_url_resolver(
+    ct, project, reader, client, url_resolutions, drf_dispatches
+):
+    """`FrameFastLane` answers a servable token request before the middleware below it and
+    the resolver run, with the security headers of the stack; a session request (no
+    Authorization header) and a request it cannot serve go down the stack."""
+    Instance.objects.filter(sop_instance_uid__in=ct.sop_instance_uids).update(
+        transfer_syntax_uid=str(ct.datasets[0].file_meta.TransferSyntaxUID)
+    )
+    url, tokens = frames_url(project, ct), token_client(reader)
+    answer = tokens.get(url, HTTP_ACCEPT=CORNERSTONE_FRAMES)
+    assert answer.status_code == 200 and url_resolutions == [] and drf_dispatches == []
+    assert answer["X-Content-Type-Options"] == "nosniff"  # SecurityMiddleware's, above the lane
+    assert answer["X-Frame-Options"] == "DENY" and int(answer["Content-Length"]) > 0
+    client.force_login(reader)
+    assert client.get(url, HTTP_ACCEPT=CORNERSTONE_FRAMES).status_code == 200
+    assert url_resolutions == [url] and drf_dispatches == []  # resolved, then answered directly
+    other = tokens.get(frames_url(project, ct, "2"))  # beyond the frame count
+    assert other.status_code == 400 and url_resolutions == [url, frames_url(project, ct, "2")]
+
+
 @pytest.mark.parametrize(
     "case",
     [
