@@ -190,20 +190,22 @@ def test_noise_scores_higher_uncertainty_than_training_studies(grading):
 def test_diversity_puts_a_near_duplicate_of_the_top_study_lower(grading):
     pool = [*_training_like()[:5], ("noise", _noise(3))]
     plain = score_studies(grading["model"], pool, diversity_weight=0.0)
-    top_key = plain[0].key
+    # the most uncertain training-like study (the noise input may rank above it: the tiny
+    # model can be as unsure of a trained phantom as of noise)
+    top_key = next(s.key for s in plain if s.key != "noise")
     top = dict(pool)[top_key]
     rng = np.random.default_rng(0)
     twin = Volume(top.array * (1 + 1e-3 * rng.standard_normal(top.array.shape)), top.affine)
     with_twin = [*pool, ("twin", twin)]
     without = _by_key(score_studies(grading["model"], with_twin, diversity_weight=0.0))
     diverse = _by_key(score_studies(grading["model"], with_twin, diversity_weight=0.5))
-    assert without[top_key].rank == 1 and diverse[top_key].rank == 1
+    assert diverse[top_key].rank < diverse["twin"].rank
     # as uncertain as the top study (up to MC noise: its dropout masks are seeded by its key),
     # so ahead of every other training-like study
     u = {k: s.components["uncertainty"] for k, s in without.items()}
     assert u["twin"] == pytest.approx(u[top_key], abs=0.01)
     others = [without[k].rank for k, _ in pool if k not in (top_key, "noise")]
-    assert without["twin"].rank < min(others)
+    assert without["twin"].rank < min(others), {k: round(v, 4) for k, v in u.items()}
     assert diverse["twin"].rank > without["twin"].rank
     assert diverse["twin"].components["min_cosine_distance"] < 0.01
 
