@@ -53,6 +53,10 @@ class DetectionConfig:
             (training picks the mode with the best validation CPM).
         finding_threshold: `predict` reports findings with a final score at least this.
         body_threshold_hu: voxels above this HU define the body box the U-Net runs on.
+        blob_sigmas_mm: scales (mm) of the blob-enhancement channel given to both networks
+            beside the windowed CT (`ai_engine.transforms.enhance`: the Hessian dot filter that
+            tells a small nodule from a vessel cut across); () for the CT channel alone (model
+            folders written before this option have no such key and load with ()).
     """
 
     spacing_mm: tuple[float, float, float] = (1.5, 1.5, 1.5)
@@ -75,6 +79,7 @@ class DetectionConfig:
     combine: str = "geometric"
     finding_threshold: float = 0.5
     body_threshold_hu: float = -500.0
+    blob_sigmas_mm: tuple[float, ...] = (1.5, 2.25, 3.75, 6.0)
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -85,6 +90,9 @@ class DetectionConfig:
             self.sw_roi_size = tuple(int(v) for v in self.sw_roi_size)  # type: ignore[assignment]
         self.unet_channels = tuple(int(v) for v in self.unet_channels)
         self.fp_channels = tuple(int(v) for v in self.fp_channels)
+        self.blob_sigmas_mm = tuple(float(v) for v in self.blob_sigmas_mm)
+        if any(s <= 0 for s in self.blob_sigmas_mm):
+            raise ValueError(f"blob_sigmas_mm must be positive, got {self.blob_sigmas_mm}")
         if len(self.spacing_mm) != 3 or min(self.spacing_mm) <= 0:
             raise ValueError(f"spacing_mm must be three positive numbers, got {self.spacing_mm}")
         if len(self.hu_range) != 2 or self.hu_range[0] >= self.hu_range[1]:
@@ -116,11 +124,16 @@ class DetectionConfig:
             )
 
     @property
+    def in_channels(self) -> int:
+        """Input channels of both networks: the windowed CT (+ the blob channel)."""
+        return 2 if self.blob_sigmas_mm else 1
+
+    @property
     def unet_kwargs(self) -> dict[str, Any]:
         """Arguments of `build_network("unet3d", ...)`."""
         n = len(self.unet_channels)
         return {
-            "in_channels": 1,
+            "in_channels": self.in_channels,
             "out_channels": 2,
             "channels": list(self.unet_channels),
             "strides": [2] * (n - 1),
@@ -131,7 +144,11 @@ class DetectionConfig:
     @property
     def fp_kwargs(self) -> dict[str, Any]:
         """Arguments of `build_network("resnet3d", ...)`."""
-        return {"in_channels": 1, "num_classes": 1, "block_inplanes": list(self.fp_channels)}
+        return {
+            "in_channels": self.in_channels,
+            "num_classes": 1,
+            "block_inplanes": list(self.fp_channels),
+        }
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -139,4 +156,6 @@ class DetectionConfig:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> DetectionConfig:
         known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in known})
+        kwargs = {k: v for k, v in data.items() if k in known}
+        kwargs.setdefault("blob_sigmas_mm", ())  # written before the blob channel existed
+        return cls(**kwargs)

@@ -12,15 +12,15 @@ import torch
 def extract_patches(
     image: np.ndarray | torch.Tensor, centers_voxel: np.ndarray, size: int
 ) -> np.ndarray:
-    """(N, 1, size, size, size) float32 patches of a (X, Y, Z) or (1, X, Y, Z) image centred on
-    the rounded centers; outside the image is 0 (air after the HU window)."""
+    """(N, C, size, size, size) float32 patches of a (X, Y, Z) (C = 1) or (C, X, Y, Z) image
+    centred on the rounded centers; outside the image is 0 (air after the HU window, no blob)."""
     array = image.detach().cpu().numpy() if isinstance(image, torch.Tensor) else np.asarray(image)
-    if array.ndim == 4:
-        array = array[0]
+    if array.ndim == 3:
+        array = array[None]
     centers = np.rint(np.asarray(centers_voxel, dtype=np.float64).reshape(-1, 3)).astype(int)
-    out = np.zeros((len(centers), 1, size, size, size), dtype=np.float32)
+    out = np.zeros((len(centers), array.shape[0], size, size, size), dtype=np.float32)
     half = size // 2
-    shape = np.array(array.shape)
+    shape = np.array(array.shape[1:])
     for n, c in enumerate(centers):
         lo = c - half
         hi = lo + size
@@ -30,8 +30,8 @@ def extract_patches(
             continue
         dst_lo = src_lo - lo
         dst_hi = dst_lo + (src_hi - src_lo)
-        out[(n, 0, *(slice(a, b) for a, b in zip(dst_lo, dst_hi, strict=True)))] = array[
-            tuple(slice(a, b) for a, b in zip(src_lo, src_hi, strict=True))
+        out[(n, slice(None), *(slice(a, b) for a, b in zip(dst_lo, dst_hi, strict=True)))] = array[
+            (slice(None), *(slice(a, b) for a, b in zip(src_lo, src_hi, strict=True)))
         ]
     return out
 

@@ -88,7 +88,9 @@ class NoduleDetector:
         self.device = torch.device(device)
         self.unet = unet.to(self.device).eval()
         self.classifier = classifier.to(self.device).eval() if classifier is not None else None
-        self._preprocess = preprocessing(config.spacing_mm, config.hu_range)
+        self._preprocess = preprocessing(
+            config.spacing_mm, config.hu_range, blob_sigmas_mm=config.blob_sigmas_mm
+        )
         self.inferer = SlidingWindowInferer(
             roi_size=config.sw_roi_size or config.patch_size,
             sw_batch_size=config.sw_batch_size,

@@ -144,7 +144,12 @@ def _preprocess_items(
     items: Sequence[dict[str, Any]], config: DetectionConfig
 ) -> list[dict[str, Any]]:
     """Load and preprocess every scan once (image, sphere label, nodules) for mining/validation."""
-    pre = preprocessing(config.spacing_mm, config.hu_range, with_label=True)
+    pre = preprocessing(
+        config.spacing_mm,
+        config.hu_range,
+        with_label=True,
+        blob_sigmas_mm=config.blob_sigmas_mm,
+    )
     return [pre({"image": it["image"], "nodules": it.get("nodules", [])}) for it in items]
 
 
@@ -212,6 +217,7 @@ def _candidate_stage(
                 config.hu_range,
                 with_label=True,
                 label_min_diameter_mm=opts.label_min_diameter_mm,
+                blob_sigmas_mm=config.blob_sigmas_mm,
             ).transforms,
             SpatialPadd(keys=["image", "label"], spatial_size=config.patch_size),
             *centres,

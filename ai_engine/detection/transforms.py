@@ -16,6 +16,7 @@ from ai_engine.errors import AIEngineError, InputError
 from ai_engine.io import load_volume
 from ai_engine.io.volume import Volume
 from ai_engine.transforms import (
+    BlobEnhanced,
     OrientRASd,
     ResampleToSpacingd,
     lps_mm_to_voxel,
@@ -162,9 +163,10 @@ def preprocessing(
     hu_range: tuple[float, float],
     with_label: bool = False,
     label_min_diameter_mm: float = 0.0,
+    blob_sigmas_mm: tuple[float, ...] = (),
 ) -> Compose:
-    """Load CT -> orient RAS -> resample to `spacing_mm` -> HU window to [0, 1] (-> spheres at
-    least `label_min_diameter_mm` across)."""
+    """Load CT -> orient RAS -> resample to `spacing_mm` -> HU window to [0, 1] (-> blob
+    channel at `blob_sigmas_mm`) (-> spheres at least `label_min_diameter_mm` across)."""
     steps: list[Any] = [
         LoadCTd(keys="image"),
         OrientRASd(keys="image"),
@@ -173,6 +175,8 @@ def preprocessing(
             keys="image", a_min=hu_range[0], a_max=hu_range[1], b_min=0.0, b_max=1.0, clip=True
         ),
     ]
+    if blob_sigmas_mm:
+        steps.append(BlobEnhanced(keys="image", sigmas_mm=blob_sigmas_mm))
     if with_label:
         steps.append(
             NoduleSphereMaskd(

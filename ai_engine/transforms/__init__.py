@@ -11,6 +11,7 @@ from ai_engine.transforms.convert import (
     volume_to_metatensor,
     voxel_to_lps_mm,
 )
+from ai_engine.transforms.enhance import BlobEnhanced, blob_response
 from ai_engine.transforms.intensity import (
     CT_WINDOWS,
     NODULE_HU_RANGE,
@@ -36,6 +37,7 @@ __all__ = [
     "CT_WINDOWS",
     "NODULE_HU_RANGE",
     "NODULE_SPACING_MM",
+    "BlobEnhanced",
     "CTWindow",
     "CTWindowd",
     "HUClip",
@@ -50,6 +52,7 @@ __all__ = [
     "ResampleToSpacingd",
     "ZScore",
     "ZScored",
+    "blob_response",
     "lps_mm_to_voxel",
     "lps_to_ras",
     "metatensor_to_volume",

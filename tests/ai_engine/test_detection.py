@@ -388,6 +388,7 @@ EXPLAIN_CFG = DetectionConfig(
     fp_patch_size=24,
     fp_channels=(4, 8, 8, 8),
     sw_batch_size=1,
+    blob_sigmas_mm=(),  # CenterWeightedEvidence reads the CT channel alone
 )
 
 
