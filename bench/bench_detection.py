@@ -143,16 +143,16 @@ def main() -> int:
     parser.add_argument(
         "--ct-shape", default="512,512,300", help="matrix of the timed CT-sized scan"
     )
-    parser.add_argument("--epochs", type=int, default=24)
+    parser.add_argument("--epochs", type=int, default=48)
     parser.add_argument(
         "--patience",
         type=int,
-        default=24,
+        default=48,
         help="epochs without validation-CPM gain before stopping",
     )
     parser.add_argument("--steps-per-epoch", type=int, default=100)
     parser.add_argument("--batch-size", type=int, default=4, help="U-Net patches per step")
-    parser.add_argument("--fp-epochs", type=int, default=6)
+    parser.add_argument("--fp-epochs", type=int, default=20)
     parser.add_argument("--fp-steps-per-epoch", type=int, default=40)
     parser.add_argument("--fp-batch-size", type=int, default=16)
     parser.add_argument("--fp-channels", default="8,16,32,32", help="classifier stage widths")

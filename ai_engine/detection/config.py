@@ -48,6 +48,11 @@ class DetectionConfig:
             context; the ResNet's last feature map is then 3^3 with its middle cell on the
             candidate, which lets its Grad-CAM point at the nodule).
         fp_channels: feature maps per ResNet stage.
+        fp_gate: the classifier is a `GatedResNet` (`ai_engine.networks.resnet3d`): stages 1-3
+            fused at the patch's resolution, weighted by a gate that training supervises with
+            the nodule's sphere (positive patches), pooled into the logit. Its Grad-CAM on the
+            gated map is each voxel's share of the score, so a finding's explanation points
+            at the nodule (False: MONAI's ResNet, Grad-CAM on its last stage).
         combine: final score from candidate prob p and classifier prob q: "geometric"
             sqrt(p q), "product" p q, "mean" (p + q) / 2, "classifier" q, or "candidate" p
             (training picks the mode with the best validation CPM).
@@ -76,6 +81,7 @@ class DetectionConfig:
     max_candidates: int = 64
     fp_patch_size: int = 24
     fp_channels: tuple[int, ...] = (16, 32, 64, 64)
+    fp_gate: bool = True
     combine: str = "geometric"
     finding_threshold: float = 0.5
     body_threshold_hu: float = -500.0
@@ -144,11 +150,12 @@ class DetectionConfig:
     @property
     def fp_kwargs(self) -> dict[str, Any]:
         """Arguments of `build_network("resnet3d", ...)`."""
-        return {
+        kwargs = {
             "in_channels": self.in_channels,
             "num_classes": 1,
             "block_inplanes": list(self.fp_channels),
         }
+        return {**kwargs, "tumor_gate": True} if self.fp_gate else kwargs
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -158,4 +165,5 @@ class DetectionConfig:
         known = {f.name for f in fields(cls)}
         kwargs = {k: v for k, v in data.items() if k in known}
         kwargs.setdefault("blob_sigmas_mm", ())  # written before the blob channel existed
+        kwargs.setdefault("fp_gate", False)  # written before the gated classifier
         return cls(**kwargs)

@@ -21,6 +21,8 @@ import torch
 from monai.losses import DiceCELoss, DiceFocalLoss, FocalLoss
 from monai.transforms import (
     Compose,
+    ConcatItemsd,
+    DeleteItemsd,
     EnsureTyped,
     RandCropByPosNegLabeld,
     RandSpatialCropd,
@@ -48,6 +50,7 @@ from ai_engine.training import (
     spatial_augmentations,
     training_data_hash,
 )
+from ai_engine.training.seg_aux import SegAuxLoss, TumorSegAux
 from ai_engine.training.trainer import BEST_WEIGHTS
 
 
@@ -98,6 +101,11 @@ class DetectionTrainOptions:
             used); empty, or no validation scans: the configured one is kept.
         mining_threshold: U-Net probability threshold for mining classifier samples.
         random_negatives: random soft-tissue negatives per training scan.
+        fp_gate_weight: weight of the gated classifier's nodule-mask loss (its gate logits
+            against the nodule spheres of the patch, zero on patches without a nodule).
+        fp_crop_jitter: the classifier's training patches are cut this many voxels wider on
+            each side and randomly cropped back, so a candidate is up to this far off the
+            patch centre (inference centres it; a 3-5 mm nodule is 1-2 voxels in radius).
         elastic_prob: probability of the elastic deformation.
         progress: tqdm bars.
     """
@@ -131,6 +139,8 @@ class DetectionTrainOptions:
     combine_modes: tuple[str, ...] = ("geometric", "product", "mean", "classifier", "candidate")
     mining_threshold: float = 0.1
     random_negatives: int = 24
+    fp_crop_jitter: int = 4
+    fp_gate_weight: float = 1.0
     elastic_prob: float = 0.1
     progress: bool = True
     extra: dict[str, Any] = field(default_factory=dict)
@@ -389,7 +399,7 @@ def mine_classifier_samples(
 ) -> list[dict[str, Any]]:
     """Classifier samples: mined U-Net candidates (labelled by the hit rule), the reference
     nodules (plus jittered copies) and random soft-tissue points."""
-    size = config.fp_patch_size + 8  # margin for the random crop / rotation
+    size = config.fp_patch_size + 2 * opts.fp_crop_jitter  # margin of the random crop
     lo_hu, hi_hu = config.hu_range
     tissue = ((-200 - lo_hu) / (hi_hu - lo_hu), (200 - lo_hu) / (hi_hu - lo_hu))
     samples: list[dict[str, Any]] = []
@@ -429,13 +439,33 @@ def mine_classifier_samples(
             if not centers:
                 continue
             patches = extract_patches(image, np.array(centers), size)
+            # the nodule spheres around each patch (the gated classifier's mask target)
+            masks = (
+                extract_patches(scan["label"], np.array(centers), size)
+                if "label" in scan
+                else np.zeros((len(centers), 1, size, size, size), np.float32)
+            )
             samples += [
-                {"image": patch, "label": np.array([y], dtype=np.float32)}
-                for patch, y in zip(patches, labels, strict=True)
+                {"image": patch, "mask": mask, "label": np.array([y], dtype=np.float32)}
+                for patch, mask, y in zip(patches, masks, labels, strict=True)
             ]
     finally:
         detector.config.candidate_threshold = saved
     return samples
+
+
+class _MaskChannelAux(torch.nn.Module):
+    """Training wrapper of the gated classifier: the batch's last channel is the nodule mask
+    (it went through crop, augmentation and CutMix with the image); the classifier sees the
+    others, and `(logits, gate logits, mask)` go to the loss."""
+
+    def __init__(self, aux: TumorSegAux) -> None:
+        super().__init__()
+        self.aux = aux
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor], torch.Tensor]:
+        logits, segs = self.aux(x[:, :-1])
+        return logits, segs, x[:, -1:]
 
 
 def _fp_stage(
@@ -463,11 +493,18 @@ def _fp_stage(
         if opts.init_weights
         else None
     )
+    # The gated classifier's mask follows its patch through crop and spatial augmentation,
+    # then rides along as the last image channel so that CutMix pastes it with the image;
+    # `_MaskChannelAux` takes it off again.
+    gated = config.fp_gate
+    keys = ["image", "mask"] if gated else ["image"]
     transform = Compose(
         [
-            RandSpatialCropd(keys="image", roi_size=(config.fp_patch_size,) * 3, random_size=False),
-            *spatial_augmentations(["image"], elastic_prob=opts.elastic_prob),
+            RandSpatialCropd(keys=keys, roi_size=(config.fp_patch_size,) * 3, random_size=False),
+            *spatial_augmentations(keys, elastic_prob=opts.elastic_prob),
             *intensity_augmentations(["image"]),
+            *([ConcatItemsd(keys=keys, name="image", dim=0)] if gated else []),
+            DeleteItemsd(keys="mask"),
             EnsureTyped(keys=["image", "label"], dtype=torch.float32, track_meta=False),
         ]
     )
@@ -495,9 +532,21 @@ def _fp_stage(
     full = NoduleDetector(config, unet, classifier, device=opts.device)
     cached = [full.candidates(s["image"]) for s in val_scans]
     validate = (lambda model: detections_cpm(full, val_scans, True, cached)) if val_scans else None
+    focal = FocalLoss(use_softmax=False, gamma=2.0)
+    trained: torch.nn.Module = classifier
+    loss_fn: Any = focal
+    if gated:
+        trained = _MaskChannelAux(TumorSegAux(classifier, ["gate.gate_logits"], [1]))
+        seg_loss = SegAuxLoss()
+
+        def loss_fn(out: Any, label: torch.Tensor) -> torch.Tensor:
+            logits, segs, mask = out
+            every = torch.ones(len(logits), device=logits.device)
+            return focal(logits, label) + opts.fp_gate_weight * seg_loss(segs, mask, every)
+
     trainer = Trainer(
-        classifier,
-        FocalLoss(use_softmax=False, gamma=2.0),
+        trained,
+        loss_fn,
         loader,
         cfg,
         out / "work" / "fp_reduction",
@@ -505,8 +554,11 @@ def _fp_stage(
         batch_augment=CutMixBatch(alpha=1.0, prob=0.3),
         on_epoch_end=lambda e, line: _log(_epoch_line("fp_reduction", line)),
     )
+    fitted = _fit_keeping_best(trainer, trained, cfg, opts)
+    if isinstance(trained, _MaskChannelAux):
+        trained.aux.remove_hooks()  # the mask head is training-only; the folder keeps `classifier`
     info = {
-        **_fit_keeping_best(trainer, classifier, cfg, opts),
+        **fitted,
         "n_samples": len(samples),
         "n_positive_unique": n_pos,
         "transfer": transfer,

@@ -53,7 +53,7 @@ NETWORK_PRESETS: dict[str, dict[str, Any]] = {
 CAM_LAYER_PRESETS: dict[str, str] = {"resnet3d": "conv1", "vit_classifier": "encoder.blocks.2"}
 
 #: Feature layers that get an auxiliary tumor-fraction head in training when the datalist
-#: has tumor masks (`ai_engine.grading.seg_aux`).
+#: has tumor masks (`ai_engine.training.seg_aux`).
 SEG_AUX_LAYER_PRESETS: dict[str, tuple[str, ...]] = {
     "resnet3d": ("layer1", "layer2", "layer3"),
     "densenet121_3d": ("features.transition1", "features.transition2"),
@@ -89,7 +89,7 @@ class GradingConfig:
         batch_size: training batch size.
         cam_target_layer: Grad-CAM layer (None: `CAM_LAYER_PRESETS`, else found automatically).
         seg_aux_weight: weight of the auxiliary tumor segmentation loss when training items
-            have `tumor_mask` (0 = off); see `ai_engine.grading.seg_aux`.
+            have `tumor_mask` (0 = off); see `ai_engine.training.seg_aux`.
         seg_aux_layers: layers with a segmentation head (None: `SEG_AUX_LAYER_PRESETS`).
     """
 

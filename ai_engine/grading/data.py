@@ -149,7 +149,7 @@ def load_mask_on_source(mask_path: str | Path, source: Volume) -> np.ndarray:
 def tumor_fraction_on_model_grid(mask_path: str | Path, study: GradingStudy) -> np.ndarray:
     """The tumor mask (`> 0`) linearly resampled onto the model grid: (X, Y, Z) in [0, 1].
 
-    Training target of the auxiliary segmentation heads (`ai_engine.grading.seg_aux`).
+    Training target of the auxiliary segmentation heads (`ai_engine.training.seg_aux`).
     """
     mask = load_volume(mask_path)
     if mask.array.ndim != 3:

@@ -24,7 +24,6 @@ from ai_engine.grading.data import (
     RandChannelDropoutd,
     grade_to_label,
 )
-from ai_engine.grading.seg_aux import SegAuxLoss, TumorSegAux, layer_channels
 from ai_engine.modelfolder import Component, save_model_folder
 from ai_engine.networks import build_network
 from ai_engine.training import (
@@ -41,6 +40,7 @@ from ai_engine.training import (
     spatial_augmentations,
     training_data_hash,
 )
+from ai_engine.training.seg_aux import SegAuxLoss, TumorSegAux, layer_channels
 
 __all__ = [
     "GradingLoss",

@@ -6,7 +6,7 @@ A grading network that sees the whole head can lean on structures away from the 
 each feature voxel, a gate logit `s` (a small conv branch) and passes on `features *
 sigmoid(s)`, so what follows sees mostly the gated region (attention-gated classifiers,
 Schlemper et al., Med. Image Anal. 2019). Training supervises `s` with the tumor mask when
-the datalist has one (`ai_engine.grading.seg_aux`, hook point `gate_logits`); at inference
+the datalist has one (`ai_engine.training.seg_aux`, hook point `gate_logits`); at inference
 the gate is the network's own prediction, no mask is used. `gated` is the hook point for
 Grad-CAM: the class score depends on the features only through it.
 """

@@ -57,11 +57,12 @@ class GatedResNet(torch.nn.Module):
     over voxels of the gated map: Grad-CAM on `gate.gated` (`cam_target_layer`) is exactly
     each voxel's share of the score (class activation mapping), at stage 1's resolution.
     The logits are centred over classes (softmax is unchanged), so the predicted class has
-    a non-negative total and its map has positive evidence to show.
+    a non-negative total and its map has positive evidence to show. With one output (a binary
+    problem's logit, e.g. the nodule detector's false-positive classifier) nothing is centred.
 
     Args:
         in_channels: image channels.
-        num_classes: outputs (>= 2).
+        num_classes: outputs (1: one logit for a binary problem).
         layers: residual blocks per stage (the 4th stage of a MONAI ResNet is not built).
         block_inplanes: feature maps per stage (the 4th value is ignored).
         block: "basic" or "bottleneck".
@@ -91,8 +92,8 @@ class GatedResNet(torch.nn.Module):
         gate_offset: float = 1.0,
     ) -> None:
         super().__init__()
-        if num_classes < 2:
-            raise ValueError(f"GatedResNet needs num_classes >= 2, got {num_classes}")
+        if num_classes < 1:
+            raise ValueError(f"GatedResNet needs num_classes >= 1, got {num_classes}")
         base = _monai_resnet(
             in_channels, num_classes, layers, block_inplanes, block,
             conv1_t_size, conv1_t_stride, no_max_pool,
@@ -112,6 +113,7 @@ class GatedResNet(torch.nn.Module):
             fused, hidden=max(8, fused // 4), normalize=normalize_gate, offset=gate_offset
         )
         self.head = torch.nn.Linear(fused, num_classes)
+        self.center_logits = num_classes > 1
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.act(self.bn1(self.conv1(x)))
@@ -123,6 +125,8 @@ class GatedResNet(torch.nn.Module):
         fused = self.fuse(torch.cat([f1, _upsample_like(f2, f1), _upsample_like(f3, f1)], dim=1))
         gated = self.gate(fused)
         logits = self.head(gated.flatten(2).mean(dim=2))
+        if not self.center_logits:  # a Python bool fixed at build time: torch.fx traces it
+            return logits
         return logits - logits.mean(dim=1, keepdim=True)
 
 

@@ -642,3 +642,57 @@ def test_test_time_flips_average_the_flipped_passes():
     cfg.test_time_flips = True
     flipped = NoduleDetector(cfg, LeftHalf()).probability(image)
     assert np.allclose(flipped, (3 * plain + plain[::-1]) / 4, atol=1e-6)
+
+
+# ---------------------------------------------------------------- gated classifier (issue #5)
+def test_the_trained_classifier_is_gated_and_its_cam_layer_is_the_gate(model):
+    """By default the false-positive classifier is a `GatedResNet` with one logit (not
+    centred: a single class has nothing to centre on); the stored kwargs rebuild it, and the
+    finding explanations take its gated map."""
+    from ai_engine.detection.pipeline import NoduleDetector
+    from ai_engine.explain import find_target_layer
+    from ai_engine.networks.resnet3d import GatedResNet
+
+    folder = load_model_folder(model)
+    stored = folder.manifest["components"]["fp_reduction"]["network"]["kwargs"]
+    assert stored["tumor_gate"] is True
+    detector = NoduleDetector.from_model_folder(model)
+    assert isinstance(detector.classifier, GatedResNet)
+    x = torch.rand(3, TINY.in_channels, TINY.fp_patch_size, TINY.fp_patch_size, TINY.fp_patch_size)
+    with torch.no_grad():
+        logits = detector.classifier(x)
+    assert logits.shape == (3, 1) and float(logits.abs().sum()) > 0
+    assert find_target_layer(detector.classifier, x[:1]) == "gate.gated"
+    # folders written before the option rebuild the plain ResNet
+    old = {k: v for k, v in TINY.to_dict().items() if k != "fp_gate"}
+    assert "tumor_gate" not in DetectionConfig.from_dict(old).fp_kwargs
+
+
+def test_classifier_samples_carry_the_nodule_spheres_of_their_patches(data):
+    """The gated classifier's mask target: for each mined patch, the nodule spheres cut at
+    the same place (a positive patch has its nodule at the centre, a far negative none)."""
+    from ai_engine.data.datalist import load_datalist
+    from ai_engine.detection.pipeline import NoduleDetector
+    from ai_engine.detection.train import _preprocess_items, mine_classifier_samples
+    from ai_engine.networks import build_network
+
+    root, datalist = data
+    items = [
+        {**it, "image": str(root / it["image"])}
+        for it in load_datalist(datalist)["training"]
+        if it["nodules"]
+    ][:1]
+    scans = _preprocess_items(items, TINY)
+    detector = NoduleDetector(TINY, build_network("unet3d", **TINY.unet_kwargs), None)
+    opts = DetectionTrainOptions(random_negatives=6, progress=False)
+    samples = mine_classifier_samples(detector, scans, TINY, opts, np.random.default_rng(0))
+    size = TINY.fp_patch_size + 2 * opts.fp_crop_jitter
+    centre = slice(size // 2 - 1, size // 2 + 2)
+    positives = [s for s in samples if s["label"][0] == 1.0]
+    negatives = [s for s in samples if s["label"][0] == 0.0]
+    assert positives and negatives
+    for s in samples:
+        assert s["image"].shape == (TINY.in_channels, size, size, size)
+        assert s["mask"].shape == (1, size, size, size)
+    assert all(s["mask"][0, centre, centre, centre].max() == 1.0 for s in positives)
+    assert any(s["mask"].max() == 0.0 for s in negatives)  # random tissue away from nodules

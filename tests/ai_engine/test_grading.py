@@ -112,7 +112,7 @@ def test_tumor_fraction_on_the_model_grid(phantoms):
 
 
 def test_seg_aux_loss_prefers_the_mask_and_skips_items_without_one():
-    from ai_engine.grading.seg_aux import SegAuxLoss
+    from ai_engine.training.seg_aux import SegAuxLoss
 
     mask = torch.zeros(2, 1, 8, 8, 8)
     mask[:, :, 2:5, 2:5, 2:5] = 1.0

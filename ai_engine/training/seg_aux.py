@@ -1,4 +1,5 @@
-"""Auxiliary tumor segmentation for grading networks (training only).
+"""Auxiliary lesion segmentation for classifiers (training only): the grading networks'
+tumour, the nodule detector's false-positive classifier's nodule.
 
 A grading network trained on the grade alone may find shortcuts away from the lesion (the
 scalp and the field-of-view border are the brightest structures of the phantoms and of real
@@ -10,7 +11,9 @@ the classifier itself is unchanged, the heads are dropped when the model folder 
 and explanations never see a mask.
 
 A one-channel layer (the logits of a `ai_engine.networks.gate.TumorGate`) is supervised
-directly, so the gate that decides what the classifier sees learns to find the tumor.
+directly, so the gate that decides what the classifier sees learns to find the tumor. The
+detector's gated false-positive classifier (`ai_engine.detection.train`) uses the same
+wrapper and loss with the nodule's sphere as the mask.
 
 `TumorSegAux` wraps the network for the shared `Trainer`: forward hooks on the named layers
 capture their outputs (a transformer's `(B, N, D)` tokens are laid out on the model's `grid`),
