@@ -155,7 +155,9 @@ class DetectionConfig:
             "num_classes": 1,
             "block_inplanes": list(self.fp_channels),
         }
-        return {**kwargs, "tumor_gate": True} if self.fp_gate else kwargs
+        if not self.fp_gate:
+            return kwargs
+        return {**kwargs, "tumor_gate": True, "centered_upsampling": True}
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -20,8 +20,28 @@ def _upsample_like(x: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
     return F.interpolate(x, size=ref.shape[2:], mode="trilinear", align_corners=False)
 
 
-# a leaf for torch.fx (FX graph-mode INT8 quantization cannot trace a size taken from a shape)
+def _upsample_centers(x: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
+    """Trilinear resampling of stride-s features onto `ref`'s grid, sample centres aligned.
+
+    A stride-s convolution (padding k // 2) centres its output cell i on input voxel s * i,
+    not on the middle of the s voxels it replaces, which is what `_upsample_like` assumes:
+    there a stage-2 feature lands 0.5 voxel and a stage-3 feature 1.5 voxels off (towards
+    higher indices), which moves the gated map's maximum 1.5-2.5 mm off a small nodule.
+    Here cell i lands on voxel s * i exactly (corner-aligned interpolation onto
+    s * (n - 1) + 1 voxels), and the last s - 1 voxels repeat the edge.
+    """
+    out = []
+    for n_coarse, n_fine in zip(x.shape[2:], ref.shape[2:], strict=True):
+        stride = n_fine // n_coarse
+        out.append((stride * (n_coarse - 1) + 1, n_fine - stride * (n_coarse - 1) - 1))
+    up = F.interpolate(x, size=[n for n, _ in out], mode="trilinear", align_corners=True)
+    pad = [p for _, extra in reversed(out) for p in (0, extra)]
+    return F.pad(up, pad, mode="replicate")
+
+
+# leaves for torch.fx (FX graph-mode INT8 quantization cannot trace a size taken from a shape)
 torch.fx.wrap("_upsample_like")
+torch.fx.wrap("_upsample_centers")
 
 
 def _monai_resnet(
@@ -73,6 +93,9 @@ class GatedResNet(torch.nn.Module):
         normalize_gate: pool the gate-weighted mean (True) or the mean of the gated map over
             the whole grid (False: the pooled vector grows with the gated volume).
         gate_offset: `TumorGate`'s normalisation offset (voxels of the fused grid).
+        centered_upsampling: put stages 2 and 3 back onto stage 1's grid with their sample
+            centres aligned (`_upsample_centers`); False: edge-aligned (`_upsample_like`,
+            half a coarse voxel off; what networks built before the option were trained with).
     """
 
     cam_target_layer = "gate.gated"
@@ -90,8 +113,10 @@ class GatedResNet(torch.nn.Module):
         fused: int | None = None,
         normalize_gate: bool = True,
         gate_offset: float = 1.0,
+        centered_upsampling: bool = False,
     ) -> None:
         super().__init__()
+        self.centered_upsampling = bool(centered_upsampling)
         if num_classes < 1:
             raise ValueError(f"GatedResNet needs num_classes >= 1, got {num_classes}")
         base = _monai_resnet(
@@ -122,7 +147,9 @@ class GatedResNet(torch.nn.Module):
         f1 = self.layer1(x)
         f2 = self.layer2(f1)
         f3 = self.layer3(f2)
-        fused = self.fuse(torch.cat([f1, _upsample_like(f2, f1), _upsample_like(f3, f1)], dim=1))
+        # the module-level names, looked up here, are what torch.fx's wrap patches when tracing
+        up = _upsample_centers if self.centered_upsampling else _upsample_like
+        fused = self.fuse(torch.cat([f1, up(f2, f1), up(f3, f1)], dim=1))
         gated = self.gate(fused)
         logits = self.head(gated.flatten(2).mean(dim=2))
         if not self.center_logits:  # a Python bool fixed at build time: torch.fx traces it
@@ -143,6 +170,7 @@ def resnet3d(
     tumor_gate: bool = False,
     normalize_gate: bool = True,
     gate_offset: float = 1.0,
+    centered_upsampling: bool = False,
 ) -> torch.nn.Module:
     """A 3D ResNet; `layers=(1,1,1,1)` is ResNet-10-like, (2,2,2,2) ResNet-18.
 
@@ -157,7 +185,7 @@ def resnet3d(
         no_max_pool: skip the stem max-pool (for small patches).
         tumor_gate: build the tumor-gated variant `GatedResNet` (Grad-CAM layer
             `gate.gated`, gate logits `gate.gate_logits` to supervise with a mask).
-        normalize_gate: see `GatedResNet`.
+        normalize_gate, gate_offset, centered_upsampling: see `GatedResNet`.
     """
     if tumor_gate:
         return GatedResNet(
@@ -171,6 +199,7 @@ def resnet3d(
             no_max_pool=no_max_pool,
             normalize_gate=normalize_gate,
             gate_offset=gate_offset,
+            centered_upsampling=centered_upsampling,
         )
     return _monai_resnet(
         in_channels, num_classes, layers, block_inplanes, block,

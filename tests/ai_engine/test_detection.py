@@ -696,3 +696,22 @@ def test_classifier_samples_carry_the_nodule_spheres_of_their_patches(data):
         assert s["mask"].shape == (1, size, size, size)
     assert all(s["mask"][0, centre, centre, centre].max() == 1.0 for s in positives)
     assert any(s["mask"].max() == 0.0 for s in negatives)  # random tissue away from nodules
+
+
+def test_centred_upsampling_puts_coarse_cells_back_where_the_strided_convs_sampled():
+    """A stride-s cell i is centred on fine voxel s * i: the gated classifier's fused map
+    keeps a feature where it was (the edge-aligned resampling of older networks moved stage
+    2 by half a voxel and stage 3 by one and a half), so its Grad-CAM can sit on a 3 mm
+    nodule."""
+    from ai_engine.networks.resnet3d import _upsample_centers, _upsample_like
+
+    ref = torch.zeros(1, 1, 24, 24, 24)
+    for stride, shift_before in ((2, 0.5), (4, 1.5)):
+        x = torch.zeros(1, 1, 24 // stride, 24 // stride, 24 // stride)
+        x[0, 0, 12 // stride, 12 // stride, 12 // stride] = 1.0
+        for upsample, shift in ((_upsample_centers, 0.0), (_upsample_like, shift_before)):
+            up = upsample(x, ref)[0, 0]
+            assert up.shape == (24, 24, 24)
+            peak = torch.nonzero(up == up.max()).float().mean(dim=0)
+            assert torch.allclose(peak, torch.full((3,), 12.0 + shift)), (upsample, peak)
+    assert TINY.fp_kwargs["centered_upsampling"] is True
