@@ -17,6 +17,8 @@ import numpy as np
 import torch
 from monai.visualize import GradCAM, GradCAMpp, OcclusionSensitivity
 
+from ai_engine.networks.probe import probe_outputs
+
 __all__ = [
     "METHODS",
     "explain",
@@ -86,19 +88,12 @@ class _TokensAsGrid(torch.nn.Module):
 
 
 def _layer_output_ndim(model: torch.nn.Module, layer: str, x: torch.Tensor) -> int:
-    seen: list[int] = []
-
-    def hook(_m: torch.nn.Module, _i: object, out: object) -> None:
+    def ndim(out: object) -> int:
         t = out[0] if isinstance(out, (tuple, list)) else out
-        seen.append(t.ndim if isinstance(t, torch.Tensor) else -1)
+        return t.ndim if isinstance(t, torch.Tensor) else -1
 
-    handle = model.get_submodule(layer).register_forward_hook(hook)
-    try:
-        with torch.no_grad():
-            model(x)
-    finally:
-        handle.remove()
-    return seen[-1] if seen else -1
+    seen = probe_outputs(model, x, [layer], ndim)
+    return seen[-1][1] if seen else -1
 
 
 def find_target_layer(model: torch.nn.Module, example: torch.Tensor) -> str:
@@ -116,27 +111,15 @@ def find_target_layer(model: torch.nn.Module, example: torch.Tensor) -> str:
     if isinstance(named, str) and named:
         return named
     spatial_ndim = example.ndim - 2
-    order: list[str] = []
-    handles = []
-    for name, module in model.named_modules():
-        if not name:
-            continue
 
-        def hook(_m: torch.nn.Module, _i: object, out: object, name: str = name) -> None:
-            if (
-                isinstance(out, torch.Tensor)
-                and out.ndim == spatial_ndim + 2
-                and max(out.shape[2:]) > 1
-            ):
-                order.append(name)
+    def spatial(out: object) -> bool:
+        return (
+            isinstance(out, torch.Tensor)
+            and out.ndim == spatial_ndim + 2
+            and max(out.shape[2:]) > 1
+        )
 
-        handles.append(module.register_forward_hook(hook))
-    try:
-        with torch.no_grad():
-            model(example)
-    finally:
-        for handle in handles:
-            handle.remove()
+    order = [name for name, ok in probe_outputs(model, example, keep=spatial) if ok]
     if not order:
         raise ValueError(
             f"{type(model).__name__} has no layer with a spatial output larger than one voxel "

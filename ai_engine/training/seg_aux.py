@@ -29,6 +29,8 @@ import torch
 import torch.nn.functional as F
 from monai.losses import DiceLoss
 
+from ai_engine.networks.probe import probe_outputs
+
 __all__ = ["SegAuxLoss", "TumorSegAux", "layer_channels"]
 
 
@@ -50,20 +52,9 @@ def layer_channels(
 ) -> list[int]:
     """Feature channels of each named layer's output for an example input."""
     grid = getattr(model, "grid", None)
-    seen: dict[str, int] = {}
-    handles = []
-    for name in layers:
-
-        def hook(_m: torch.nn.Module, _i: object, out: object, name: str = name) -> None:
-            seen[name] = int(_as_grid(out, grid).shape[1])
-
-        handles.append(model.get_submodule(name).register_forward_hook(hook))
-    try:
-        with torch.no_grad():
-            model(example)
-    finally:
-        for handle in handles:
-            handle.remove()
+    seen = dict(
+        probe_outputs(model, example, layers, lambda out: int(_as_grid(out, grid).shape[1]))
+    )
     return [seen[name] for name in layers]
 
 
