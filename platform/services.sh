@@ -272,7 +272,10 @@ start_worker() {
     --concurrency "${CELERY_CONCURRENCY:-1}" --hostname "platform@%h" \
     --detach --pidfile "$WORKER_PID" --logfile "$LOG/worker.log")
   wait_for 30 worker pid_alive "$WORKER_PID"
-  say "worker: started (pid $(cat "$WORKER_PID"), queues ${CELERY_QUEUES:-cpu,gpu}, log $LOG/worker.log)"
+  # celery rewrites its pid file once while it detaches: read it when it is there again
+  local pid="" tries=0
+  until pid=$(cat "$WORKER_PID" 2>/dev/null) && [[ -n "$pid" ]] || (( ++tries > 25 )); do sleep 0.2; done
+  say "worker: started (pid ${pid:-?}, queues ${CELERY_QUEUES:-cpu,gpu}, log $LOG/worker.log)"
 }
 
 start_beat() {
