@@ -599,18 +599,27 @@ class RetrieveInstanceFrames(DicomwebView):
     @classmethod
     def as_view(cls, **initkwargs):
         drf_view = super().as_view(**initkwargs)
-        allow = cls.allow_header()
 
         def view(request: HttpRequest, **kwargs: str) -> HttpResponseBase:
-            response = cls.answer_directly(request, **kwargs)
-            if response is None:
-                return drf_view(request, **kwargs)
-            response["Allow"] = allow
-            return response
+            response = cls.direct_response(request, **kwargs)
+            return drf_view(request, **kwargs) if response is None else response
 
         view.cls = cls  # type: ignore[attr-defined]
         view.initkwargs = initkwargs  # type: ignore[attr-defined]
         return csrf_exempt(view)
+
+    _allow: str | None = None
+
+    @classmethod
+    def direct_response(cls, request: HttpRequest, **kwargs: str) -> HttpResponseBase | None:
+        """`answer_directly` with DRF's `Allow` header (the view's and `FrameFastLane`'s
+        way in), or None when DRF must answer."""
+        response = cls.answer_directly(request, **kwargs)
+        if response is not None:
+            if cls._allow is None:
+                cls._allow = cls.allow_header()
+            response["Allow"] = cls._allow
+        return response
 
     @classmethod
     def answer_directly(

@@ -5,7 +5,7 @@ in Orthanc. Django's middleware stack and URL resolver add ~0.4 ms to each, work
 requests do not need: they carry a token (no session, no CSRF, no messages) and one route.
 `FrameFastLane` sits right after `SecurityMiddleware` (so HTTPS redirects and security
 headers still apply), matches the path with the frames route's own pattern
-(`imaging.proxy_urls`), and asks `RetrieveInstanceFrames.answer_directly`; the answer gets
+(`imaging.proxy_urls`), and asks `RetrieveInstanceFrames.direct_response`; the answer gets
 the response headers the rest of the stack would add (Content-Length, X-Frame-Options).
 
 Everything else goes down the stack as usual: requests without an `Authorization` header
@@ -33,7 +33,6 @@ class FrameFastLane:
         self.get_response = get_response
         (route,) = (p for p in urlpatterns if p.name == FRAMES_ROUTE_NAME)
         self.pattern = route.pattern  # the URL map's own converters (UIDs, frame lists)
-        self.allow = proxy.RetrieveInstanceFrames.allow_header()
         # What the skipped middleware adds to such an answer, innermost first.
         self.finishers = [
             XFrameOptionsMiddleware(get_response).process_response,
@@ -44,9 +43,8 @@ class FrameFastLane:
         if request.method == "GET" and "HTTP_AUTHORIZATION" in request.META:
             match = self.pattern.match(request.path_info[1:])
             if match is not None and not match[0]:
-                response = proxy.RetrieveInstanceFrames.answer_directly(request, **match[2])
+                response = proxy.RetrieveInstanceFrames.direct_response(request, **match[2])
                 if response is not None:
-                    response["Allow"] = self.allow
                     for finish in self.finishers:
                         response = finish(request, response)
                     return response

@@ -586,6 +586,10 @@ def train_detector(
     val_items = list(datalist.get("validation", []))
     if opts.loss not in {"dicece", "dicefocal"}:
         raise InputError(f"loss must be dicece or dicefocal, got {opts.loss!r}")
+    if opts.fp_crop_jitter < 0:
+        raise InputError(f"fp_crop_jitter must be >= 0 voxels, got {opts.fp_crop_jitter}")
+    if opts.fp_gate_weight < 0:
+        raise InputError(f"fp_gate_weight must be >= 0, got {opts.fp_gate_weight}")
     if not train_items:
         raise InputError("the datalist has no 'training' items")
     if not any(it.get("nodules") for it in train_items):

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -547,6 +548,24 @@ def test_unknown_unet_loss_is_refused(data, tmp_path):
     assert not (tmp_path / "m" / "model.json").exists()
 
 
+@pytest.mark.parametrize(
+    ("option", "message"),
+    [
+        ({"fp_crop_jitter": -1}, "fp_crop_jitter must be >= 0 voxels, got -1"),
+        ({"fp_gate_weight": -0.5}, "fp_gate_weight must be >= 0, got -0.5"),
+    ],
+)
+def test_classifier_options_outside_their_range_are_refused(data, tmp_path, option, message):
+    from ai_engine.data.datalist import load_datalist
+    from ai_engine.errors import InputError
+
+    _root, datalist = data
+    opts = DetectionTrainOptions(max_steps=1, progress=False, **option)
+    with pytest.raises(InputError, match=re.escape(message)):
+        train_detector(load_datalist(datalist), tmp_path / "m", TINY, opts)
+    assert not (tmp_path / "m").exists()  # refused before anything is written
+
+
 def test_local_maxima_split_a_small_blob_from_a_large_one_it_touches():
     """Two touching blobs (a 10 mm one at p 0.9 and a 4 mm one at p 0.6 next to it) form one
     connected component; the peak extraction gives each its own candidate at its own centre."""
@@ -715,3 +734,23 @@ def test_centred_upsampling_puts_coarse_cells_back_where_the_strided_convs_sampl
             peak = torch.nonzero(up == up.max()).float().mean(dim=0)
             assert torch.allclose(peak, torch.full((3,), 12.0 + shift)), (upsample, peak)
     assert TINY.fp_kwargs["centered_upsampling"] is True
+
+
+def test_gated_training_wrapper_splits_the_mask_channel_off_and_gated_nets_need_an_output():
+    """`_MaskChannelAux` hands the classifier every channel but the last (the mask that rode
+    through augmentation and CutMix) and returns that mask beside the logits and gate logits;
+    a GatedResNet without outputs is refused."""
+    from ai_engine.detection.train import _MaskChannelAux
+    from ai_engine.networks.resnet3d import GatedResNet
+    from ai_engine.training.seg_aux import TumorSegAux
+
+    net = GatedResNet(2, 1, block_inplanes=(4, 8, 8, 8), conv1_t_stride=1).eval()
+    wrapper = _MaskChannelAux(TumorSegAux(net, ["gate.gate_logits"], [1]))
+    x = torch.rand(2, 3, 16, 16, 16)
+    with torch.no_grad():
+        logits, segs, mask = wrapper(x)
+        alone = net(x[:, :2])
+    assert torch.equal(mask, x[:, 2:]) and torch.allclose(logits, alone)
+    assert len(segs) == 1 and segs[0].shape == (2, 1, 16, 16, 16)
+    with pytest.raises(ValueError, match="num_classes >= 1"):
+        GatedResNet(2, 0)
