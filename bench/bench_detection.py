@@ -79,31 +79,31 @@ def ct_sized_volume(seed: int, shape: tuple[int, int, int]) -> Volume:
 
 
 def blob_filter_baseline(detector: NoduleDetector, items: list[dict]) -> dict | None:
-    """FROC of the blob channel alone (no learning): its local maxima (5^3 window) inside the
-    body, scored by the response, 64 per scan at most. None when the model has no blob channel."""
-    from scipy import ndimage
-
+    """FROC of the blob channel alone (no learning): the pipeline's blob candidates
+    (`add_blob_candidates`, 64 per scan) scored by their peak response. None when the model
+    has no blob channel."""
+    from ai_engine.detection.candidates import add_blob_candidates
     from ai_engine.evaluation.froc import froc
     from ai_engine.transforms import voxel_to_lps_mm
 
     if not detector.config.blob_sigmas_mm:
         return None
-    lo_hu, hi_hu = detector.config.hu_range
-    body = (detector.config.body_threshold_hu - lo_hu) / (hi_hu - lo_hu)
     points = []
     for item in items:
         image = detector.preprocess(item["image"])
         ct, blob = image[0].numpy(), image[1].numpy()
-        peaks = np.argwhere(
-            (blob == ndimage.maximum_filter(blob, size=5)) & (blob > 0) & (ct > body)
+        spacing = np.linalg.norm(np.asarray(image.affine, dtype=np.float64)[:3, :3], axis=0)
+        empty = np.zeros(blob.shape, np.int32)
+        # scored by the response itself: it stands in for the U-Net's probability
+        cands, _ = add_blob_candidates(
+            [], empty, blob, ct > detector.body_level(), blob, spacing, 64
         )
-        scores = blob[tuple(peaks.T)]
-        keep = np.argsort(-scores)[:64]
-        centers = voxel_to_lps_mm(image, peaks[keep].astype(np.float64))
+        centers = np.array([c.center_voxel for c in cands]).reshape(-1, 3)
+        centers_mm = voxel_to_lps_mm(image, centers) if len(cands) else np.zeros((0, 3))
         points.append(
             [
-                {"center_lps_mm": c.tolist(), "score": float(v)}
-                for c, v in zip(centers, scores[keep], strict=True)
+                {"center_lps_mm": c.tolist(), "score": cand.prob}
+                for c, cand in zip(centers_mm, cands, strict=True)
             ]
         )
     return froc(points, [item["nodules"] for item in items]).to_metrics()
@@ -135,7 +135,7 @@ def main() -> int:
     parser.add_argument("--work", default="/tmp/bench_detection")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--n-train", type=int, default=48)
-    parser.add_argument("--n-val", type=int, default=8)
+    parser.add_argument("--n-val", type=int, default=16)
     parser.add_argument("--n-test", type=int, default=12)
     parser.add_argument(
         "--shape", default="160,160,64", help="phantom matrix of the train/test scans"
@@ -190,6 +190,12 @@ def main() -> int:
         "components); after stage 1, 0 or 3 mm is chosen on validation",
     )
     parser.add_argument("--fp-patch", type=int, default=24, help="classifier patch edge")
+    parser.add_argument(
+        "--blob-candidates",
+        type=int,
+        default=DetectionConfig.blob_candidates,
+        help="blob-channel maxima per scan added to the U-Net's candidates",
+    )
     parser.add_argument("--roi", type=int, default=64, help="sliding-window ROI at inference")
     parser.add_argument("--overlap", type=float, default=0.125)
     parser.add_argument("--seed", type=int, default=0)
@@ -228,6 +234,7 @@ def main() -> int:
         fp_patch_size=args.fp_patch,
         fp_channels=tuple(int(v) for v in args.fp_channels.split(",")),
         candidate_peak_distance_mm=args.peak_distance,
+        blob_candidates=args.blob_candidates,
     )
     t_train = float("nan")
     if args.retrain or not (model / "model.json").is_file():
@@ -296,7 +303,7 @@ def main() -> int:
     if baseline is not None:
         rows.append(
             (
-                "CPM, blob filter alone (baseline: no learning, its local maxima)",
+                "CPM, blob filter alone (baseline: no learning, its candidates)",
                 f"{baseline['cpm']:.3f} ({baseline['n_hit']}/{baseline['n_nodules']} hit)",
                 "",
             )

@@ -157,3 +157,98 @@ def merge_close(
         else:
             groups.append([int(i)])
     return groups
+
+
+def add_blob_candidates(
+    candidates: list[Candidate],
+    labels: np.ndarray,
+    blob: np.ndarray,
+    inside: np.ndarray,
+    prob: np.ndarray,
+    spacing_mm: np.ndarray,
+    n: int,
+    window: int = 5,
+    min_separation_mm: float = 3.0,
+) -> tuple[list[Candidate], np.ndarray]:
+    """Add the `n` strongest local maxima of the blob channel as candidates.
+
+    The dot filter reaches small nodules that touch a vessel or the chest wall, which a U-Net
+    trained on a few dozen of them scores low; the false-positive classifier then decides
+    between them and the vessel ends the filter also finds. A maximum (the highest response
+    within a `window`^3 box, inside `inside`) closer than the radius of an existing candidate,
+    or than `min_separation_mm`, to its centre is that candidate again and is skipped. Each new
+    candidate's region (its mask and size) is the voxels around the peak (within 6 mm) where
+    the response is at least half the peak, connected to it; its centre is the peak refined
+    by its 3^3 neighbours; its probability is the U-Net's highest in the region.
+
+    Args:
+        candidates: the U-Net's candidates (kept first, unchanged).
+        labels: their int32 label map (a copy with the new regions is returned).
+        blob: (X, Y, Z) blob response.
+        inside: (X, Y, Z) bool, where a candidate may lie (dense voxels: a nodule centre).
+        prob: (X, Y, Z) U-Net foreground probability.
+        spacing_mm: voxel size along X, Y, Z.
+        n: maxima to add at most.
+        window: edge of the local-maximum box (voxels).
+        min_separation_mm: a maximum nearer than this to a kept candidate is skipped.
+
+    Returns:
+        (candidates sorted by prob, highest first; the label map with the new regions).
+    """
+    spacing_mm = np.asarray(spacing_mm, dtype=np.float64)
+    if n <= 0:
+        return candidates, labels
+    peaks = np.argwhere((blob >= ndimage.maximum_filter(blob, size=window)) & (blob > 0) & inside)
+    if len(peaks) == 0:
+        return candidates, labels
+    order = np.argsort(-blob[tuple(peaks.T)], kind="stable")
+    kept_mm = [np.asarray(c.center_voxel) * spacing_mm for c in candidates]
+    kept_r = [max(c.diameter_mm / 2.0, min_separation_mm) for c in candidates]
+    labels = labels.copy()
+    next_label = int(labels.max()) + 1
+    half = np.maximum(np.ceil(6.0 / spacing_mm).astype(int), 1)  # 12 mm box: up to ~8 mm blobs
+    out = list(candidates)
+    structure = np.ones((3, 3, 3), bool)
+    added = 0
+    for idx in order:
+        if added >= n:
+            break
+        peak = peaks[idx]
+        p_mm = peak * spacing_mm
+        if any(np.linalg.norm(p_mm - c) <= r for c, r in zip(kept_mm, kept_r, strict=True)):
+            continue
+        lo = np.maximum(peak - half, 0)
+        hi = np.minimum(peak + half + 1, blob.shape)
+        box = tuple(slice(int(a), int(b)) for a, b in zip(lo, hi, strict=True))
+        local = blob[box]
+        region, _ = ndimage.label(local >= 0.5 * blob[tuple(peak)], structure=structure)
+        mine = region == region[tuple(peak - lo)]
+        free = mine & (labels[box] == 0)
+        if not free.any():  # all of it already belongs to another candidate
+            continue
+        labels[box][free] = next_label
+        size = int(mine.sum())
+        # the centre: the peak, refined by the response-weighted mean of its 3^3 neighbours (the
+        # half-maximum region may run along a vessel the nodule touches and pull a centroid off)
+        near = tuple(slice(max(int(a) - 1, 0), int(a) + 2) for a in peak)
+        center = np.array([s.start for s in near], dtype=np.float64) + np.array(
+            ndimage.center_of_mass(blob[near]), dtype=np.float64
+        )
+        diameter = float((6.0 * size * float(np.prod(spacing_mm)) / np.pi) ** (1.0 / 3.0))
+        nz = np.argwhere(free) + lo
+        out.append(
+            Candidate(
+                center_voxel=center,
+                diameter_mm=diameter,
+                prob=float(prob[box][mine].max()),
+                component=next_label,
+                n_voxels=int(free.sum()),
+                bbox=(tuple(int(v) for v in nz.min(0)), tuple(int(v) + 1 for v in nz.max(0))),  # type: ignore[arg-type]
+            )
+        )
+        kept_mm.append(center * spacing_mm)
+        kept_r.append(max(diameter / 2.0, min_separation_mm))
+        next_label += 1
+        added += 1
+    out.sort(key=lambda c: -c.prob)
+    return out, labels

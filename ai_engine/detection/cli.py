@@ -7,6 +7,7 @@ import json
 import time
 from pathlib import Path
 
+from ai_engine.detection.config import DetectionConfig
 from ai_engine.errors import InputError
 
 
@@ -20,6 +21,15 @@ def _triple(text: str, kind: type = float) -> tuple:
         )
     try:
         return tuple(kind(p) for p in parts)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _scales(text: str) -> tuple[float, ...]:
+    if text.strip().lower() in {"", "none", "off"}:
+        return ()
+    try:
+        return tuple(float(p) for p in text.split(",") if p.strip())
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
@@ -83,6 +93,26 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
         default=0.0,
         help="U-Net target spheres are at least this wide (mm)",
     )
+    t.add_argument(
+        "--blob-sigmas",
+        type=_scales,
+        default=None,
+        help="scales (mm) of the blob-enhancement input channel, e.g. 1.5,2.25,3.75,6 (the "
+        "default); 'none' for the CT channel alone",
+    )
+    t.add_argument(
+        "--blob-candidates",
+        type=int,
+        default=None,
+        help="also take this many of the blob channel's strongest maxima per scan as "
+        f"candidates (default {DetectionConfig.blob_candidates}; 0: U-Net candidates only)",
+    )
+    t.add_argument(
+        "--plain-classifier",
+        action="store_true",
+        help="false-positive classifier without the nodule-supervised gate (MONAI's ResNet; "
+        "its Grad-CAM is coarser)",
+    )
     t.add_argument("--lr", type=float, default=1e-2)
     t.add_argument("--fp-lr", type=float, default=1e-3)
     t.add_argument("--accumulation-steps", type=int, default=1)
@@ -144,7 +174,6 @@ def run(args: argparse.Namespace) -> int:
 
 def _train(args: argparse.Namespace) -> int:
     from ai_engine.data.datalist import load_datalist
-    from ai_engine.detection.config import DetectionConfig
     from ai_engine.detection.train import DetectionTrainOptions, train_detector
 
     if args.demo:
@@ -158,12 +187,17 @@ def _train(args: argparse.Namespace) -> int:
     datalist = load_datalist(args.data)
     if args.init_weights and not Path(args.init_weights).exists():
         raise InputError(f"--init-weights {args.init_weights} does not exist")
+    if args.blob_sigmas == () and args.blob_candidates:
+        raise InputError("--blob-candidates needs the blob channel: drop --blob-sigmas none")
     try:
         config = DetectionConfig(
             spacing_mm=args.spacing,
             patch_size=args.patch_size,
             sw_roi_size=args.roi_size,
             unet_norm=args.unet_norm,
+            fp_gate=not args.plain_classifier,
+            **({} if args.blob_sigmas is None else {"blob_sigmas_mm": args.blob_sigmas}),
+            **({} if args.blob_candidates is None else {"blob_candidates": args.blob_candidates}),
         )
     except ValueError as exc:
         raise InputError(str(exc)) from None
@@ -198,7 +232,6 @@ def _train_demo(args: argparse.Namespace) -> int:
     """A tiny detector on 4 phantom CTs written by the phantom generator (seconds per stage)."""
     from ai_engine.data.datalist import load_datalist, write_datalist
     from ai_engine.data.phantoms import write_chest_ct
-    from ai_engine.detection.config import DetectionConfig
     from ai_engine.detection.train import DetectionTrainOptions, train_detector
 
     root = Path(args.out) / "demo_data"

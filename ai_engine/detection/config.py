@@ -62,6 +62,12 @@ class DetectionConfig:
             beside the windowed CT (`ai_engine.transforms.enhance`: the Hessian dot filter that
             tells a small nodule from a vessel cut across); () for the CT channel alone (model
             folders written before this option have no such key and load with ()).
+        blob_candidates: besides the U-Net's, up to this many of the blob channel's strongest
+            local maxima in the body become candidates (`candidates.add_blob_candidates`: small
+            nodules touching a vessel that the U-Net scores low); the classifier is trained on
+            them too, and training keeps the count (of `blob_candidate_counts`) that scores best
+            on validation. 0: U-Net candidates only (model folders written before this option;
+            always 0 without the blob channel).
     """
 
     spacing_mm: tuple[float, float, float] = (1.5, 1.5, 1.5)
@@ -86,6 +92,7 @@ class DetectionConfig:
     finding_threshold: float = 0.5
     body_threshold_hu: float = -500.0
     blob_sigmas_mm: tuple[float, ...] = (1.5, 2.25, 3.75, 6.0)
+    blob_candidates: int = 16
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -99,6 +106,10 @@ class DetectionConfig:
         self.blob_sigmas_mm = tuple(float(v) for v in self.blob_sigmas_mm)
         if any(s <= 0 for s in self.blob_sigmas_mm):
             raise ValueError(f"blob_sigmas_mm must be positive, got {self.blob_sigmas_mm}")
+        if self.blob_candidates < 0:
+            raise ValueError(f"blob_candidates must be >= 0, got {self.blob_candidates}")
+        if not self.blob_sigmas_mm:
+            self.blob_candidates = 0  # they are the blob channel's maxima
         if len(self.spacing_mm) != 3 or min(self.spacing_mm) <= 0:
             raise ValueError(f"spacing_mm must be three positive numbers, got {self.spacing_mm}")
         if len(self.hu_range) != 2 or self.hu_range[0] >= self.hu_range[1]:
@@ -168,4 +179,5 @@ class DetectionConfig:
         kwargs = {k: v for k, v in data.items() if k in known}
         kwargs.setdefault("blob_sigmas_mm", ())  # written before the blob channel existed
         kwargs.setdefault("fp_gate", False)  # written before the gated classifier
+        kwargs.setdefault("blob_candidates", 0)  # its classifier never saw blob candidates
         return cls(**kwargs)

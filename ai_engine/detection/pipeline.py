@@ -15,6 +15,7 @@ from monai.inferers import SlidingWindowInferer
 
 from ai_engine.detection.candidates import (
     Candidate,
+    add_blob_candidates,
     combine_scores,
     extract_candidates,
     merge_close,
@@ -120,11 +121,14 @@ class NoduleDetector:
         """Load (path) or take a Volume, orient RAS, resample, window: a (1, X, Y, Z) MetaTensor."""
         return self._preprocess({"image": image})["image"]
 
+    def body_level(self) -> float:
+        """`body_threshold_hu` on the windowed image's [0, 1] scale."""
+        lo_hu, hi_hu = self.config.hu_range
+        return (self.config.body_threshold_hu - lo_hu) / (hi_hu - lo_hu)
+
     def body_box(self, image: torch.Tensor) -> tuple[slice, slice, slice]:
         """Bounding box of the body (voxels above `body_threshold_hu`), 4 voxels of margin."""
-        lo_hu, hi_hu = self.config.hu_range
-        thr = (self.config.body_threshold_hu - lo_hu) / (hi_hu - lo_hu)
-        arr = image[0] > thr
+        arr = image[0] > self.body_level()
         shape = arr.shape
         box = []
         for axis in range(3):
@@ -198,6 +202,18 @@ class NoduleDetector:
             cfg.candidate_peak_distance_mm,
             cfg.candidate_center_power,
         )
+        if cfg.blob_candidates and image.shape[0] > 1:
+            plain = image.as_subclass(torch.Tensor) if isinstance(image, MetaTensor) else image
+            arrays = plain.detach().cpu().numpy()
+            cands, labels = add_blob_candidates(
+                cands,
+                labels,
+                arrays[1],
+                arrays[0] > self.body_level(),  # a nodule centre is dense
+                prob,
+                spacing,
+                cfg.blob_candidates,
+            )
         centers = np.array([c.center_voxel for c in cands]).reshape(-1, 3)
         centers_mm = voxel_to_lps_mm(image, centers) if len(cands) else np.zeros((0, 3))
         return cands, labels, centers_mm

@@ -99,6 +99,11 @@ class DetectionTrainOptions:
         combine_modes: score combinations tried on the validation scans after stage 2; the one
             with the best CPM becomes `config.combine` ("candidate": the classifier is not
             used); empty, or no validation scans: the configured one is kept.
+        blob_candidate_counts: with `config.blob_candidates` > 0 (the count the classifier is
+            trained with), the counts per scan tried at inference on the validation scans
+            with each combine mode (those above the trained count are skipped); the best
+            becomes `config.blob_candidates` (0: the classifier trained on them scores the
+            U-Net's candidates alone).
         mining_threshold: U-Net probability threshold for mining classifier samples.
         random_negatives: random soft-tissue negatives per training scan.
         fp_gate_weight: weight of the gated classifier's nodule-mask loss (its gate logits
@@ -137,6 +142,7 @@ class DetectionTrainOptions:
     candidate_peak_distances: tuple[float, ...] = (0.0, 3.0)
     try_test_time_flips: bool = True
     combine_modes: tuple[str, ...] = ("geometric", "product", "mean", "classifier", "candidate")
+    blob_candidate_counts: tuple[int, ...] = (0, 8, 16)
     mining_threshold: float = 0.1
     random_negatives: int = 24
     fp_crop_jitter: int = 4
@@ -338,34 +344,46 @@ def choose_candidate_threshold(
 
 
 def choose_combine(
-    detector: NoduleDetector, scans: Sequence[dict[str, Any]], modes: Sequence[str]
+    detector: NoduleDetector,
+    scans: Sequence[dict[str, Any]],
+    modes: Sequence[str],
+    blob_counts: Sequence[int] = (),
 ) -> tuple[str, dict[str, float]]:
     """The score combination with the best whole-detector CPM on `scans` (ties: the earlier
     mode in `modes`). "candidate" ignores the classifier, so a classifier that makes the CPM
-    worse than the U-Net alone is not used. Returns (mode, {mode: cpm})."""
-    per_scan = []
-    for scan in scans:
-        cands, _labels, centers_mm = detector.candidates(scan["image"])
-        q = detector.classify(
-            scan["image"], np.array([c.center_voxel for c in cands]).reshape(-1, 3)
-        )
-        per_scan.append((cands, centers_mm, q))
-    saved = detector.config.combine
+    worse than the U-Net alone is not used. With `blob_counts`, each count of blob candidates
+    per scan is tried with each mode (ties: the smaller count) and the best one is left in
+    `detector.config.blob_candidates`. Returns (mode, {mode: cpm} or {"<mode>@<count>": cpm})."""
+    probs = [detector.probability(s["image"]) for s in scans]
+    saved_mode, saved_count = detector.config.combine, detector.config.blob_candidates
+    counts = sorted(set(blob_counts)) or [saved_count]
     table: dict[str, float] = {}
-    best = (saved, -1.0)
+    best = (saved_mode, -1.0, saved_count)
     try:
-        for mode in modes:
-            detector.config.combine = mode
-            points = [
-                [d.as_point() for d in detector.finish(cands, centers_mm, q)]
-                for cands, centers_mm, q in per_scan
-            ]
-            cpm = froc(points, [s["nodules"] for s in scans]).cpm
-            table[mode] = cpm
-            if cpm > best[1]:
-                best = (mode, cpm)
+        for count in counts:
+            detector.config.blob_candidates = int(count)
+            per_scan = []
+            for scan, prob in zip(scans, probs, strict=True):
+                cands, _labels, centers_mm = detector.candidates_from_probability(
+                    scan["image"], prob
+                )
+                q = detector.classify(
+                    scan["image"], np.array([c.center_voxel for c in cands]).reshape(-1, 3)
+                )
+                per_scan.append((cands, centers_mm, q))
+            for mode in modes:
+                detector.config.combine = mode
+                points = [
+                    [d.as_point() for d in detector.finish(cands, centers_mm, q)]
+                    for cands, centers_mm, q in per_scan
+                ]
+                cpm = froc(points, [s["nodules"] for s in scans]).cpm
+                table[f"{mode}@{count}" if blob_counts else mode] = cpm
+                if cpm > best[1]:
+                    best = (mode, cpm, int(count))
     finally:
-        detector.config.combine = saved
+        detector.config.combine = saved_mode
+        detector.config.blob_candidates = best[2]
     return best[0], table
 
 
@@ -626,14 +644,24 @@ def train_detector(
     train_scans = _preprocess_items(train_items, config)
     classifier, info2 = _fp_stage(unet, train_scans, val_scans, config, opts, out)
     if val_scans and opts.combine_modes:
-        mode, table = choose_combine(
-            NoduleDetector(config, unet, classifier, device=opts.device),
-            val_scans,
-            opts.combine_modes,
+        blob_counts = (
+            [n for n in opts.blob_candidate_counts if n <= config.blob_candidates]
+            if config.blob_candidates
+            else []
         )
+        chooser = NoduleDetector(config, unet, classifier, device=opts.device)
+        mode, table = choose_combine(chooser, val_scans, opts.combine_modes, blob_counts)
         config.combine = mode
-        info2["combine"] = {"chosen": mode, "validation_cpm": table}
-        _log(f"[fp_reduction] score combination {mode!r} chosen on validation (CPM {table})")
+        config.blob_candidates = chooser.config.blob_candidates
+        info2["combine"] = {
+            "chosen": mode,
+            "blob_candidates": config.blob_candidates,
+            "validation_cpm": table,
+        }
+        _log(
+            f"[fp_reduction] score combination {mode!r} with {config.blob_candidates} blob "
+            f"candidates chosen on validation (CPM {table})"
+        )
     metrics: dict[str, Any] = {}
     if val_scans:
         det = NoduleDetector(config, unet, classifier, device=opts.device)

@@ -19,7 +19,7 @@ import torch
 from ai_engine.cli import main
 from ai_engine.data.datalist import write_datalist
 from ai_engine.data.phantoms import write_brain_mri, write_chest_ct
-from ai_engine.detection.candidates import extract_candidates, merge_close
+from ai_engine.detection.candidates import add_blob_candidates, extract_candidates, merge_close
 from ai_engine.detection.config import DetectionConfig
 from ai_engine.detection.train import DetectionTrainOptions, train_detector
 from ai_engine.detection.transforms import preprocessing
@@ -268,6 +268,34 @@ BAD_CASES = [
         "--pos-neg must be two counts",
     ),
     (
+        "blob candidates without the blob channel",
+        lambda p, m: [
+            "train",
+            "--data",
+            str(p["datalist"]),
+            "--out",
+            str(p["bad"] / "o4"),
+            "--blob-sigmas",
+            "none",
+            "--blob-candidates",
+            "8",
+        ],
+        "needs the blob channel",
+    ),
+    (
+        "a blob scale that is not positive",
+        lambda p, m: [
+            "train",
+            "--data",
+            str(p["datalist"]),
+            "--out",
+            str(p["bad"] / "o5"),
+            "--blob-sigmas",
+            "1.5,0",
+        ],
+        "blob_sigmas_mm must be positive",
+    ),
+    (
         "train with neither --data nor --demo",
         lambda p, m: ["train", "--out", str(p["bad"] / "o2")],
         "needs --data",
@@ -297,6 +325,7 @@ def test_bad_input_exits_2_with_a_message(bad_inputs, model, capsys, name, argv,
     err = capsys.readouterr().err
     assert code == 2, (name, err)
     assert err.startswith("error: ") and message in err, err
+    assert not any(bad_inputs["bad"].glob("o*"))  # refused before anything is written
 
 
 def test_cuda_request_without_cuda_is_refused(bad_inputs, model, capsys):
@@ -597,6 +626,48 @@ def test_a_weak_blob_beside_a_stronger_peak_still_gets_a_candidate():
     assert sorted(c.prob for c in cands) == pytest.approx([0.5, 0.9])
 
 
+def test_blob_maxima_join_the_unet_candidates_where_it_has_none():
+    """The blob channel's maxima become candidates unless a U-Net candidate already covers them
+    (its radius, or the minimum separation); each new one gets its own region in the label map,
+    the U-Net's probability there, a size from its half-maximum region, and at most n are
+    added, strongest first; maxima outside `inside` are ignored."""
+    grid = np.indices((40, 40, 40)).transpose(1, 2, 3, 0).astype(np.float64)
+
+    def bump(center, width, height):
+        return height * np.exp(-((np.linalg.norm(grid - np.array(center), axis=-1) / width) ** 2))
+
+    found, missed, weak, outside = [10.0, 10, 10], [30.0, 10, 10], [10.0, 30, 30], [30.0, 30, 30]
+    prob = bump(found, 2.0, 0.9) + bump(missed, 1.5, 0.08)
+    blob = bump(found, 2.0, 1.0) + bump(missed, 1.5, 0.8) + bump(weak, 1.5, 0.3)
+    blob += bump(outside, 1.5, 2.0)
+    inside = np.ones(blob.shape, bool)
+    inside[25:, 25:, 25:] = False
+    spacing = np.ones(3)
+    cands, labels = extract_candidates(prob, spacing, threshold=0.5)
+    assert len(cands) == 1
+    both, with_blobs = add_blob_candidates(cands, labels, blob, inside, prob, spacing, n=1)
+    assert len(both) == 2 and both[0] is cands[0]  # the U-Net's own is kept first
+    new = both[1]
+    assert np.allclose(new.center_voxel, missed, atol=0.3)
+    assert new.prob == pytest.approx(0.08, abs=0.01)  # what the U-Net gave it
+    assert 1.5 < new.diameter_mm < 4.0
+    assert new.n_voxels == int((with_blobs == new.component).sum()) > 0
+    assert np.array_equal(with_blobs[labels > 0], labels[labels > 0])  # U-Net regions untouched
+    assert labels.max() == cands[0].component  # the input map is not changed
+    three, _ = add_blob_candidates(cands, labels, blob, inside, prob, spacing, n=10)
+    centres = sorted(tuple(np.round(c.center_voxel).astype(int)) for c in three)
+    assert centres == sorted([(10, 10, 10), (30, 10, 10), (10, 30, 30)])  # not `outside`
+    none, same = add_blob_candidates(cands, labels, blob, inside, prob, spacing, n=0)
+    assert none == cands and same is labels
+
+
+def test_blob_candidates_need_the_blob_channel():
+    assert DetectionConfig(blob_sigmas_mm=(), blob_candidates=8).blob_candidates == 0
+    with pytest.raises(ValueError, match="blob_candidates must be >= 0"):
+        DetectionConfig(blob_candidates=-1)
+    assert DetectionConfig.from_dict({"blob_sigmas_mm": [1.5]}).blob_candidates == 0
+
+
 def test_crop_centres_give_every_nodule_the_same_share():
     """`CropCentersd`: a 3-voxel and a 500-voxel nodule get the same number of positive crop
     centres, all on nodule voxels; background centres lie in the body outside the nodules, and
@@ -664,6 +735,20 @@ def test_test_time_flips_average_the_flipped_passes():
 
 
 # ---------------------------------------------------------------- gated classifier (issue #5)
+def test_training_chooses_the_blob_candidate_count_on_validation(model):
+    """The classifier trains on the U-Net's and the blob channel's candidates (16 per scan);
+    the count used at inference is the one of 0, 8, 16 with the best validation CPM, tried
+    with every score combination, and it is what the folder stores."""
+    folder = load_model_folder(model)
+    chosen = folder.manifest["made_by_params"]["fp_reduction"]["combine"]
+    table = chosen["validation_cpm"]
+    assert {key.split("@")[1] for key in table} == {"0", "8", "16"}
+    best = max(table.values())
+    assert table[f"{chosen['chosen']}@{chosen['blob_candidates']}"] == best
+    assert folder.postprocessing["blob_candidates"] == chosen["blob_candidates"]
+    assert folder.postprocessing["combine"] == chosen["chosen"]
+
+
 def test_the_trained_classifier_is_gated_and_its_cam_layer_is_the_gate(model):
     """By default the false-positive classifier is a `GatedResNet` with one logit (not
     centred: a single class has nothing to centre on); the stored kwargs rebuild it, and the
