@@ -74,6 +74,10 @@ Seeds 0-4 (the default) are the reported ones; method choices were made on other
 Usage (defaults: about an hour on 2 cores shared with other jobs; 1 torch thread: 2 threads
 stall each other on a loaded machine):
   .venv/bin/python bench/bench_active_learning.py --out var/bench/active_learning
+
+More seeds in parallel: one process per core, each with its own `--seed-offset` and `--out`
+(the same other flags), then the report of all their seeds together:
+  .venv/bin/python bench/bench_active_learning.py --merge OUT1/results.json OUT2/results.json
 """
 
 from __future__ import annotations
@@ -594,7 +598,16 @@ def main() -> int:
         "--full-curve", action="store_true", help="evaluate the full-pool model every round"
     )
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument(
+        "--merge",
+        nargs="+",
+        metavar="RESULTS_JSON",
+        help="no run: report the seeds of these runs' results.json together (runs of other "
+        "seeds with the same settings, e.g. one per core)",
+    )
     args = parser.parse_args()
+    if args.merge:
+        return merge_reports(args.merge)
     settings = [s.strip() for s in args.settings.split(",") if s.strip()]
     unknown = sorted(set(settings) - set(SETTINGS))
     if unknown or not settings:
@@ -648,6 +661,50 @@ def main() -> int:
             {"args": vars(args), "results": results, "summary": summary, "total_s": total}, indent=1
         )
     )
+    return 0
+
+
+# flags that change what a seed's figures mean: merged runs must agree on them
+_SAME = ("pool", "test", "init", "k", "budget", "eval_set", "shape", "spatial_size",
+         "block_inplanes", "init_steps", "round_steps", "from_scratch", "steps_per_epoch",
+         "batch_size", "lr", "ft_lr", "focal_gamma", "mc_samples", "diversity", "variants")  # fmt: skip
+
+
+def merge_reports(paths: list[str]) -> int:
+    """Print the report of several runs' seeds together (`--merge`); exit 2 when the runs
+    differ in a setting that matters, share a seed or a file is missing."""
+    runs = []
+    for path in paths:
+        p = Path(path)
+        if not p.is_file():
+            print(f"error: {path}: no such results file", file=sys.stderr)
+            return 2
+        runs.append(json.loads(p.read_text()))
+    first = runs[0]["args"]
+    for path, run in zip(paths[1:], runs[1:], strict=True):
+        differ = [k for k in _SAME if run["args"].get(k) != first.get(k)]
+        if differ:
+            print(f"error: {path} differs from {paths[0]} in {', '.join(differ)}", file=sys.stderr)
+            return 2
+    args = argparse.Namespace(**first)
+    merged: dict[str, list[dict]] = {}
+    for run in runs:
+        for setting, results in run["results"].items():
+            merged.setdefault(setting, []).extend(results)
+    for setting, results in merged.items():
+        seeds = [r["seed"] for r in results]
+        if len(set(seeds)) != len(seeds):
+            print(
+                f"error: the runs share seeds of the {setting} pool: {sorted(seeds)}",
+                file=sys.stderr,
+            )
+            return 2
+        results.sort(key=lambda r: r["seed"])
+    args.seeds = max(len(v) for v in merged.values())
+    print(f"== merged: {len(runs)} runs, seeds " + ", ".join(
+        f"{s} {[r['seed'] for r in v]}" for s, v in merged.items()) + " ==")  # fmt: skip
+    for setting, results in merged.items():
+        report(setting, results, args)
     return 0
 
 

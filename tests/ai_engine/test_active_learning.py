@@ -456,3 +456,50 @@ def test_bench_crossings_interpolate_and_the_ratio_interval_brackets_the_ratio()
     lo, hi = bench._ratio_interval([9, 12, 15, 12], [15, 18, 12, 21])
     assert lo <= np.mean([9, 12, 15, 12]) / np.mean([15, 18, 12, 21]) <= hi
     assert bench._ratio_interval([10, 10], [20, 20]) == (0.5, 0.5)
+
+
+def _bench_run(tmp_path, name, seeds, **changed):
+    """A results.json as the bench writes it (only what the report reads), for `--merge`."""
+    args = {"pool": 48, "test": 300, "init": 6, "k": 3, "budget": 12, "eval_set": "test",
+            "shape": "32,32,32", "spatial_size": "24,24,24", "block_inplanes": "8,16,32,32",
+            "init_steps": 100, "round_steps": 40, "from_scratch": False, "steps_per_epoch": 20,
+            "batch_size": 8, "lr": 3e-3, "ft_lr": 3e-3, "focal_gamma": 2.0, "mc_samples": 8,
+            "diversity": None, "variants": [], "variants_only": False, **changed}  # fmt: skip
+    results = []
+    for seed in seeds:
+        unc = [[6, 0.5], [9, 0.9], [12, 0.95]]
+        rnd = [[6, 0.5], [9, 0.6], [12, 0.95]]
+        results.append(
+            {"seed": seed, "full_f1": 0.95, "target": 0.9025, "full_curve": [[12, 0.95]],
+             "curves": {"uncertainty": unc, "random": rnd},
+             "labels_needed": {"uncertainty": 9, "random": 12},
+             "curve_mean_f1": {"uncertainty": 0.78, "random": 0.68},
+             "acquired": {s: {"grades": [5, 3, 1], "same_patient": 0, "degraded": 0}
+                          for s in ("uncertainty", "random")},
+             "signals": []})  # fmt: skip
+    path = tmp_path / name / "results.json"
+    path.parent.mkdir()
+    path.write_text(json.dumps({"args": args, "results": {"clinical": results}}))
+    return str(path)
+
+
+def test_bench_merge_reports_the_seeds_of_several_runs_together(tmp_path, capsys):
+    """Runs of other seeds (one per core) are reported as one: their seeds together, the
+    ratio over all of them. Runs that differ in a setting that changes the figures, share a
+    seed, or a missing file, are refused with exit 2."""
+    bench = _bench()
+    a = _bench_run(tmp_path, "a", [0, 1])
+    b = _bench_run(tmp_path, "b", [2])
+    assert bench.merge_reports([a, b]) == 0
+    out = capsys.readouterr().out
+    assert "seeds clinical [0, 1, 2]" in out
+    assert "over 3 seeds" in out and "ratio uncertainty/random = 0.75" in out
+    other_k = _bench_run(tmp_path, "c", [3], k=1)
+    same_seed = _bench_run(tmp_path, "d", [1])
+    for paths, message in (
+        ([a, other_k], "differs from"),
+        ([a, same_seed], "share seeds"),
+        ([a, str(tmp_path / "nope.json")], "no such results file"),
+    ):
+        assert bench.merge_reports(paths) == 2
+        assert message in capsys.readouterr().err
