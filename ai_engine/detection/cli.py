@@ -172,6 +172,28 @@ def run(args: argparse.Namespace) -> int:
         return _predict(args)
 
 
+def config_from_args(args: argparse.Namespace) -> DetectionConfig:
+    """The `DetectionConfig` of `train`'s flags (flags left out keep the config's defaults).
+
+    Raises:
+        InputError: flags that contradict each other or a value out of range.
+    """
+    if args.blob_sigmas == () and args.blob_candidates:
+        raise InputError("--blob-candidates needs the blob channel: drop --blob-sigmas none")
+    try:
+        return DetectionConfig(
+            spacing_mm=args.spacing,
+            patch_size=args.patch_size,
+            sw_roi_size=args.roi_size,
+            unet_norm=args.unet_norm,
+            fp_gate=not args.plain_classifier,
+            **({} if args.blob_sigmas is None else {"blob_sigmas_mm": args.blob_sigmas}),
+            **({} if args.blob_candidates is None else {"blob_candidates": args.blob_candidates}),
+        )
+    except ValueError as exc:
+        raise InputError(str(exc)) from None
+
+
 def _train(args: argparse.Namespace) -> int:
     from ai_engine.data.datalist import load_datalist
     from ai_engine.detection.train import DetectionTrainOptions, train_detector
@@ -187,20 +209,7 @@ def _train(args: argparse.Namespace) -> int:
     datalist = load_datalist(args.data)
     if args.init_weights and not Path(args.init_weights).exists():
         raise InputError(f"--init-weights {args.init_weights} does not exist")
-    if args.blob_sigmas == () and args.blob_candidates:
-        raise InputError("--blob-candidates needs the blob channel: drop --blob-sigmas none")
-    try:
-        config = DetectionConfig(
-            spacing_mm=args.spacing,
-            patch_size=args.patch_size,
-            sw_roi_size=args.roi_size,
-            unet_norm=args.unet_norm,
-            fp_gate=not args.plain_classifier,
-            **({} if args.blob_sigmas is None else {"blob_sigmas_mm": args.blob_sigmas}),
-            **({} if args.blob_candidates is None else {"blob_candidates": args.blob_candidates}),
-        )
-    except ValueError as exc:
-        raise InputError(str(exc)) from None
+    config = config_from_args(args)
     options = DetectionTrainOptions(
         epochs=args.epochs,
         steps_per_epoch=args.steps_per_epoch,

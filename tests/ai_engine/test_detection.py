@@ -661,6 +661,32 @@ def test_blob_maxima_join_the_unet_candidates_where_it_has_none():
     assert none == cands and same is labels
 
 
+def test_train_flags_set_the_blob_channel_blob_candidates_and_the_classifier():
+    """`detection train`'s flags reach the config it trains; left out, the defaults hold."""
+    from ai_engine.detection.cli import build_parser, config_from_args
+    from ai_engine.errors import InputError
+
+    parser = build_parser("detection")
+    base = ["train", "--data", "d.json", "--out", "m"]
+    default = config_from_args(parser.parse_args(base))
+    assert default.blob_sigmas_mm == DetectionConfig().blob_sigmas_mm
+    assert default.blob_candidates == DetectionConfig().blob_candidates > 0
+    assert default.fp_gate is True
+    changed = config_from_args(
+        parser.parse_args(
+            [*base, "--blob-sigmas", "1,3", "--blob-candidates", "4", "--plain-classifier"]
+        )
+    )
+    assert changed.blob_sigmas_mm == (1.0, 3.0) and changed.in_channels == 2
+    assert changed.blob_candidates == 4 and changed.fp_gate is False
+    assert "tumor_gate" not in changed.fp_kwargs
+    ct_only = config_from_args(parser.parse_args([*base, "--blob-sigmas", "none"]))
+    assert ct_only.blob_sigmas_mm == () and ct_only.in_channels == 1
+    assert ct_only.blob_candidates == 0
+    with pytest.raises(InputError, match="blob_candidates must be >= 0"):
+        config_from_args(parser.parse_args([*base, "--blob-candidates", "-1"]))
+
+
 def test_blob_candidates_need_the_blob_channel():
     assert DetectionConfig(blob_sigmas_mm=(), blob_candidates=8).blob_candidates == 0
     with pytest.raises(ValueError, match="blob_candidates must be >= 0"):
