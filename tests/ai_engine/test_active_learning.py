@@ -6,6 +6,7 @@ holds an untrained tiny U-Net (the detector's scoring path, not its accuracy, is
 
 from __future__ import annotations
 
+import argparse
 import json
 from pathlib import Path
 
@@ -450,6 +451,12 @@ def test_bench_crossings_interpolate_and_the_ratio_interval_brackets_the_ratio()
     counts, values = [6, 9, 12, 15], [0.4, 0.8, 0.9, 0.95]
     assert bench.labels_needed(list(zip(counts, values, strict=True)), 0.85, 48) == 12
     assert bench.labels_needed(list(zip(counts, values, strict=True)), 0.99, 48) == 48
+    # a curve that never reaches the target counts as the next round (a lower bound), capped
+    # at the pool
+    ns = argparse.Namespace
+    assert bench.censored_as(ns(pool=48, budget=30, k=1)) == 31
+    assert bench.censored_as(ns(pool=48, budget=48, k=3)) == 48
+    assert bench.censored_as(ns(pool=48, budget=45, k=3)) == 48
     assert bench._interpolated_crossing(counts, values, 0.85) == pytest.approx(10.5)
     assert bench._interpolated_crossing(counts, values, 0.3) == 6.0
     assert bench._interpolated_crossing(counts, values, 0.99) is None
@@ -503,3 +510,19 @@ def test_bench_merge_reports_the_seeds_of_several_runs_together(tmp_path, capsys
     ):
         assert bench.merge_reports(paths) == 2
         assert message in capsys.readouterr().err
+
+
+def test_bench_report_counts_the_seeds_that_never_reach_the_target(tmp_path, capsys):
+    """A seed whose curve stays below 95% within the budget counts as the next round (budget
+    12 + k 3 = 15, a lower bound) and the report says how many seeds that was."""
+    bench = _bench()
+    path = Path(_bench_run(tmp_path, "a", [0, 1]))
+    run = json.loads(path.read_text())
+    late = run["results"]["clinical"][1]
+    late["curves"]["random"] = [[6, 0.5], [9, 0.6], [12, 0.8]]
+    late["labels_needed"]["random"] = bench.censored_as(argparse.Namespace(**run["args"]))
+    path.write_text(json.dumps(run))
+    assert bench.merge_reports([str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "never within the budget (12), counted as 15: uncertainty 0 seeds, random 1 seeds" in out
+    assert ">12" in out and "ratio uncertainty/random = 0.67" in out
