@@ -337,7 +337,14 @@ def main() -> int:
             "",
         )
     )
-    rows.append(("score combination (chosen on validation)", detector.config.combine, ""))
+    rows.append(
+        (
+            "score combination / blob candidates / classifier flips (chosen on validation)",
+            f"{detector.config.combine} / {detector.config.blob_candidates} / "
+            f"{detector.config.fp_test_time_flips}",
+            "",
+        )
+    )
     rows.append(("test scans / nodules", f"{metrics['n_images']} / {metrics['n_nodules']}", ""))
     rows.append(
         (

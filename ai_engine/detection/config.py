@@ -53,6 +53,10 @@ class DetectionConfig:
             the nodule's sphere (positive patches), pooled into the logit. Its Grad-CAM on the
             gated map is each voxel's share of the score, so a finding's explanation points
             at the nodule (False: MONAI's ResNet, Grad-CAM on its last stage).
+        fp_test_time_flips: the classifier's probability is the mean over the candidate's
+            patch and its 7 flips (every combination of the three axes, as in training's
+            augmentation; 8 passes, ~1 s more per scan on a CPU); training turns it on when it
+            raises the validation CPM. Folders written before this option load with False.
         combine: final score from candidate prob p and classifier prob q: "geometric"
             sqrt(p q), "product" p q, "mean" (p + q) / 2, "classifier" q, or "candidate" p
             (training picks the mode with the best validation CPM).
@@ -88,6 +92,7 @@ class DetectionConfig:
     fp_patch_size: int = 24
     fp_channels: tuple[int, ...] = (16, 32, 64, 64)
     fp_gate: bool = True
+    fp_test_time_flips: bool = False
     combine: str = "geometric"
     finding_threshold: float = 0.5
     body_threshold_hu: float = -500.0

@@ -3,6 +3,7 @@ score combination -> merging -> findings in patient space (+ masks on the source
 
 from __future__ import annotations
 
+import itertools
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -167,14 +168,22 @@ class NoduleDetector:
     def classify(
         self, image: torch.Tensor, centers_voxel: np.ndarray, batch_size: int = 32
     ) -> np.ndarray:
-        """Classifier probability of each candidate center (N,)."""
+        """Classifier probability of each candidate center (N,), the mean over the patch's 8
+        flips when `config.fp_test_time_flips`."""
         if self.classifier is None or len(centers_voxel) == 0:
             return np.ones(len(centers_voxel))
         patches = extract_patches(image, centers_voxel, self.config.fp_patch_size)
+        flips: list[tuple[int, ...]] = [()]
+        if self.config.fp_test_time_flips:
+            flips = [dims for n in range(4) for dims in itertools.combinations((2, 3, 4), n)]
         out = []
         for start in range(0, len(patches), batch_size):
             x = torch.from_numpy(patches[start : start + batch_size]).to(self.device)
-            out.append(torch.sigmoid(self.classifier(x).float()).reshape(-1).cpu().numpy())
+            q = sum(
+                torch.sigmoid(self.classifier(torch.flip(x, dims) if dims else x).float())
+                for dims in flips
+            )
+            out.append((q / len(flips)).reshape(-1).cpu().numpy())
         return np.concatenate(out)
 
     def candidates(self, image: MetaTensor) -> tuple[list[Candidate], np.ndarray, np.ndarray]:

@@ -10,6 +10,7 @@ The result is one model folder with the components "candidates" and "fp_reductio
 
 from __future__ import annotations
 
+import itertools
 import json
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -96,6 +97,9 @@ class DetectionTrainOptions:
             thresholds (0: connected components); empty: the configured one is kept.
         try_test_time_flips: after stage 1, also try `config.test_time_flips` on the validation
             scans and keep it when it raises the candidates' CPM (it costs 4 U-Net passes).
+        try_fp_test_time_flips: after stage 2, try the classifier with and without
+            `config.fp_test_time_flips` with each combine mode and blob count, and keep the
+            best on validation.
         combine_modes: score combinations tried on the validation scans after stage 2; the one
             with the best CPM becomes `config.combine` ("candidate": the classifier is not
             used); empty, or no validation scans: the configured one is kept.
@@ -141,6 +145,7 @@ class DetectionTrainOptions:
     candidate_thresholds: tuple[float, ...] = (0.05, 0.1, 0.2, 0.3, 0.5)
     candidate_peak_distances: tuple[float, ...] = (0.0, 3.0)
     try_test_time_flips: bool = True
+    try_fp_test_time_flips: bool = True
     combine_modes: tuple[str, ...] = ("geometric", "product", "mean", "classifier", "candidate")
     blob_candidate_counts: tuple[int, ...] = (0, 8, 16)
     mining_threshold: float = 0.1
@@ -348,20 +353,27 @@ def choose_combine(
     scans: Sequence[dict[str, Any]],
     modes: Sequence[str],
     blob_counts: Sequence[int] = (),
+    fp_flips: Sequence[bool] = (),
 ) -> tuple[str, dict[str, float]]:
     """The score combination with the best whole-detector CPM on `scans` (ties: the earlier
     mode in `modes`). "candidate" ignores the classifier, so a classifier that makes the CPM
     worse than the U-Net alone is not used. With `blob_counts`, each count of blob candidates
     per scan is tried with each mode (ties: the smaller count) and the best one is left in
-    `detector.config.blob_candidates`. Returns (mode, {mode: cpm} or {"<mode>@<count>": cpm})."""
+    `detector.config.blob_candidates`; with `fp_flips` (False, True), the classifier with and
+    without test-time flips likewise (ties: the first), the best left in
+    `detector.config.fp_test_time_flips`. Returns (mode, {mode: cpm}, or
+    {"<mode>@<count>": cpm} with `blob_counts`, keys suffixed "+flips" for the flipped
+    classifier)."""
     probs = [detector.probability(s["image"]) for s in scans]
-    saved_mode, saved_count = detector.config.combine, detector.config.blob_candidates
-    counts = sorted(set(blob_counts)) or [saved_count]
+    cfg = detector.config
+    saved = (cfg.combine, cfg.blob_candidates, cfg.fp_test_time_flips)
+    counts = sorted(set(blob_counts)) or [saved[1]]
+    flip_options = list(dict.fromkeys(fp_flips)) or [saved[2]]
     table: dict[str, float] = {}
-    best = (saved_mode, -1.0, saved_count)
+    best = (saved[0], -1.0, saved[1], saved[2])
     try:
-        for count in counts:
-            detector.config.blob_candidates = int(count)
+        for count, flips in itertools.product(counts, flip_options):
+            cfg.blob_candidates, cfg.fp_test_time_flips = int(count), bool(flips)
             per_scan = []
             for scan, prob in zip(scans, probs, strict=True):
                 cands, _labels, centers_mm = detector.candidates_from_probability(
@@ -372,18 +384,19 @@ def choose_combine(
                 )
                 per_scan.append((cands, centers_mm, q))
             for mode in modes:
-                detector.config.combine = mode
+                cfg.combine = mode
                 points = [
                     [d.as_point() for d in detector.finish(cands, centers_mm, q)]
                     for cands, centers_mm, q in per_scan
                 ]
                 cpm = froc(points, [s["nodules"] for s in scans]).cpm
-                table[f"{mode}@{count}" if blob_counts else mode] = cpm
+                key = f"{mode}@{count}" if blob_counts else mode
+                table[key + ("+flips" if flips and fp_flips else "")] = cpm
                 if cpm > best[1]:
-                    best = (mode, cpm, int(count))
+                    best = (mode, cpm, int(count), bool(flips))
     finally:
-        detector.config.combine = saved_mode
-        detector.config.blob_candidates = best[2]
+        cfg.combine = saved[0]
+        cfg.blob_candidates, cfg.fp_test_time_flips = best[2], best[3]
     return best[0], table
 
 
@@ -650,17 +663,21 @@ def train_detector(
             else []
         )
         chooser = NoduleDetector(config, unet, classifier, device=opts.device)
-        mode, table = choose_combine(chooser, val_scans, opts.combine_modes, blob_counts)
+        fp_flips = (False, True) if opts.try_fp_test_time_flips else ()
+        mode, table = choose_combine(chooser, val_scans, opts.combine_modes, blob_counts, fp_flips)
         config.combine = mode
         config.blob_candidates = chooser.config.blob_candidates
+        config.fp_test_time_flips = chooser.config.fp_test_time_flips
         info2["combine"] = {
             "chosen": mode,
             "blob_candidates": config.blob_candidates,
+            "fp_test_time_flips": config.fp_test_time_flips,
             "validation_cpm": table,
         }
         _log(
             f"[fp_reduction] score combination {mode!r} with {config.blob_candidates} blob "
-            f"candidates chosen on validation (CPM {table})"
+            f"candidates, classifier flips {config.fp_test_time_flips}, chosen on validation "
+            f"(CPM {table})"
         )
     metrics: dict[str, Any] = {}
     if val_scans:

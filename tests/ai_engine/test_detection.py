@@ -768,11 +768,46 @@ def test_training_chooses_the_blob_candidate_count_on_validation(model):
     folder = load_model_folder(model)
     chosen = folder.manifest["made_by_params"]["fp_reduction"]["combine"]
     table = chosen["validation_cpm"]
-    assert {key.split("@")[1] for key in table} == {"0", "8", "16"}
+    assert {key.split("@")[1].removesuffix("+flips") for key in table} == {"0", "8", "16"}
+    # each (mode, count) with the classifier's flips off and on
+    assert sum(key.endswith("+flips") for key in table) == len(table) // 2
     best = max(table.values())
-    assert table[f"{chosen['chosen']}@{chosen['blob_candidates']}"] == best
+    flips = "+flips" if chosen["fp_test_time_flips"] else ""
+    assert table[f"{chosen['chosen']}@{chosen['blob_candidates']}{flips}"] == best
     assert folder.postprocessing["blob_candidates"] == chosen["blob_candidates"]
     assert folder.postprocessing["combine"] == chosen["chosen"]
+    assert folder.postprocessing["fp_test_time_flips"] == chosen["fp_test_time_flips"]
+
+
+def test_classifier_test_time_flips_average_the_eight_flipped_patches():
+    """With `fp_test_time_flips` a candidate's probability is the mean over its patch and the
+    patch flipped along every combination of axes: for a classifier whose logit is the
+    patch's mean over one corner octant, that is the mean over all eight octants' sigmoids."""
+    from monai.data import MetaTensor
+
+    from ai_engine.detection.pipeline import NoduleDetector
+
+    class Corner(torch.nn.Module):
+        def forward(self, x):
+            h = x.shape[-1] // 2
+            return x[:, :1, :h, :h, :h].mean(dim=(1, 2, 3, 4))[:, None]
+
+    cfg = DetectionConfig(fp_patch_size=16, blob_sigmas_mm=())
+    gen = torch.Generator().manual_seed(0)
+    image = MetaTensor(torch.rand(1, 40, 40, 40, generator=gen) * 4 - 2)
+    centers = np.array([[20.0, 20.0, 20.0], [12.0, 25.0, 18.0]])
+    plain = NoduleDetector(cfg, torch.nn.Identity(), Corner()).classify(image, centers)
+    cfg.fp_test_time_flips = True
+    flipped = NoduleDetector(cfg, torch.nn.Identity(), Corner()).classify(image, centers)
+    for (x, y, z), p, f in zip(centers.astype(int), plain, flipped, strict=True):
+        patch = image[0, x - 8 : x + 8, y - 8 : y + 8, z - 8 : z + 8]
+        octants = [
+            torch.sigmoid(patch[i : i + 8, j : j + 8, k : k + 8].mean())
+            for i in (0, 8) for j in (0, 8) for k in (0, 8)
+        ]  # fmt: skip
+        assert p == pytest.approx(float(octants[0]), abs=1e-5)
+        assert f == pytest.approx(float(torch.stack(octants).mean()), abs=1e-5)
+    assert not np.allclose(plain, flipped)
 
 
 def test_the_trained_classifier_is_gated_and_its_cam_layer_is_the_gate(model):
