@@ -55,7 +55,7 @@ class DetectionConfig:
             at the nodule (False: MONAI's ResNet, Grad-CAM on its last stage).
         fp_test_time_flips: the classifier's probability is the mean over the candidate's
             patch and its 7 flips (every combination of the three axes, as in training's
-            augmentation; 8 passes, ~1 s more per scan on a CPU); training turns it on when it
+            augmentation; 8 passes, ~1.5 s more per scan on a CPU); training turns it on when it
             raises the validation CPM. Folders written before this option load with False.
         combine: final score from candidate prob p and classifier prob q: "geometric"
             sqrt(p q), "product" p q, "mean" (p + q) / 2, "classifier" q, or "candidate" p
