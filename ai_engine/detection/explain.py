@@ -53,7 +53,9 @@ class FindingHeat:
         heat: float32 map of shape hi - lo, in [0, 1].
         peak_voxel: source voxel index of the map's maximum (None: flat map).
         peak_lps_mm: that voxel's position in patient space (None: flat map).
-        classifier_prob: the classifier's probability on the patch.
+        classifier_prob: the classifier's probability on the patch the heat map explains
+            (unflipped: with `fp_test_time_flips` the finding's score used the mean over
+            the patch's 8 flips, so the two may differ a little).
     """
 
     box: tuple[tuple[int, int, int], tuple[int, int, int]]

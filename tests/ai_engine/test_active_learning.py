@@ -526,3 +526,16 @@ def test_bench_report_counts_the_seeds_that_never_reach_the_target(tmp_path, cap
     out = capsys.readouterr().out
     assert "never within the budget (12), counted as 15: uncertainty 0 seeds, random 1 seeds" in out
     assert ">12" in out and "ratio uncertainty/random = 0.67" in out
+
+
+def test_bench_refuses_a_budget_beyond_the_pool(monkeypatch, capsys, tmp_path):
+    """The default budget (30 labels) needs a pool of at least 30 studies: a smaller pool is
+    refused before anything runs (exit 2, the rule in the message, nothing written)."""
+    bench = _bench()
+    out = tmp_path / "run"
+    monkeypatch.setattr("sys.argv", ["bench_active_learning.py", "--pool", "20", "--out", str(out)])
+    with pytest.raises(SystemExit) as exc:
+        bench.main()
+    assert exc.value.code == 2
+    assert "need 0 < --init < --budget <= --pool" in capsys.readouterr().err
+    assert not out.exists()

@@ -808,6 +808,9 @@ def test_classifier_test_time_flips_average_the_eight_flipped_patches():
         assert p == pytest.approx(float(octants[0]), abs=1e-5)
         assert f == pytest.approx(float(torch.stack(octants).mean()), abs=1e-5)
     assert not np.allclose(plain, flipped)
+    # folders written before the option load with the flips off
+    old = {k: v for k, v in cfg.to_dict().items() if k != "fp_test_time_flips"}
+    assert DetectionConfig.from_dict(old).fp_test_time_flips is False
 
 
 def test_the_trained_classifier_is_gated_and_its_cam_layer_is_the_gate(model):
