@@ -133,7 +133,11 @@ VARIANTS = {
     "diversity-0.5": {"diversity_weight": 0.5},
     "diversity-1": {"diversity_weight": 1.0},
     "margin": {"tta": False},
+    "class-balance": {},
 }
+#: variants that pass the labelled set's grade counts (`labeled_counts`: class-balanced
+#: uncertainty)
+COUNTED = {"class-balance"}
 #: variants that re-rank the library's queue by one of its components (a signal under test
 #: that `score_studies` reports but does not rank by): foreground studies first, then by it
 RERANK = {"margin": "margin"}
@@ -279,6 +283,11 @@ def strategies(args: argparse.Namespace) -> list[str]:
     return [*default, *(f"uncertainty-{v}" for v in args.variants)]
 
 
+def grade_counts(keys: list[str], by_key: dict) -> dict[int, int]:
+    """How many of the labelled studies hold each grade."""
+    return {g: sum(by_key[k]["label"] == g - 1 for k in keys) for g in GRADES}
+
+
 def mix_at(args: argparse.Namespace) -> int:
     """Labeled count at which the acquired mix is reported: half way through the rounds."""
     rounds = max(0, (args.budget - args.init) // args.k)
@@ -371,6 +380,8 @@ def run_seed(
             kwargs = dict(variant)
             if args.diversity is not None and strategy == "uncertainty":
                 kwargs["diversity_weight"] = args.diversity
+            if strategy.removeprefix("uncertainty-") in COUNTED:
+                kwargs["labeled_counts"] = grade_counts(labeled, by_key)
             ranking = score_studies(
                 folder, unlabeled, strategy="random" if strategy == "random" else "uncertainty",
                 mc_samples=args.mc_samples, seed=derive_seed(rep, "score", r), **kwargs,

@@ -27,7 +27,11 @@ from ai_engine.active_learning.scoring import (
     StudyScore,
     score_studies,
 )
-from ai_engine.active_learning.uncertainty import class_uncertainty, voxel_uncertainty
+from ai_engine.active_learning.uncertainty import (
+    class_balance_weight,
+    class_uncertainty,
+    voxel_uncertainty,
+)
 
 __all__ = [
     "DEFAULT_DIVERSITY_WEIGHT",
@@ -37,6 +41,7 @@ __all__ = [
     "ActiveLearningInputError",
     "StudyScore",
     "body_fraction",
+    "class_balance_weight",
     "class_uncertainty",
     "cosine_distances",
     "diverse_order",

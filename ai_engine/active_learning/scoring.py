@@ -27,7 +27,7 @@ pass puts above the candidate threshold; the body when there is none).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -47,6 +47,7 @@ from ai_engine.active_learning.mc_dropout import (
     penultimate_features,
 )
 from ai_engine.active_learning.uncertainty import (
+    class_balance_weight,
     class_uncertainty,
     tta_transforms,
     voxel_uncertainty,
@@ -148,7 +149,13 @@ class _GradingScorer:
         return self.model.probabilities(logits)
 
     def measure(
-        self, volume: Volume, mc_samples: int, tta: bool, injected_p: float, seed: int
+        self,
+        volume: Volume,
+        mc_samples: int,
+        tta: bool,
+        injected_p: float,
+        seed: int,
+        labeled_counts: np.ndarray | None = None,
     ) -> tuple[dict[str, Any], np.ndarray, float]:
         from ai_engine.grading.data import GRADES, preprocess
 
@@ -183,6 +190,11 @@ class _GradingScorer:
             comps["tta_variance"] = variance
             comps["tta"] = [op.name for op in ops]
             u = (u + min(4.0 * variance, 1.0)) / 2.0
+        if labeled_counts is not None:
+            weight = class_balance_weight(np.asarray(unc["mean_probabilities"]), labeled_counts)
+            comps["unweighted_uncertainty"] = u
+            comps["class_balance_weight"] = weight
+            u *= weight
         return comps, embedding, u
 
 
@@ -276,6 +288,41 @@ def _scorer(model_dir: Path, strategy: str, device: str) -> _GradingScorer | _De
     )
 
 
+def _class_counts(
+    scorer: _GradingScorer | _DetectionScorer, labeled_counts: Mapping[str | int, int] | None
+) -> np.ndarray | None:
+    """`labeled_counts` as an array in the model's grade order (None stays None)."""
+    if labeled_counts is None:
+        return None
+    if isinstance(scorer, _DetectionScorer):
+        raise ActiveLearningInputError(
+            "labeled_counts weights the uncertainty by grade; a nodule-detection model has none"
+        )
+    from ai_engine.grading.data import GRADES
+
+    if not isinstance(labeled_counts, Mapping):
+        raise ActiveLearningInputError(
+            f"labeled_counts must map grades to counts, got {type(labeled_counts).__name__}"
+        )
+    known = {str(g): i for i, g in enumerate(GRADES)}
+    counts = np.zeros(len(GRADES))
+    seen: set[str] = set()
+    for grade, count in labeled_counts.items():
+        if str(grade) not in known:
+            raise ActiveLearningInputError(
+                f"labeled_counts: unknown grade {grade!r}; the model grades {', '.join(known)}"
+            )
+        if isinstance(count, bool) or not isinstance(count, int) or count < 0:
+            raise ActiveLearningInputError(
+                f"labeled_counts: grade {grade} needs a count >= 0, got {count!r}"
+            )
+        if str(grade) in seen:
+            raise ActiveLearningInputError(f"labeled_counts: grade {grade} is given twice")
+        seen.add(str(grade))
+        counts[known[str(grade)]] = count
+    return counts
+
+
 def _check_arguments(strategy: str, mc_samples: int, diversity_weight: float, p: float) -> None:
     if strategy not in STRATEGIES:
         raise ActiveLearningInputError(
@@ -306,6 +353,7 @@ def score_studies(
     injected_dropout: float = DEFAULT_INJECTED_P,
     device: str = "cpu",
     total: int | None = None,
+    labeled_counts: Mapping[str | int, int] | None = None,
 ) -> list[StudyScore]:
     """Rank unlabeled studies for labelling (see the module docstring for the strategies).
 
@@ -326,6 +374,12 @@ def score_studies(
             that has no active dropout layer.
         device: where the networks run.
         total: number of studies, for progress fractions when `inputs` has no len().
+        labeled_counts: grading only: how many labelled studies of each grade the model
+            was trained on (`{grade: count}`, a grade left out counts 0). With it, a study's
+            uncertainty is multiplied by `class_balance_weight`: the studies the model puts
+            in the grades with the fewest labels come first among equally uncertain ones
+            (components `class_balance_weight`, `unweighted_uncertainty`). The random
+            baseline ignores it.
 
     Returns:
         One `StudyScore` per study, sorted by rank (1 first).
@@ -340,6 +394,7 @@ def score_studies(
     _check_arguments(strategy, mc_samples, diversity_weight, injected_dropout)
     model_dir = Path(model_dir)
     scorer = _scorer(model_dir, strategy, device)
+    counts = _class_counts(scorer, labeled_counts) if strategy == "uncertainty" else None
     if total is None and hasattr(inputs, "__len__"):
         total = len(inputs)  # type: ignore[arg-type]
     measures: list[_Measure] = []
@@ -361,7 +416,7 @@ def score_studies(
             )
         try:
             measure = _measure(
-                scorer, key, volume, strategy, mc_samples, tta, injected_dropout, seed
+                scorer, key, volume, strategy, mc_samples, tta, injected_dropout, seed, counts
             )
         except AIEngineError as exc:
             raise type(exc)(f"study {key!r}: {exc}") from exc
@@ -383,6 +438,7 @@ def _measure(
     tta: bool,
     injected_p: float,
     seed: int,
+    labeled_counts: np.ndarray | None = None,
 ) -> _Measure:
     if strategy == "random":
         fg, comps = scorer.foreground(volume)
@@ -394,7 +450,9 @@ def _measure(
         )
     else:
         fg, fg_comps = scorer.foreground(volume)
-        comps, emb, u = scorer.measure(volume, mc_samples, tta, injected_p, study_seed)
+        comps, emb, u = scorer.measure(
+            volume, mc_samples, tta, injected_p, study_seed, labeled_counts
+        )
     return _Measure(key, fg, u, emb, {**comps, **fg_comps})
 
 

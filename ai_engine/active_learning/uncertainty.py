@@ -30,6 +30,7 @@ from monai.transforms import Flip, ScaleIntensity, ShiftIntensity
 __all__ = [
     "TTA",
     "binary_entropy",
+    "class_balance_weight",
     "class_uncertainty",
     "entropy",
     "tta_transforms",
@@ -72,6 +73,29 @@ def class_uncertainty(samples: np.ndarray) -> dict[str, float]:
         "margin": float(1.0 - (top2[1] - top2[0])),
         "mean_probabilities": [float(v) for v in mean],
     }
+
+
+def class_balance_weight(mean_probabilities: np.ndarray, labeled_counts: np.ndarray) -> float:
+    """How much a study's predicted classes lack labels: sum_c p̄_c * r_c.
+
+    r_c = C * (1 / (n_c + 1)) / sum_c' (1 / (n_c' + 1)), n_c the labelled studies of class c:
+    the inverse (add-one) class frequency scaled so that the classes' mean is 1. Equal counts
+    give 1 for every study (plain uncertainty order); a study the model puts in a class with
+    few labels weighs more than one it puts in a class with many. The weight lies in (0, C).
+    This is class-balanced acquisition (imbalanced active learning), kept to one
+    multiplicative term on the study's uncertainty.
+    """
+    p = np.asarray(mean_probabilities, dtype=np.float64)
+    n = np.asarray(labeled_counts, dtype=np.float64)
+    if p.shape != n.shape or p.ndim != 1:
+        raise ValueError(
+            f"expected matching (C,) probabilities and counts, got {p.shape}, {n.shape}"
+        )
+    if (n < 0).any():
+        raise ValueError(f"labelled counts must be >= 0, got {n.tolist()}")
+    inverse = 1.0 / (n + 1.0)
+    rarity = len(n) * inverse / inverse.sum()
+    return float(p @ rarity)
 
 
 def voxel_uncertainty(samples: np.ndarray, region: np.ndarray) -> dict[str, float]:

@@ -18,6 +18,7 @@ from ai_engine.active_learning import (
     DEFAULT_DIVERSITY_WEIGHT,
     ActiveLearningInputError,
     StudyScore,
+    class_balance_weight,
     class_uncertainty,
     diverse_order,
     mc_dropout,
@@ -152,6 +153,24 @@ def test_class_uncertainty_entropy_bald_and_margin_on_known_distributions():
     assert agree["mean_probabilities"] == pytest.approx([0.6, 0.3, 0.1])
 
 
+def test_class_balance_weight_favours_the_grades_with_fewest_labels():
+    # counts 8 / 3 / 0: inverse add-one frequencies 1/9, 1/4, 1; scaled to mean 1
+    inverse = np.array([1 / 9, 1 / 4, 1.0])
+    rarity = 3 * inverse / inverse.sum()
+    assert class_balance_weight(np.array([0.0, 0.0, 1.0]), np.array([8, 3, 0])) == (
+        pytest.approx(rarity[2])
+    )
+    mixed = np.array([0.5, 0.3, 0.2])
+    assert class_balance_weight(mixed, np.array([8, 3, 0])) == pytest.approx(mixed @ rarity)
+    # equal counts (none or many): weight 1 for every study, the plain uncertainty order
+    for counts in ([0, 0, 0], [5, 5, 5]):
+        assert class_balance_weight(mixed, np.array(counts)) == pytest.approx(1.0)
+    with pytest.raises(ValueError, match=">= 0"):
+        class_balance_weight(mixed, np.array([1, -1, 0]))
+    with pytest.raises(ValueError, match="matching"):
+        class_balance_weight(mixed, np.array([1, 1]))
+
+
 # ---------------------------------------------------------------- grading scoring
 
 
@@ -227,6 +246,35 @@ def test_default_queue_is_the_uncertainty_order(grading):
     assert [s.score for s in diverse] != u  # a weight > 0 does change the scores
 
 
+def test_labeled_counts_weight_each_study_by_its_predicted_grades_rarity(grading):
+    """With the labelled set's grade counts, the ranked uncertainty is the plain one times
+    `class_balance_weight` of the study's MC-mean probabilities; equal counts change nothing."""
+    pool = [*_training_like()[:5], ("noise", _noise(4))]
+    plain = _by_key(score_studies(grading["model"], pool, mc_samples=4, seed=3))
+    counts = {1: 9, 2: 4, "3": 0}
+    weighted = score_studies(grading["model"], pool, mc_samples=4, seed=3, labeled_counts=counts)
+    for s in weighted:
+        c = s.components
+        probs = np.array([c["mc_mean_probabilities"][g] for g in ("1", "2", "3")])
+        weight = class_balance_weight(probs, np.array([9, 4, 0]))  # probs rounded to 4 digits
+        assert c["class_balance_weight"] == pytest.approx(weight, rel=1e-3)
+        assert c["unweighted_uncertainty"] == pytest.approx(plain[s.key].components["uncertainty"])
+        assert c["uncertainty"] == pytest.approx(
+            c["class_balance_weight"] * c["unweighted_uncertainty"]
+        )
+    u = [s.components["uncertainty"] for s in weighted]
+    assert u == sorted(u, reverse=True)
+    even = score_studies(
+        grading["model"], pool, mc_samples=4, seed=3, labeled_counts={1: 2, 2: 2, 3: 2}
+    )
+    assert [s.key for s in even] == [s.key for s in sorted(plain.values(), key=lambda s: s.rank)]
+    # the random baseline ignores the counts
+    random = score_studies(grading["model"], pool, strategy="random", seed=3, labeled_counts=counts)
+    assert [s.key for s in random] == [
+        s.key for s in score_studies(grading["model"], pool, strategy="random", seed=3)
+    ]
+
+
 def test_ranks_run_from_one_to_n_with_non_increasing_scores(grading):
     pool = [
         *_training_like()[:4],
@@ -299,6 +347,11 @@ BAD_LIBRARY_CALLS = [
     ("duplicate keys", {}, lambda: _training_like()[:1] * 2, ActiveLearningInputError, "given twice"),
     ("CT volume for grading", {}, lambda: [("ct", Volume(np.zeros(SHAPE), np.eye(4)))], InputError, "study 'ct': a grading study must be a (4, X, Y, Z)"),
     ("not a Volume", {}, lambda: [("raw", np.zeros((4, *SHAPE)))], ActiveLearningInputError, "expected an ai_engine.io.Volume"),
+    ("labeled_counts: unknown grade", {"labeled_counts": {4: 1}}, lambda: _training_like()[:1], ActiveLearningInputError, "unknown grade 4; the model grades 1, 2, 3"),
+    ("labeled_counts: negative", {"labeled_counts": {1: -2}}, lambda: _training_like()[:1], ActiveLearningInputError, "grade 1 needs a count >= 0, got -2"),
+    ("labeled_counts: not a number", {"labeled_counts": {1: "many"}}, lambda: _training_like()[:1], ActiveLearningInputError, "needs a count >= 0, got 'many'"),
+    ("labeled_counts: grade twice", {"labeled_counts": {1: 2, "1": 3}}, lambda: _training_like()[:1], ActiveLearningInputError, "grade 1 is given twice"),
+    ("labeled_counts: a list", {"labeled_counts": [3, 2, 1]}, lambda: _training_like()[:1], ActiveLearningInputError, "must map grades to counts, got list"),
 ]  # fmt: skip
 
 
@@ -375,6 +428,8 @@ def test_detection_scores_the_candidate_map_and_random_puts_air_last(detector_fo
     assert [s.key for s in random] == ["chest", "air"]
     with pytest.raises(InputError, match="study 'mri'"):
         score_studies(detector_folder, [("mri", make_brain_mri(1, shape=SHAPE)[0])])
+    with pytest.raises(ActiveLearningInputError, match="a nodule-detection model has none"):
+        score_studies(detector_folder, studies, mc_samples=3, labeled_counts={1: 2})
 
 
 # ---------------------------------------------------------------- CLI
@@ -454,6 +509,8 @@ def test_bench_crossings_interpolate_and_the_ratio_interval_brackets_the_ratio()
     # a curve that never reaches the target counts as the next round (a lower bound), capped
     # at the pool
     ns = argparse.Namespace
+    by_key = {"a": {"label": 0}, "b": {"label": 2}, "c": {"label": 0}}
+    assert bench.grade_counts(["a", "b", "c"], by_key) == {1: 2, 2: 0, 3: 1}
     assert bench.censored_as(ns(pool=48, budget=30, k=1)) == 31
     assert bench.censored_as(ns(pool=48, budget=48, k=3)) == 48
     assert bench.censored_as(ns(pool=48, budget=45, k=3)) == 48
