@@ -10,6 +10,9 @@ from pathlib import Path
 from ai_engine.detection.config import DetectionConfig
 from ai_engine.errors import InputError
 
+#: `train --test-time-flips` / `--fp-test-time-flips`: chosen on validation, or fixed
+FLIP_CHOICES = ("search", "on", "off")
+
 
 def _triple(text: str, kind: type = float) -> tuple:
     parts = [p for p in text.replace("x", ",").split(",") if p.strip()]
@@ -113,6 +116,17 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
         help="false-positive classifier without the nodule-supervised gate (MONAI's ResNet; "
         "its Grad-CAM is coarser)",
     )
+    for flag, what in (
+        ("--test-time-flips", "the U-Net's 8 flipped passes (about 4x its inference time)"),
+        ("--fp-test-time-flips", "the classifier's mean over 8 flipped patches"),
+    ):
+        t.add_argument(
+            flag,
+            choices=FLIP_CHOICES,
+            default="search",
+            help=f"{what}: 'search' (default) keeps them when they raise the validation CPM; "
+            "'on' or 'off' fixes them (e.g. 'off' to bound the inference time)",
+        )
     t.add_argument("--lr", type=float, default=1e-2)
     t.add_argument("--fp-lr", type=float, default=1e-3)
     t.add_argument("--accumulation-steps", type=int, default=1)
@@ -187,6 +201,8 @@ def config_from_args(args: argparse.Namespace) -> DetectionConfig:
             sw_roi_size=args.roi_size,
             unet_norm=args.unet_norm,
             fp_gate=not args.plain_classifier,
+            test_time_flips=args.test_time_flips == "on",
+            fp_test_time_flips=args.fp_test_time_flips == "on",
             **({} if args.blob_sigmas is None else {"blob_sigmas_mm": args.blob_sigmas}),
             **({} if args.blob_candidates is None else {"blob_candidates": args.blob_candidates}),
         )
@@ -196,7 +212,7 @@ def config_from_args(args: argparse.Namespace) -> DetectionConfig:
 
 def _train(args: argparse.Namespace) -> int:
     from ai_engine.data.datalist import load_datalist
-    from ai_engine.detection.train import DetectionTrainOptions, train_detector
+    from ai_engine.detection.train import train_detector
 
     if args.demo:
         return _train_demo(args)
@@ -210,7 +226,16 @@ def _train(args: argparse.Namespace) -> int:
     if args.init_weights and not Path(args.init_weights).exists():
         raise InputError(f"--init-weights {args.init_weights} does not exist")
     config = config_from_args(args)
-    options = DetectionTrainOptions(
+    out = train_detector(datalist, args.out, config, train_options_from_args(args))
+    print(f"model folder written to {out}")
+    return 0
+
+
+def train_options_from_args(args: argparse.Namespace):
+    """The `DetectionTrainOptions` of `train`'s flags."""
+    from ai_engine.detection.train import DetectionTrainOptions
+
+    return DetectionTrainOptions(
         epochs=args.epochs,
         steps_per_epoch=args.steps_per_epoch,
         batch_size=args.batch_size,
@@ -231,10 +256,9 @@ def _train(args: argparse.Namespace) -> int:
         loss=args.loss,
         pos_neg=args.pos_neg,
         label_min_diameter_mm=args.label_min_diameter,
+        try_test_time_flips=args.test_time_flips == "search",
+        try_fp_test_time_flips=args.fp_test_time_flips == "search",
     )
-    out = train_detector(datalist, args.out, config, options)
-    print(f"model folder written to {out}")
-    return 0
 
 
 def _train_demo(args: argparse.Namespace) -> int:

@@ -687,6 +687,25 @@ def test_train_flags_set_the_blob_channel_blob_candidates_and_the_classifier():
         config_from_args(parser.parse_args([*base, "--blob-candidates", "-1"]))
 
 
+def test_train_flip_flags_search_on_validation_or_fix_the_flips():
+    """`--test-time-flips` / `--fp-test-time-flips`: 'search' (default) lets training choose
+    on validation; 'on' / 'off' fix the config and skip the search."""
+    from ai_engine.detection.cli import build_parser, config_from_args, train_options_from_args
+
+    parser = build_parser("detection")
+    base = ["train", "--data", "d.json", "--out", "m"]
+    args = parser.parse_args(base)
+    config, options = config_from_args(args), train_options_from_args(args)
+    assert options.try_test_time_flips and options.try_fp_test_time_flips
+    assert not config.test_time_flips and not config.fp_test_time_flips
+    args = parser.parse_args([*base, "--test-time-flips", "off", "--fp-test-time-flips", "on"])
+    config, options = config_from_args(args), train_options_from_args(args)
+    assert not options.try_test_time_flips and not options.try_fp_test_time_flips
+    assert config.test_time_flips is False and config.fp_test_time_flips is True
+    with pytest.raises(SystemExit):
+        parser.parse_args([*base, "--test-time-flips", "maybe"])
+
+
 def test_blob_candidates_need_the_blob_channel():
     assert DetectionConfig(blob_sigmas_mm=(), blob_candidates=8).blob_candidates == 0
     with pytest.raises(ValueError, match="blob_candidates must be >= 0"):
