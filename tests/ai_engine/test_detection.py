@@ -922,3 +922,58 @@ def test_gated_training_wrapper_splits_the_mask_channel_off_and_gated_nets_need_
     assert len(segs) == 1 and segs[0].shape == (2, 1, 16, 16, 16)
     with pytest.raises(ValueError, match="num_classes >= 1"):
         GatedResNet(2, 0)
+
+
+def _bench_detection():
+    import importlib.util
+
+    path = REPO / "bench" / "bench_detection.py"
+    spec = importlib.util.spec_from_file_location("bench_detection", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_bench_places_each_false_positive_and_counts_the_top_ones():
+    """The detection bench's false-positive table: hits are left out; a detection within 2
+    radii of a nodule is 'beside' it; otherwise bone, aerated lung, a structure in the lung
+    (mostly air within 10 mm) or the wall (mostly tissue), from the HU around it."""
+    from ai_engine.detection.pipeline import Detection
+    from ai_engine.io.volume import Volume
+
+    bench = _bench_detection()
+    hu = np.full((40, 40, 40), -900.0, dtype=np.float32)
+    hu[28:] = 40.0  # chest wall: x >= 28
+    hu[33:36, 4:7, 4:7] = 700.0  # a rib in the wall
+    hu[3:8, 3:8, 28:33] = 40.0  # a vessel in the lung
+    source = Volume(hu, np.eye(4), {"modality": "CT"})
+    nodules = [{"center_lps_mm": [12.0, 20.0, 20.0], "diameter_mm": 6.0}]
+
+    def det(center, score):
+        c = np.asarray(center, dtype=np.float64)
+        return Detection(c, c, 5.0, score, score, None)
+
+    detections = [
+        det([12, 20, 21], 0.99),  # a hit: not a false positive
+        det([12, 20, 26], 0.90),  # 2 radii from the nodule
+        det([5, 5, 30], 0.80),  # the vessel
+        det([36, 30, 30], 0.70),  # the wall
+        det([34, 5, 5], 0.60),  # the rib
+        det([5, 35, 5], 0.50),  # air
+    ]
+    anatomy = bench.false_positive_anatomy([(detections, source, nodules)], top=3)
+    places = [r["place"] for r in anatomy["top"]]
+    assert places == [
+        "beside a nodule (<= 2 radii)",
+        "in the lung (vessel-like)",
+        "lung wall / mediastinum",
+    ]
+    assert [r["score"] for r in anatomy["top"]] == [0.90, 0.80, 0.70]
+    assert anatomy["top"][0]["radii_to_nodule"] == pytest.approx(2.0)
+    assert sum(anatomy["all_places"].values()) == 5
+    assert anatomy["all_places"]["bone"] == 1
+    assert anatomy["all_places"]["aerated lung (no structure)"] == 1
+    # a scan without nodules: every detection is a false positive, none 'beside' one
+    lone = bench.false_positive_anatomy([(detections[:1], source, [])], top=1)
+    assert lone["top"][0]["radii_to_nodule"] == np.inf
+    assert lone["top_places"] == {"aerated lung (no structure)": 1}
