@@ -6,7 +6,8 @@ Strategies:
   mc_dropout`) give the predictive entropy (the ranking signal), the mutual information
   (BALD) and for grading the margin of the two likeliest grades (both reported); with `tta`, flipped / intensity-shifted copies give the TTA variance.
   The study's uncertainty is `u = entropy` without TTA and `u = (entropy + 4 * tta_variance)
-  / 2` with it (both terms in [0, 1]). The queue is then built greedily, trading `u`
+  / 2` with it (both terms in [0, 1]); with `labeled_counts` (grading, optional) it is
+  multiplied by the class-balance weight of the study's predicted grades. The queue is then built greedily, trading `u`
   against the cosine distance of the network's penultimate features to the studies queued
   before (`ai_engine.active_learning.diversity`, weight `diversity_weight`, default 0:
   plain uncertainty order, which the active-learning benchmark measured best for labelling
@@ -379,7 +380,7 @@ def score_studies(
             uncertainty is multiplied by `class_balance_weight`: the studies the model puts
             in the grades with the fewest labels come first among equally uncertain ones
             (components `class_balance_weight`, `unweighted_uncertainty`). The random
-            baseline ignores it.
+            baseline checks it and does not use it.
 
     Returns:
         One `StudyScore` per study, sorted by rank (1 first).
@@ -394,7 +395,9 @@ def score_studies(
     _check_arguments(strategy, mc_samples, diversity_weight, injected_dropout)
     model_dir = Path(model_dir)
     scorer = _scorer(model_dir, strategy, device)
-    counts = _class_counts(scorer, labeled_counts) if strategy == "uncertainty" else None
+    counts = _class_counts(scorer, labeled_counts)  # checked for every strategy
+    if strategy != "uncertainty":
+        counts = None
     if total is None and hasattr(inputs, "__len__"):
         total = len(inputs)  # type: ignore[arg-type]
     measures: list[_Measure] = []

@@ -351,6 +351,7 @@ BAD_LIBRARY_CALLS = [
     ("labeled_counts: negative", {"labeled_counts": {1: -2}}, lambda: _training_like()[:1], ActiveLearningInputError, "grade 1 needs a count >= 0, got -2"),
     ("labeled_counts: not a number", {"labeled_counts": {1: "many"}}, lambda: _training_like()[:1], ActiveLearningInputError, "needs a count >= 0, got 'many'"),
     ("labeled_counts: grade twice", {"labeled_counts": {1: 2, "1": 3}}, lambda: _training_like()[:1], ActiveLearningInputError, "grade 1 is given twice"),
+    ("labeled_counts: checked for random too", {"strategy": "random", "labeled_counts": {5: 1}}, lambda: _training_like()[:1], ActiveLearningInputError, "unknown grade 5"),
     ("labeled_counts: a list", {"labeled_counts": [3, 2, 1]}, lambda: _training_like()[:1], ActiveLearningInputError, "must map grades to counts, got list"),
 ]  # fmt: skip
 
