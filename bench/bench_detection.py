@@ -278,7 +278,7 @@ def main() -> int:
     )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    work = Path(args.work)
+    work = Path(args.work).resolve()  # the datalist holds paths relative to itself
     shape = tuple(int(v) for v in args.shape.split(","))
     ct_shape = tuple(int(v) for v in args.ct_shape.split(","))
     rows: list[tuple[str, str, str]] = []

@@ -126,7 +126,11 @@ def _validate_item(item: Any, where: str, base: Path, check: bool) -> dict[str, 
 
 
 def write_datalist(data: dict[str, list[dict[str, Any]]], path: str | Path) -> Path:
-    """Write a datalist atomically (temporary file, then rename)."""
+    """Write a datalist atomically (temporary file, then rename).
+
+    Paths are written as given, and `load_datalist` reads a relative one against the
+    datalist's folder: pass absolute paths, or paths relative to `path`'s folder (not to the
+    working directory)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
