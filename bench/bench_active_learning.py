@@ -82,8 +82,9 @@ Seeds 0-19 are the reported ones (`--seeds 10` in two processes, `--seed-offset 
 method choices were made on other seeds (`--seed-offset 100`), so the reported figures are not
 tuned to their own noise.
 
-Usage (defaults, 5 seeds of both settings: about 80 min on one core, ~8 min per seed and
-setting; 1 torch thread: 2 threads stall each other on a loaded machine):
+Usage (defaults, 5 seeds of both settings: about 40 min on one core of a quiet machine, ~4
+min per seed and setting, twice that under load; 1 torch thread: 2 threads stall each other
+on a loaded machine):
   .venv/bin/python bench/bench_active_learning.py --out var/bench/active_learning
 
 More seeds in parallel: one process per core, each with its own `--seed-offset` and `--out`

@@ -67,7 +67,9 @@ def make_split(
         nodules = json.loads(meta.read_text())
         items.append(
             {
-                "image": str(case),
+                # absolute: the datalist reads a relative path against its own folder, so a
+                # relative --work would be doubled
+                "image": str(case.resolve()),
                 "nodules": [{k: n[k] for k in ("center_lps_mm", "diameter_mm")} for n in nodules],
             }
         )
@@ -278,7 +280,7 @@ def main() -> int:
     )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    work = Path(args.work).resolve()  # the datalist holds paths relative to itself
+    work = Path(args.work)
     shape = tuple(int(v) for v in args.shape.split(","))
     ct_shape = tuple(int(v) for v in args.ct_shape.split(","))
     rows: list[tuple[str, str, str]] = []

@@ -706,6 +706,28 @@ def test_train_flip_flags_search_on_validation_or_fix_the_flips():
         parser.parse_args([*base, "--test-time-flips", "maybe"])
 
 
+def test_train_with_fixed_flips_keeps_them_and_does_not_search(data, tmp_path):
+    """`train --test-time-flips on --fp-test-time-flips off`: the folder holds exactly that,
+    and validation tried the U-Net only with its flips and the classifier only without."""
+    root, datalist = data
+    out = tmp_path / "fixed"
+    argv = ["detection", "train", "--data", str(datalist), "--out", str(out),
+            "--patch-size", "32", "--roi-size", "32", "--epochs", "1", "--steps-per-epoch", "2",
+            "--fp-epochs", "1", "--fp-steps-per-epoch", "2", "--batch-size", "2",
+            "--fp-batch-size", "8", "--max-steps", "2", "--no-progress",
+            "--test-time-flips", "on", "--fp-test-time-flips", "off"]  # fmt: skip
+    assert main(argv) == 0
+    folder = load_model_folder(out)
+    assert folder.postprocessing["test_time_flips"] is True
+    assert folder.postprocessing["fp_test_time_flips"] is False
+    params = folder.manifest["made_by_params"]
+    tried = {k for k in params["candidates"]["candidate_threshold"] if k.startswith("flips=")}
+    assert tried == {"flips=True"}
+    assert not any(
+        k.endswith("+flips") for k in params["fp_reduction"]["combine"]["validation_cpm"]
+    )
+
+
 def test_blob_candidates_need_the_blob_channel():
     assert DetectionConfig(blob_sigmas_mm=(), blob_candidates=8).blob_candidates == 0
     with pytest.raises(ValueError, match="blob_candidates must be >= 0"):
@@ -932,6 +954,19 @@ def _bench_detection():
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def test_bench_splits_under_a_relative_work_folder_load_back(tmp_path, monkeypatch):
+    """`--work var/bench/detection` (relative): the datalist's scans must still be found."""
+    from ai_engine.data.datalist import load_datalist
+
+    bench = _bench_detection()
+    monkeypatch.chdir(tmp_path)
+    items = bench.make_split(Path("work"), "test", [9000], SHAPE)
+    datalist = write_datalist({"testing": items}, Path("work") / "datalist.json")
+    (loaded,) = load_datalist(datalist)["testing"]
+    assert Path(loaded["image"]) == (tmp_path / "work" / "test" / "ct_09000").resolve()
+    assert loaded["nodules"] == items[0]["nodules"]
 
 
 def test_bench_places_each_false_positive_and_counts_the_top_ones():
