@@ -709,7 +709,7 @@ def test_train_flip_flags_search_on_validation_or_fix_the_flips():
 def test_train_with_fixed_flips_keeps_them_and_does_not_search(data, tmp_path):
     """`train --test-time-flips on --fp-test-time-flips off`: the folder holds exactly that,
     and validation tried the U-Net only with its flips and the classifier only without."""
-    root, datalist = data
+    _, datalist = data
     out = tmp_path / "fixed"
     argv = ["detection", "train", "--data", str(datalist), "--out", str(out),
             "--patch-size", "32", "--roi-size", "32", "--epochs", "1", "--steps-per-epoch", "2",
