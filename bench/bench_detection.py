@@ -258,6 +258,19 @@ def main() -> int:
         help="share of background U-Net patches centred on soft tissue beside the lung",
     )
     parser.add_argument(
+        "--mine-negatives-from",
+        type=int,
+        default=None,
+        help="online hard-negative mining of the U-Net from this epoch (default: off)",
+    )
+    parser.add_argument("--mine-every", type=int, default=4, help="epochs between minings")
+    parser.add_argument(
+        "--mined-fraction",
+        type=float,
+        default=1 / 3,
+        help="share of background U-Net patches centred on its mined false positives",
+    )
+    parser.add_argument(
         "--peak-distance",
         type=float,
         default=3.0,
@@ -328,6 +341,9 @@ def main() -> int:
             label_min_diameter_mm=args.label_min_diameter,
             batch_dice=args.dice == "batch",
             hard_negative_fraction=args.hard_fraction,
+            mine_negatives_from=args.mine_negatives_from,
+            mine_negatives_every=args.mine_every,
+            mined_negative_fraction=args.mined_fraction,
             resume=args.resume,
             seed=args.seed,
             progress=False,
@@ -474,6 +490,15 @@ def main() -> int:
         (
             "U-Net Dice / hard-negative share of background patches",
             f"{args.dice} / {args.hard_fraction:g}",
+            "",
+        )
+    )
+    rows.append(
+        (
+            "U-Net hard-negative mining (from epoch, every, share of background)",
+            "off"
+            if args.mine_negatives_from is None
+            else f"{args.mine_negatives_from}, {args.mine_every}, {args.mined_fraction:.2f}",
             "",
         )
     )

@@ -34,7 +34,12 @@ from monai.transforms import (
 from ai_engine.detection.config import DetectionConfig
 from ai_engine.detection.patches import balance, extract_patches, label_points, random_tissue_points
 from ai_engine.detection.pipeline import TASK, NoduleDetector
-from ai_engine.detection.transforms import CropCentersd, preprocessing
+from ai_engine.detection.transforms import (
+    CropCentersd,
+    MinedNegativesd,
+    component_indices,
+    preprocessing,
+)
 from ai_engine.errors import InputError
 from ai_engine.evaluation.froc import froc
 from ai_engine.modelfolder import Component, save_model_folder
@@ -88,6 +93,16 @@ class DetectionTrainOptions:
             shows the large nodules far more often than the small ones).
         hard_negative_fraction: with `balanced_nodules`, the share of background patches
             centred on soft tissue beside the lung (vessels) rather than anywhere in the body.
+        mine_negatives_from: online hard-negative mining of the U-Net (with
+            `balanced_nodules`): from this epoch on, every `mine_negatives_every` epochs, the
+            U-Net being trained is run over the training scans and its false-positive regions
+            (probability >= `mined_negative_threshold`, 2 voxels or more from every nodule
+            sphere) become crop centres of a share `mined_negative_fraction` of the background
+            patches (`MinedNegativesd`); None: off.
+        mine_negatives_every: epochs between two minings.
+        mined_negative_fraction: share of the background patches centred on mined regions
+            (of scans that have any), in [0, 1).
+        mined_negative_threshold: U-Net probability of a mined false-positive voxel.
         negative_min_hu: background U-Net patches are centred on voxels above this HU (inside
             the body); None: anywhere in the scan.
         candidate_thresholds: U-Net thresholds tried on the validation scans after stage 1;
@@ -142,6 +157,10 @@ class DetectionTrainOptions:
     label_min_diameter_mm: float = 0.0
     balanced_nodules: bool = True
     hard_negative_fraction: float = 0.5
+    mine_negatives_from: int | None = None
+    mine_negatives_every: int = 4
+    mined_negative_fraction: float = 1 / 3
+    mined_negative_threshold: float = 0.5
     candidate_thresholds: tuple[float, ...] = (0.05, 0.1, 0.2, 0.3, 0.5)
     candidate_peak_distances: tuple[float, ...] = (0.0, 3.0)
     try_test_time_flips: bool = True
@@ -198,13 +217,66 @@ def detections_cpm(
     return {"cpm": result.cpm, **{f"sens@{k}": v for k, v in result.sensitivity_at.items()}}
 
 
+MinedBank = dict[int, tuple[np.ndarray, tuple[int, int, int]]]
+#: crop-centre voxels drawn from each mined false-positive region
+MINED_PER_REGION = 16
+
+
+def mine_false_positives(
+    detector: NoduleDetector,
+    scans: Sequence[dict[str, Any]],
+    threshold: float = 0.5,
+    per_region: int = MINED_PER_REGION,
+    margin_voxels: int = 2,
+) -> MinedBank:
+    """The U-Net's false-positive regions on preprocessed, labelled scans (`_preprocess_items`):
+    voxels of probability >= `threshold` more than `margin_voxels` from every nodule sphere,
+    `per_region` voxel indices spread over each connected region (so a small region weighs as
+    much as a large one). Returns {scan index: ((N, 3) voxel indices, grid shape)}, the bank
+    of `MinedNegativesd`."""
+    from scipy import ndimage
+
+    bank: MinedBank = {}
+    was_training = detector.unet.training
+    detector.unet.eval()
+    try:
+        for i, scan in enumerate(scans):
+            prob = detector.probability(scan["image"])
+            nodule = np.asarray(scan["label"])[0] > 0.5
+            if nodule.any() and margin_voxels > 0:
+                nodule = ndimage.binary_dilation(nodule, iterations=margin_voxels)
+            flat = component_indices((prob >= threshold) & ~nodule, per_region)
+            shape = tuple(int(v) for v in prob.shape)
+            bank[i] = (np.stack(np.unravel_index(flat, shape), axis=1).astype(np.int64), shape)
+    finally:
+        detector.unet.train(was_training)
+    return bank
+
+
+def _save_bank(bank: MinedBank, path: Path) -> None:
+    arrays = {f"ijk_{i}": ijk for i, (ijk, _shape) in bank.items()}
+    arrays |= {f"shape_{i}": np.asarray(shape) for i, (_ijk, shape) in bank.items()}
+    tmp = path.with_suffix(".tmp.npz")
+    np.savez(tmp, **arrays)
+    tmp.replace(path)
+
+
+def _load_bank(path: Path) -> MinedBank:
+    with np.load(path) as data:
+        cases = [int(k.split("_", 1)[1]) for k in data.files if k.startswith("ijk_")]
+        return {i: (data[f"ijk_{i}"], tuple(int(v) for v in data[f"shape_{i}"])) for i in cases}
+
+
 def _candidate_stage(
     train_items: list[dict[str, Any]],
     val_scans: list[dict[str, Any]],
     config: DetectionConfig,
     opts: DetectionTrainOptions,
     out: Path,
+    train_scans: list[dict[str, Any]] | None = None,
 ) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """Train the U-Net. `train_scans` (the training items preprocessed, in the same order) are
+    needed for online hard-negative mining (`opts.mine_negatives_from`)."""
     seed_everything(opts.seed)
     unet = build_network("unet3d", **config.unet_kwargs)
     transfer = None
@@ -219,6 +291,10 @@ def _candidate_stage(
     )
     centres: list[Any] = []
     index_keys: list[str] = []
+    bank: MinedBank = {}
+    mining = opts.mine_negatives_from is not None and opts.balanced_nodules
+    if mining and train_scans is None:
+        raise ValueError("hard-negative mining needs the preprocessed training scans")
     if opts.balanced_nodules:
         centres = [
             CropCentersd(
@@ -243,7 +319,9 @@ def _candidate_stage(
             SpatialPadd(keys=["image", "label"], spatial_size=config.patch_size),
             *centres,
             # nodule lists differ in length: no collate
-            SelectItemsd(keys=["image", "label", *index_keys]),
+            SelectItemsd(keys=["image", "label", *index_keys, *(["case"] if mining else [])]),
+            # not cached: the bank changes while the U-Net trains
+            *([MinedNegativesd(bank, opts.mined_negative_fraction)] if mining else []),
             RandCropByPosNegLabeld(
                 keys=["image", "label"],
                 label_key="label",
@@ -266,7 +344,8 @@ def _candidate_stage(
             EnsureTyped(keys=["image", "label"], dtype=torch.float32, track_meta=False),
         ]
     )
-    dataset = make_dataset(train_items, transform)
+    items = [{**it, "case": i} for i, it in enumerate(train_items)] if mining else train_items
+    dataset = make_dataset(items, transform)
     loader = EpochLoader(dataset, batch_size=max(1, opts.batch_size // per_scan), seed=opts.seed)
     cfg = TrainConfig(
         epochs=opts.epochs,
@@ -299,6 +378,29 @@ def _candidate_stage(
         )
     else:
         raise InputError(f"loss must be dicece or dicefocal, got {opts.loss!r}")
+    bank_file = out / "work" / "candidates" / "mined_negatives.npz"
+    mined_log: list[dict[str, int]] = []
+
+    def mine(epoch: int) -> None:
+        """Before each epoch: re-mine when due (from the weights the epoch starts with, so a
+        resumed run mines the same); a run resumed between two minings reloads the last."""
+        start, every = int(opts.mine_negatives_from or 0), max(1, opts.mine_negatives_every)
+        if epoch >= start and (epoch - start) % every == 0:
+            assert train_scans is not None
+            bank.clear()
+            bank.update(mine_false_positives(detector, train_scans, opts.mined_negative_threshold))
+            bank_file.parent.mkdir(parents=True, exist_ok=True)
+            _save_bank(bank, bank_file)
+            n_scans = sum(1 for ijk, _ in bank.values() if len(ijk))
+            regions = sum(len(ijk) for ijk, _ in bank.values()) // MINED_PER_REGION
+            mined_log.append({"epoch": epoch, "regions": regions, "scans": n_scans})
+            _log(
+                f"[candidates] epoch {epoch}: mined {regions} false-positive regions on "
+                f"{n_scans} of {len(bank)} training scans"
+            )
+        elif epoch > start and not bank and bank_file.is_file():
+            bank.update(_load_bank(bank_file))
+
     trainer = Trainer(
         unet,
         loss,
@@ -307,8 +409,11 @@ def _candidate_stage(
         out / "work" / "candidates",
         validate=validate,
         on_epoch_end=lambda e, line: _log(_epoch_line("candidates", line)),
+        on_epoch_start=mine if mining else None,
     )
     info = {**_fit_keeping_best(trainer, unet, cfg, opts), "transfer": transfer}
+    if mining:
+        info["mined_negatives"] = mined_log
     return unet.eval(), info
 
 
@@ -621,6 +726,18 @@ def train_detector(
         raise InputError(f"fp_crop_jitter must be >= 0 voxels, got {opts.fp_crop_jitter}")
     if opts.fp_gate_weight < 0:
         raise InputError(f"fp_gate_weight must be >= 0, got {opts.fp_gate_weight}")
+    if opts.mine_negatives_from is not None:
+        if not opts.balanced_nodules:
+            raise InputError("hard-negative mining needs balanced_nodules (its crop centres)")
+        if opts.mine_negatives_from < 0 or opts.mine_negatives_every < 1:
+            raise InputError(
+                "mine_negatives_from must be >= 0 and mine_negatives_every >= 1, got "
+                f"{opts.mine_negatives_from} and {opts.mine_negatives_every}"
+            )
+        if not 0.0 <= opts.mined_negative_fraction < 1.0:
+            raise InputError(
+                f"mined_negative_fraction must be in [0, 1), got {opts.mined_negative_fraction}"
+            )
     if not train_items:
         raise InputError("the datalist has no 'training' items")
     if not any(it.get("nodules") for it in train_items):
@@ -629,7 +746,11 @@ def train_detector(
     out.mkdir(parents=True, exist_ok=True)
     _log(f"preprocessing {len(val_items)} validation scans")
     val_scans = _preprocess_items(val_items, config)
-    unet, info1 = _candidate_stage(train_items, val_scans, config, opts, out)
+    train_scans = None
+    if opts.mine_negatives_from is not None:
+        _log(f"preprocessing {len(train_items)} training scans for hard-negative mining")
+        train_scans = _preprocess_items(train_items, config)
+    unet, info1 = _candidate_stage(train_items, val_scans, config, opts, out, train_scans)
     if val_scans and opts.candidate_thresholds:
         best: tuple[float, float, bool, float] | None = None
         for flips in (False, True) if opts.try_test_time_flips else (config.test_time_flips,):
@@ -653,8 +774,9 @@ def train_detector(
             f"[candidates] threshold {best[0]:g}, peak distance {best[3]:g} mm, test-time flips "
             f"{best[2]} chosen on validation"
         )
-    _log(f"preprocessing {len(train_items)} training scans for candidate mining")
-    train_scans = _preprocess_items(train_items, config)
+    if train_scans is None:
+        _log(f"preprocessing {len(train_items)} training scans for candidate mining")
+        train_scans = _preprocess_items(train_items, config)
     classifier, info2 = _fp_stage(unet, train_scans, val_scans, config, opts, out)
     if val_scans and opts.combine_modes:
         blob_counts = (
@@ -730,6 +852,7 @@ __all__ = [
     "DetectionTrainOptions",
     "detections_cpm",
     "mine_classifier_samples",
+    "mine_false_positives",
     "train_detector",
 ]
 

@@ -10,7 +10,13 @@ from typing import Any
 import numpy as np
 import torch
 from monai.data import MetaTensor
-from monai.transforms import Compose, EnsureTyped, MapTransform, ScaleIntensityRanged
+from monai.transforms import (
+    Compose,
+    EnsureTyped,
+    MapTransform,
+    RandomizableTrait,
+    ScaleIntensityRanged,
+)
 
 from ai_engine.errors import AIEngineError, InputError
 from ai_engine.io import load_volume
@@ -192,6 +198,28 @@ def preprocessing(
     return Compose(steps)
 
 
+def spread_indices(idx: np.ndarray, n: int) -> np.ndarray:
+    """`n` entries evenly spread over `idx` (repeating when it is shorter)."""
+    if len(idx) == 0 or n <= 0:
+        return idx[:0]
+    return idx[np.linspace(0, len(idx) - 1, n).round().astype(int)]
+
+
+def component_indices(mask: np.ndarray, per_component: int) -> np.ndarray:
+    """Flat indices into `mask`, `per_component` spread evenly over each 26-connected
+    component, so that every component is drawn equally often whatever its size."""
+    from scipy import ndimage
+
+    components, n = ndimage.label(mask, structure=np.ones((3, 3, 3), bool))
+    if n == 0:
+        return np.zeros(0, dtype=np.int64)
+    flat = components.ravel()
+    order = np.argsort(flat, kind="stable")
+    bounds = np.searchsorted(flat[order], np.arange(1, n + 2))
+    parts = [spread_indices(order[bounds[k] : bounds[k + 1]], per_component) for k in range(n)]
+    return np.concatenate(parts).astype(np.int64)
+
+
 class CropCentersd(MapTransform):
     """Crop-centre indices for `RandCropByPosNegLabeld` (`fg_indices_key`, `bg_indices_key`)
     that give every nodule the same chance and put half of the background patches on hard
@@ -246,24 +274,13 @@ class CropCentersd(MapTransform):
             # 1 would leave no ordinary background at all (and the share is a ratio of the two)
             raise ValueError(f"hard_fraction must be in [0, 1), got {hard_fraction}")
 
-    @staticmethod
-    def _spread(idx: np.ndarray, n: int) -> np.ndarray:
-        """`n` indices evenly spread over `idx` (repeating when it is shorter)."""
-        if len(idx) == 0 or n <= 0:
-            return idx[:0]
-        return idx[np.linspace(0, len(idx) - 1, n).round().astype(int)]
-
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
         from scipy import ndimage
 
         out = dict(data)
         label = np.asarray(out[self.label_key])[0] > 0.5
         image = np.asarray(out[self.image_key])[0]
-        components, n = ndimage.label(label, structure=np.ones((3, 3, 3), bool))
-        flat = components.ravel()
-        order = np.argsort(flat, kind="stable")
-        bounds = np.searchsorted(flat[order], np.arange(1, n + 2))
-        fg = [self._spread(order[bounds[k] : bounds[k + 1]], self.per_nodule) for k in range(n)]
+        fg = component_indices(label, self.per_nodule)
         body = np.flatnonzero((image >= self.body_threshold) & ~label)
         hard_mask = (
             (image >= self.tissue_threshold)
@@ -275,7 +292,53 @@ class CropCentersd(MapTransform):
         n_hard = 0
         if len(hard) and 0 < self.hard_fraction < 1:
             n_hard = round(n_body * self.hard_fraction / (1.0 - self.hard_fraction))
-        bg = np.concatenate([self._spread(body, n_body), self._spread(hard, n_hard)])
-        out[self.fg_key] = np.concatenate(fg) if fg else np.zeros(0, dtype=np.int64)
+        bg = np.concatenate([spread_indices(body, n_body), spread_indices(hard, n_hard)])
+        out[self.fg_key] = fg
         out[self.bg_key] = bg.astype(np.int64)
+        return out
+
+
+class MinedNegativesd(MapTransform, RandomizableTrait):
+    """Put a share of the background crop centres (`bg_key`, from `CropCentersd`) on the
+    U-Net's own false positives of its training scans (online hard-negative mining).
+
+    `bank` maps a training scan's index (the item's `case_key`, removed here) to the voxel
+    indices (N, 3) of its false-positive regions and the shape of the grid they index (the
+    preprocessed scan), as `train.mine_false_positives` finds them while the network trains.
+    The bank changes during training, so this transform is marked random (`RandomizableTrait`)
+    and `CacheDataset` leaves it, and what follows, out of its cache.
+    A scan the bank has nothing for keeps its centres. The grid may since have been padded
+    symmetrically (`SpatialPadd`): the indices are shifted by half the added size.
+
+    Args:
+        bank: scan index -> ((N, 3) voxel indices, grid shape) (shared, mutable).
+        fraction: share of the background centres on the mined voxels, in [0, 1).
+    """
+
+    def __init__(
+        self,
+        bank: Mapping[int, tuple[np.ndarray, tuple[int, int, int]]],
+        fraction: float,
+        case_key: str = "case",
+        image_key: str = "image",
+        bg_key: str = "bg_indices",
+    ) -> None:
+        super().__init__([case_key, bg_key])
+        if not 0.0 <= fraction < 1.0:
+            raise ValueError(f"fraction must be in [0, 1), got {fraction}")
+        self.bank, self.fraction = bank, float(fraction)
+        self.case_key, self.image_key, self.bg_key = case_key, image_key, bg_key
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        out = dict(data)
+        entry = self.bank.get(int(out.pop(self.case_key)))
+        bg = np.asarray(out[self.bg_key])
+        if entry is None or len(entry[0]) == 0 or self.fraction == 0.0 or len(bg) == 0:
+            return out
+        shape = np.array(out[self.image_key].shape[-3:])
+        offset = np.maximum((shape - np.asarray(entry[1])) // 2, 0)  # SpatialPadd's "before"
+        ijk = np.clip(np.asarray(entry[0], dtype=np.int64).reshape(-1, 3) + offset, 0, shape - 1)
+        flat = np.ravel_multi_index(tuple(ijk.T), tuple(int(v) for v in shape))
+        n_mined = round(len(bg) * self.fraction / (1.0 - self.fraction))
+        out[self.bg_key] = np.concatenate([bg, spread_indices(flat, n_mined)]).astype(np.int64)
         return out

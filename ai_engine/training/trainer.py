@@ -82,6 +82,9 @@ class Trainer:
             (e.g. `CutMixBatch`); reseeded each epoch when it has `set_random_state`.
         optimizer: defaults to AdamW(lr, weight_decay).
         on_epoch_end: optional callback `(epoch, log_line)`.
+        on_epoch_start: optional callback `(epoch)` before the epoch's first step (e.g. to
+            re-mine training samples with the current weights; it must not draw from the
+            global random state, so that a resumed run repeats the same steps).
     """
 
     def __init__(
@@ -97,6 +100,7 @@ class Trainer:
         batch_augment: BatchAugment | None = None,
         optimizer: torch.optim.Optimizer | None = None,
         on_epoch_end: Callable[[int, dict[str, Any]], None] | None = None,
+        on_epoch_start: Callable[[int], None] | None = None,
     ) -> None:
         self.config = config
         self.device = torch.device(config.device)
@@ -110,6 +114,7 @@ class Trainer:
         self.prepare_batch = prepare_batch
         self.batch_augment = batch_augment
         self.on_epoch_end = on_epoch_end
+        self.on_epoch_start = on_epoch_start
         self.optimizer = optimizer or torch.optim.AdamW(
             self.model.parameters(), lr=config.lr, weight_decay=config.weight_decay
         )
@@ -270,6 +275,8 @@ class Trainer:
                 break
             epoch = self.epoch
             t0 = time.perf_counter()
+            if self.on_epoch_start is not None:
+                self.on_epoch_start(epoch)
             line: dict[str, Any] = {"epoch": epoch, **self._train_epoch(epoch)}
             line["step"] = self.step
             line["lr"] = float(self.optimizer.param_groups[0]["lr"])

@@ -775,6 +775,127 @@ def test_crop_centres_refuse_settings_outside_their_range(kwargs, message):
         CropCentersd(**kwargs)
 
 
+def test_mined_negatives_put_their_share_of_background_centres_on_the_mined_regions():
+    """`MinedNegativesd`: with fraction 1/4, 30 background centres become 40, the 10 added
+    ones on the bank's voxels (shifted by half the padding added since mining); a scan the
+    bank has nothing for keeps its centres; the case key is gone either way."""
+    from ai_engine.detection.transforms import MinedNegativesd
+
+    ijk = np.array([[3, 4, 5], [6, 7, 8]])
+    bank = {0: (ijk, (10, 10, 10))}
+    mined = MinedNegativesd(bank, fraction=0.25)
+    bg = np.arange(30, dtype=np.int64)
+    for shape, shift in (((10, 10, 10), 0), ((14, 12, 10), np.array([2, 1, 0]))):
+        out = mined({"case": 0, "image": np.zeros((1, *shape)), "bg_indices": bg})
+        assert "case" not in out and len(out["bg_indices"]) == 40
+        np.testing.assert_array_equal(out["bg_indices"][:30], bg)
+        added = np.stack(np.unravel_index(out["bg_indices"][30:], shape), axis=1)
+        assert {tuple(v) for v in added} == {tuple(v) for v in ijk + shift}
+    out = mined({"case": 1, "image": np.zeros((1, 10, 10, 10)), "bg_indices": bg})
+    assert "case" not in out
+    np.testing.assert_array_equal(out["bg_indices"], bg)
+    with pytest.raises(ValueError, match=r"fraction must be in \[0, 1\)"):
+        MinedNegativesd(bank, fraction=1.0)
+
+
+def test_mining_keeps_the_false_positive_regions_away_from_the_nodules():
+    """`mine_false_positives`: a confident blob far from the nodule is mined (16 voxels, all
+    inside it); one on the nodule's rim and a weak one (below the threshold) are not; the
+    network is back in training mode afterwards."""
+    from ai_engine.detection.pipeline import NoduleDetector
+    from ai_engine.detection.train import mine_false_positives
+
+    prob = np.zeros((40, 40, 40), np.float32)
+    prob[4:7, 4:7, 4:7] = 0.9  # a false positive
+    prob[20, 20, 26:28] = 0.9  # just outside the nodule (sphere r 5 at the centre): 1-2 voxels
+    prob[30:33, 5:8, 30:33] = 0.3  # weak
+    zz, yy, xx = np.mgrid[:40, :40, :40]
+    label = (((zz - 20) ** 2 + (yy - 20) ** 2 + (xx - 20) ** 2) <= 25)[None].astype(np.float32)
+    net = torch.nn.Conv3d(1, 2, 1)
+    detector = NoduleDetector(TINY, net)
+    detector.probability = lambda image: prob  # the post-processing only, on a known map
+    net.train()
+    bank = mine_false_positives(detector, [{"image": None, "label": label}], threshold=0.5)
+    assert net.training
+    ijk, shape = bank[0]
+    assert shape == (40, 40, 40) and len(ijk) == 16
+    assert ((ijk >= 4) & (ijk < 7)).all()
+
+
+def test_mined_bank_survives_a_round_trip_through_its_file(tmp_path):
+    from ai_engine.detection.train import _load_bank, _save_bank
+
+    bank = {0: (np.array([[1, 2, 3]]), (5, 6, 7)), 3: (np.zeros((0, 3), np.int64), (8, 8, 8))}
+    _save_bank(bank, tmp_path / "bank.npz")
+    back = _load_bank(tmp_path / "bank.npz")
+    assert set(back) == {0, 3}
+    for k in bank:
+        np.testing.assert_array_equal(back[k][0], bank[k][0])
+        assert back[k][1] == bank[k][1]
+
+
+def _mining_options(**kw):
+    return DetectionTrainOptions(
+        epochs=4, steps_per_epoch=2, batch_size=2, fp_epochs=1, fp_steps_per_epoch=2,
+        fp_batch_size=8, warmup_steps=1, early_stopping_patience=None, random_negatives=4,
+        elastic_prob=0.0, progress=False, mine_negatives_from=1, mine_negatives_every=2,
+        mined_negative_threshold=0.3, candidate_thresholds=(), combine_modes=(), **kw,
+    )  # fmt: skip
+
+
+def test_training_with_mining_resumed_between_two_minings_repeats_the_same_steps(
+    data, tmp_path, monkeypatch
+):
+    """Mining at epochs 1 and 3; a run stopped after epoch 1 and resumed reloads the bank
+    mined at epoch 1 for epoch 2 and ends with the same U-Net as a run never stopped."""
+    from ai_engine.data.datalist import load_datalist
+    from ai_engine.detection import train as train_module
+
+    _, datalist = data
+    items = load_datalist(datalist)
+    full = train_detector(items, tmp_path / "full", TINY, _mining_options())
+    params = load_model_folder(full).manifest["made_by_params"]["candidates"]
+    assert [m["epoch"] for m in params["mined_negatives"]] == [1, 3]
+    assert (full / "work" / "candidates" / "mined_negatives.npz").is_file()
+
+    log = train_module._log
+
+    def crash_after_epoch_1(message):
+        log(message)
+        if message.startswith("[candidates] epoch 2 "):  # the line of epoch index 1
+            raise KeyboardInterrupt("simulated crash")
+
+    monkeypatch.setattr(train_module, "_log", crash_after_epoch_1)
+    with pytest.raises(KeyboardInterrupt):
+        train_detector(items, tmp_path / "part", TINY, _mining_options())
+    monkeypatch.setattr(train_module, "_log", log)
+    part = train_detector(items, tmp_path / "part", TINY, _mining_options(resume=True))
+    a = load_model_folder(full).component("candidates").state_dict()
+    b = load_model_folder(part).component("candidates").state_dict()
+    for key in a:
+        torch.testing.assert_close(a[key], b[key])
+
+
+@pytest.mark.parametrize(
+    ("option", "message"),
+    [
+        ({"mined_negative_fraction": 1.0}, r"mined_negative_fraction must be in \[0, 1\)"),
+        ({"mine_negatives_every": 0}, "mine_negatives_every >= 1"),
+        ({"mine_negatives_from": -1}, "mine_negatives_from must be >= 0"),
+        ({"balanced_nodules": False}, "hard-negative mining needs balanced_nodules"),
+    ],
+)
+def test_mining_options_outside_their_range_are_refused(data, tmp_path, option, message):
+    from ai_engine.data.datalist import load_datalist
+    from ai_engine.errors import InputError
+
+    _root, datalist = data
+    opts = DetectionTrainOptions(max_steps=1, progress=False, **{"mine_negatives_from": 0, **option})
+    with pytest.raises(InputError, match=message):
+        train_detector(load_datalist(datalist), tmp_path / "m", TINY, opts)
+    assert not (tmp_path / "m").exists()
+
+
 def test_test_time_flips_average_the_flipped_passes():
     """With `test_time_flips` the map is the mean of four passes (the image and its flips
     along each axis, flipped back): for a network that marks its input's left half, the

@@ -88,7 +88,10 @@ def test_loss_falls_and_log_written(tmp_path):
 
 def test_resume_gives_the_same_next_steps(tmp_path):
     full = _trainer(tmp_path / "full", epochs=3)
+    started: list[int] = []
+    full.on_epoch_start = started.append
     full_hist = full.fit().history
+    assert started == [0, 1, 2]  # before each epoch, in order
     part = _trainer(tmp_path / "part", epochs=3)
 
     def crash(epoch, line):
@@ -101,7 +104,9 @@ def test_resume_gives_the_same_next_steps(tmp_path):
     torch.manual_seed(999)  # disturb global RNGs: resume must restore them
     np.random.seed(999)
     resumed = _trainer(tmp_path / "part", epochs=3)
+    resumed.on_epoch_start = started.append
     resumed_hist = resumed.fit(resume=True).history
+    assert started[3:] == [2]  # only the epoch that still had to run
     assert [h["epoch"] for h in resumed_hist] == [0, 1, 2]
     for a, b in zip(full_hist, resumed_hist, strict=True):
         np.testing.assert_allclose(a["step_losses"], b["step_losses"], rtol=1e-6, atol=1e-7)
