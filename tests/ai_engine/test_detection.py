@@ -890,7 +890,9 @@ def test_mining_options_outside_their_range_are_refused(data, tmp_path, option, 
     from ai_engine.errors import InputError
 
     _root, datalist = data
-    opts = DetectionTrainOptions(max_steps=1, progress=False, **{"mine_negatives_from": 0, **option})
+    opts = DetectionTrainOptions(
+        max_steps=1, progress=False, **{"mine_negatives_from": 0, **option}
+    )
     with pytest.raises(InputError, match=message):
         train_detector(load_datalist(datalist), tmp_path / "m", TINY, opts)
     assert not (tmp_path / "m").exists()
