@@ -97,6 +97,20 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
         help="U-Net target spheres are at least this wide (mm)",
     )
     t.add_argument(
+        "--mine-negatives-from",
+        type=int,
+        metavar="EPOCH",
+        help="online hard-negative mining: from this U-Net epoch on, centre a share of the "
+        "background patches on the U-Net's own false positives on the training scans (off)",
+    )
+    t.add_argument("--mine-negatives-every", type=int, default=4, help="epochs between minings")
+    t.add_argument(
+        "--mined-negative-fraction",
+        type=float,
+        default=1 / 3,
+        help="share of the background patches on mined false positives (default 1/3)",
+    )
+    t.add_argument(
         "--blob-sigmas",
         type=_scales,
         default=None,
@@ -256,6 +270,9 @@ def train_options_from_args(args: argparse.Namespace):
         loss=args.loss,
         pos_neg=args.pos_neg,
         label_min_diameter_mm=args.label_min_diameter,
+        mine_negatives_from=args.mine_negatives_from,
+        mine_negatives_every=args.mine_negatives_every,
+        mined_negative_fraction=args.mined_negative_fraction,
         try_test_time_flips=args.test_time_flips == "search",
         try_fp_test_time_flips=args.fp_test_time_flips == "search",
     )

@@ -268,6 +268,21 @@ BAD_CASES = [
         "--pos-neg must be two counts",
     ),
     (
+        "mining with a share of background patches of 1",
+        lambda p, m: [
+            "train",
+            "--data",
+            str(p["datalist"]),
+            "--out",
+            str(p["bad"] / "o_mined"),
+            "--mine-negatives-from",
+            "0",
+            "--mined-negative-fraction",
+            "1",
+        ],
+        "mined_negative_fraction must be in [0, 1), got 1.0",
+    ),
+    (
         "blob candidates without the blob channel",
         lambda p, m: [
             "train",
@@ -704,6 +719,19 @@ def test_train_flip_flags_search_on_validation_or_fix_the_flips():
     assert config.test_time_flips is False and config.fp_test_time_flips is True
     with pytest.raises(SystemExit):
         parser.parse_args([*base, "--test-time-flips", "maybe"])
+
+
+def test_train_mining_flags_map_onto_the_options():
+    from ai_engine.detection.cli import build_parser, train_options_from_args
+
+    parser = build_parser("detection")
+    base = ["train", "--data", "d.json", "--out", "m"]
+    assert train_options_from_args(parser.parse_args(base)).mine_negatives_from is None
+    argv = [*base, "--mine-negatives-from", "8", "--mine-negatives-every", "2",
+            "--mined-negative-fraction", "0.25"]  # fmt: skip
+    options = train_options_from_args(parser.parse_args(argv))
+    assert (options.mine_negatives_from, options.mine_negatives_every) == (8, 2)
+    assert options.mined_negative_fraction == 0.25
 
 
 def test_train_with_fixed_flips_keeps_them_and_does_not_search(data, tmp_path):
