@@ -289,6 +289,11 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--retrain", action="store_true", help="train even if --work/model exists")
     parser.add_argument(
+        "--candidates-from",
+        help="a detection model folder whose U-Net is kept: train (into --work/model) only the "
+        "classifier",
+    )
+    parser.add_argument(
         "--resume", action="store_true", help="continue an interrupted training in --work/model"
     )
     args = parser.parse_args()
@@ -344,6 +349,7 @@ def main() -> int:
             mine_negatives_from=args.mine_negatives_from,
             mine_negatives_every=args.mine_every,
             mined_negative_fraction=args.mined_fraction,
+            candidates_from=args.candidates_from,
             resume=args.resume,
             seed=args.seed,
             progress=False,

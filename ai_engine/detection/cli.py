@@ -152,6 +152,11 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
     t.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     t.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
     t.add_argument("--init-weights", help="weights file for the U-Net, or a detection model folder")
+    t.add_argument(
+        "--candidates-from",
+        metavar="MODEL_DIR",
+        help="keep this detection model's U-Net and candidate settings; train the classifier only",
+    )
     t.add_argument("--max-steps", type=int, help="cap on optimizer steps per stage (quick runs)")
     t.add_argument("--no-progress", action="store_true", help="no progress bars")
 
@@ -265,6 +270,7 @@ def train_options_from_args(args: argparse.Namespace):
         device=args.device,
         max_steps=args.max_steps,
         init_weights=args.init_weights,
+        candidates_from=args.candidates_from,
         resume=args.resume,
         progress=not args.no_progress,
         loss=args.loss,

@@ -145,6 +145,12 @@ class DetectionConfig:
                 f"candidate_center_power must be > 0, got {self.candidate_center_power}"
             )
 
+    def with_candidate_stage_of(self, other: DetectionConfig) -> DetectionConfig:
+        """This configuration with `other`'s preprocessing and candidate stage
+        (`CANDIDATE_STAGE_FIELDS`): the classifier settings stay this one's."""
+        keep = {name: getattr(other, name) for name in CANDIDATE_STAGE_FIELDS}
+        return DetectionConfig.from_dict({**self.to_dict(), **keep})
+
     @property
     def in_channels(self) -> int:
         """Input channels of both networks: the windowed CT (+ the blob channel)."""
@@ -186,3 +192,26 @@ class DetectionConfig:
         kwargs.setdefault("fp_gate", False)  # written before the gated classifier
         kwargs.setdefault("blob_candidates", 0)  # its classifier never saw blob candidates
         return cls(**kwargs)
+
+
+#: what the U-Net stage fixes: its input (preprocessing, blob channel), network, sliding window
+#: and the candidate post-processing chosen on validation after it was trained
+CANDIDATE_STAGE_FIELDS = (
+    "spacing_mm",
+    "hu_range",
+    "patch_size",
+    "unet_channels",
+    "unet_res_units",
+    "unet_norm",
+    "sw_roi_size",
+    "sw_overlap",
+    "sw_batch_size",
+    "test_time_flips",
+    "candidate_threshold",
+    "min_candidate_voxels",
+    "candidate_peak_distance_mm",
+    "candidate_center_power",
+    "max_candidates",
+    "body_threshold_hu",
+    "blob_sigmas_mm",
+)

@@ -40,7 +40,7 @@ from ai_engine.detection.transforms import (
     component_indices,
     preprocessing,
 )
-from ai_engine.errors import InputError
+from ai_engine.errors import InputError, ModelFolderError
 from ai_engine.evaluation.froc import froc
 from ai_engine.modelfolder import Component, save_model_folder
 from ai_engine.networks import build_network
@@ -80,6 +80,10 @@ class DetectionTrainOptions:
         device: "cpu" or "cuda[:N]".
         max_steps: cap on optimizer steps per stage (quick runs).
         init_weights: a weights file for the U-Net, or a detection model folder (both stages).
+        candidates_from: a detection model folder whose U-Net is kept as it is, with its
+            preprocessing and candidate settings (`CANDIDATE_STAGE_FIELDS`: threshold, peak
+            distance, test-time flips chosen when it was trained); only the classifier is
+            trained (e.g. again on new labels, or with other classifier settings).
         resume: continue an interrupted run in the same `out` folder.
         pos_neg: (pos, neg) ratio of nodule-centred to background U-Net patches (1:1; 3:1
             taught the net that much of a patch is nodule: foreground all over the body).
@@ -149,6 +153,7 @@ class DetectionTrainOptions:
     device: str = "cpu"
     max_steps: int | None = None
     init_weights: str | None = None
+    candidates_from: str | None = None
     resume: bool = False
     pos_neg: tuple[int, int] = (1, 1)
     loss: str = "dicece"
@@ -742,6 +747,13 @@ def train_detector(
         raise InputError("the datalist has no 'training' items")
     if not any(it.get("nodules") for it in train_items):
         raise InputError("no training scan has a nodule: the detector cannot learn what to find")
+    if opts.candidates_from and Path(opts.candidates_from).resolve() == out.resolve():
+        raise InputError("candidates_from is the output folder: write the new model elsewhere")
+    kept_stage = (
+        _load_candidate_stage(opts.candidates_from, opts.device) if opts.candidates_from else None
+    )
+    if kept_stage is not None:  # its preprocessing too: the scans below are prepared for it
+        config = config.with_candidate_stage_of(kept_stage[1])
     torch.set_num_threads(max(1, min(torch.get_num_threads(), 16)))
     out.mkdir(parents=True, exist_ok=True)
     _log(f"preprocessing {len(val_items)} validation scans")
@@ -750,8 +762,13 @@ def train_detector(
     if opts.mine_negatives_from is not None:
         _log(f"preprocessing {len(train_items)} training scans for hard-negative mining")
         train_scans = _preprocess_items(train_items, config)
-    unet, info1 = _candidate_stage(train_items, val_scans, config, opts, out, train_scans)
-    if val_scans and opts.candidate_thresholds:
+    if kept_stage is not None:
+        unet = kept_stage[0]
+        info1 = {"candidates_from": str(opts.candidates_from)}
+        _log(f"[candidates] U-Net and candidate settings kept from {opts.candidates_from}")
+    else:
+        unet, info1 = _candidate_stage(train_items, val_scans, config, opts, out, train_scans)
+    if val_scans and opts.candidate_thresholds and not opts.candidates_from:
         best: tuple[float, float, bool, float] | None = None
         for flips in (False, True) if opts.try_test_time_flips else (config.test_time_flips,):
             config.test_time_flips = flips
@@ -855,6 +872,15 @@ __all__ = [
     "mine_false_positives",
     "train_detector",
 ]
+
+
+def _load_candidate_stage(path: str | Path, device: str) -> tuple[torch.nn.Module, DetectionConfig]:
+    """The U-Net and configuration of a detection model folder (`candidates_from`)."""
+    try:
+        detector = NoduleDetector.from_model_folder(path, device=device)
+    except (ModelFolderError, FileNotFoundError) as exc:
+        raise InputError(f"candidates_from {path}: {exc}") from None
+    return detector.unet, detector.config
 
 
 def _fit_keeping_best(trainer, network: torch.nn.Module, cfg, opts) -> dict:

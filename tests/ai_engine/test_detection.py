@@ -926,6 +926,52 @@ def test_mining_options_outside_their_range_are_refused(data, tmp_path, option, 
     assert not (tmp_path / "m").exists()
 
 
+def test_classifier_only_training_keeps_the_unet_and_its_candidate_settings(data, model, tmp_path):
+    """`candidates_from`: the new folder's U-Net is the given folder's, weight for weight, with
+    its preprocessing and candidate settings; the classifier is trained anew with the settings
+    passed (here 8 blob candidates instead of the 16 it was trained with)."""
+    from ai_engine.data.datalist import load_datalist
+    from ai_engine.detection.config import CANDIDATE_STAGE_FIELDS
+
+    _, datalist = data
+    opts = DetectionTrainOptions(
+        fp_epochs=1, fp_steps_per_epoch=2, fp_batch_size=8, random_negatives=4,
+        elastic_prob=0.0, progress=False, candidates_from=str(model), combine_modes=(),
+    )  # fmt: skip
+    other = DetectionConfig.from_dict(
+        {**TINY.to_dict(), "candidate_threshold": 0.99, "blob_candidates": 8}
+    )
+    out = train_detector(load_datalist(datalist), tmp_path / "cls", other, opts)
+    old, new = load_model_folder(model), load_model_folder(out)
+    for key, value in old.component("candidates").state_dict().items():
+        torch.testing.assert_close(new.component("candidates").state_dict()[key], value)
+    old_cls = old.component("fp_reduction").state_dict()
+    new_cls = new.component("fp_reduction").state_dict()
+    assert any(not torch.equal(old_cls[k], new_cls[k]) for k in old_cls)
+    old_cfg = {**old.preprocessing, **old.postprocessing}
+    new_cfg = {**new.preprocessing, **new.postprocessing}
+    for name in CANDIDATE_STAGE_FIELDS:
+        assert new_cfg[name] == old_cfg[name], name
+    assert new_cfg["blob_candidates"] == 8
+    assert new.manifest["made_by_params"]["candidates"] == {"candidates_from": str(model)}
+    assert not (out / "work" / "candidates").exists()  # no U-Net training
+
+
+@pytest.mark.parametrize("where", ["missing", "itself"])
+def test_classifier_only_training_needs_another_detection_folder(data, tmp_path, where):
+    from ai_engine.data.datalist import load_datalist
+    from ai_engine.errors import InputError
+
+    _, datalist = data
+    out = tmp_path / "m"
+    source = tmp_path / "nowhere" if where == "missing" else out
+    opts = DetectionTrainOptions(max_steps=1, progress=False, candidates_from=str(source))
+    message = "candidates_from .*nowhere" if where == "missing" else "is the output folder"
+    with pytest.raises(InputError, match=message):
+        train_detector(load_datalist(datalist), out, TINY, opts)
+    assert not out.exists()
+
+
 def test_test_time_flips_average_the_flipped_passes():
     """With `test_time_flips` the map is the mean of four passes (the image and its flips
     along each axis, flipped back): for a network that marks its input's left half, the
