@@ -279,6 +279,13 @@ def main() -> int:
     )
     parser.add_argument("--fp-patch", type=int, default=24, help="classifier patch edge")
     parser.add_argument(
+        "--fp-hard-fraction",
+        type=float,
+        default=0.0,
+        help="share of the classifier's negatives made of (repeated) mined false positives of "
+        "U-Net probability >= 0.5",
+    )
+    parser.add_argument(
         "--blob-candidates",
         type=int,
         default=DetectionConfig.blob_candidates,
@@ -350,6 +357,7 @@ def main() -> int:
             mine_negatives_every=args.mine_every,
             mined_negative_fraction=args.mined_fraction,
             candidates_from=args.candidates_from,
+            fp_hard_fraction=args.fp_hard_fraction,
             resume=args.resume,
             seed=args.seed,
             progress=False,

@@ -70,16 +70,32 @@ def random_tissue_points(
 
 
 def balance(
-    items: Sequence[dict[str, Any]], rng: np.random.Generator, pos_fraction: float = 0.3
+    items: Sequence[dict[str, Any]],
+    rng: np.random.Generator,
+    pos_fraction: float = 0.3,
+    hard: Sequence[bool] | None = None,
+    hard_fraction: float = 0.0,
 ) -> list[dict[str, Any]]:
-    """Repeat positive samples so they make about `pos_fraction` of the list."""
-    pos = [x for x in items if float(np.asarray(x["label"]).reshape(-1)[0]) > 0.5]
-    neg = [x for x in items if float(np.asarray(x["label"]).reshape(-1)[0]) <= 0.5]
+    """Repeat the hard negatives (`hard[i]` true for a negative `items[i]`) so they make about
+    `hard_fraction` of the negatives (never fewer than once each), then the positives so they
+    make about `pos_fraction` of the list."""
+    is_pos = [float(np.asarray(x["label"]).reshape(-1)[0]) > 0.5 for x in items]
+    pos = [x for x, p in zip(items, is_pos, strict=True) if p]
+    neg = [x for x, p in zip(items, is_pos, strict=True) if not p]
     if not pos or not neg:
         return list(items)
-    want = int(np.ceil(pos_fraction * len(neg) / (1.0 - pos_fraction)))
+    out = list(items)
+    flags = list(hard) if hard is not None else [False] * len(items)
+    tough = [x for x, p, h in zip(items, is_pos, flags, strict=True) if h and not p]
+    if tough and 0.0 < hard_fraction < 1.0:
+        # t + k = f (n + k): k more hard negatives make them a share f of n + k negatives
+        more = int(np.ceil((hard_fraction * len(neg) - len(tough)) / (1.0 - hard_fraction)))
+        out += [tough[i % len(tough)] for i in range(max(0, more))]
+        neg_count = len(neg) + max(0, more)
+    else:
+        neg_count = len(neg)
+    want = int(np.ceil(pos_fraction * neg_count / (1.0 - pos_fraction)))
     reps = max(1, int(np.ceil(want / len(pos))))
-    extra = [pos[i % len(pos)] for i in range(max(0, min(want, reps * len(pos)) - len(pos)))]
-    out = list(items) + extra
+    out += [pos[i % len(pos)] for i in range(max(0, min(want, reps * len(pos)) - len(pos)))]
     order = rng.permutation(len(out))
     return [out[i] for i in order]

@@ -131,6 +131,10 @@ class DetectionTrainOptions:
         random_negatives: random soft-tissue negatives per training scan.
         fp_gate_weight: weight of the gated classifier's nodule-mask loss (its gate logits
             against the nodule spheres of the patch, zero on patches without a nodule).
+        fp_hard_prob: a mined false positive with at least this U-Net probability is a hard
+            negative of the classifier (the bronchus ends and vessel ends that outrank nodules).
+        fp_hard_fraction: the hard negatives are repeated to make about this share of the
+            classifier's negatives (0: each once, as the other samples).
         fp_crop_jitter: the classifier's training patches are cut this many voxels wider on
             each side and randomly cropped back, so a candidate is up to this far off the
             patch centre (inference centres it; a 3-5 mm nodule is 1-2 voxels in radius).
@@ -174,6 +178,8 @@ class DetectionTrainOptions:
     blob_candidate_counts: tuple[int, ...] = (0, 8, 16)
     mining_threshold: float = 0.1
     random_negatives: int = 24
+    fp_hard_prob: float = 0.5
+    fp_hard_fraction: float = 0.0
     fp_crop_jitter: int = 4
     fp_gate_weight: float = 1.0
     elastic_prob: float = 0.1
@@ -539,7 +545,8 @@ def mine_classifier_samples(
     rng: np.random.Generator,
 ) -> list[dict[str, Any]]:
     """Classifier samples: mined U-Net candidates (labelled by the hit rule), the reference
-    nodules (plus jittered copies) and random soft-tissue points."""
+    nodules (plus jittered copies) and random soft-tissue points. `"hard"` marks the mined
+    false positives of U-Net probability >= `opts.fp_hard_prob`."""
     size = config.fp_patch_size + 2 * opts.fp_crop_jitter  # margin of the random crop
     lo_hu, hi_hu = config.hu_range
     tissue = ((-200 - lo_hu) / (hi_hu - lo_hu), (200 - lo_hu) / (hi_hu - lo_hu))
@@ -559,6 +566,10 @@ def mine_classifier_samples(
             cands, _labels, centers_mm = detector.candidates(image)
             centers = [c.center_voxel for c in cands]
             labels = list(label_points(centers_mm, nod_mm, radii))
+            # the misses the U-Net is sure of: the false positives the final ranking turns on
+            hard = [
+                y < 0.5 and c.prob >= opts.fp_hard_prob for c, y in zip(cands, labels, strict=True)
+            ]
             inv = np.linalg.inv(affine_lps)
             for c_mm, r in zip(nod_mm, radii, strict=True):
                 c_vox = inv[:3, :3] @ c_mm + inv[:3, 3]
@@ -577,6 +588,7 @@ def mine_classifier_samples(
             )
             centers += list(rand)
             labels += [0.0] * len(rand)
+            hard += [False] * (len(labels) - len(hard))
             if not centers:
                 continue
             patches = extract_patches(image, np.array(centers), size)
@@ -587,8 +599,8 @@ def mine_classifier_samples(
                 else np.zeros((len(centers), 1, size, size, size), np.float32)
             )
             samples += [
-                {"image": patch, "mask": mask, "label": np.array([y], dtype=np.float32)}
-                for patch, mask, y in zip(patches, masks, labels, strict=True)
+                {"image": patch, "mask": mask, "label": np.array([y], np.float32), "hard": h}
+                for patch, mask, y, h in zip(patches, masks, labels, hard, strict=True)
             ]
     finally:
         detector.config.candidate_threshold = saved
@@ -620,13 +632,17 @@ def _fp_stage(
     rng = np.random.default_rng(opts.seed)
     detector = NoduleDetector(config, unet, None, device=opts.device)
     samples = mine_classifier_samples(detector, train_scans, config, opts, rng)
+    hard = [bool(s.pop("hard")) for s in samples]
     n_pos = int(sum(float(s["label"][0]) for s in samples))
-    _log(f"[fp_reduction] {len(samples)} samples ({n_pos} positive) from {len(train_scans)} scans")
+    _log(
+        f"[fp_reduction] {len(samples)} samples ({n_pos} positive, {sum(hard)} hard negatives) "
+        f"from {len(train_scans)} scans"
+    )
     if n_pos == 0 or n_pos == len(samples):
         raise InputError(
             "the training scans give no nodule (or no background) samples: add annotated nodules"
         )
-    samples = balance(samples, rng)
+    samples = balance(samples, rng, hard=hard, hard_fraction=opts.fp_hard_fraction)
     seed_everything(opts.seed + 1)
     classifier = build_network("resnet3d", **config.fp_kwargs)
     transfer = (
@@ -729,6 +745,8 @@ def train_detector(
         raise InputError(f"loss must be dicece or dicefocal, got {opts.loss!r}")
     if opts.fp_crop_jitter < 0:
         raise InputError(f"fp_crop_jitter must be >= 0 voxels, got {opts.fp_crop_jitter}")
+    if not 0.0 <= opts.fp_hard_fraction < 1.0:
+        raise InputError(f"fp_hard_fraction must be in [0, 1), got {opts.fp_hard_fraction}")
     if opts.fp_gate_weight < 0:
         raise InputError(f"fp_gate_weight must be >= 0, got {opts.fp_gate_weight}")
     if opts.mine_negatives_from is not None:

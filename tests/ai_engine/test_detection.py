@@ -597,6 +597,7 @@ def test_unknown_unet_loss_is_refused(data, tmp_path):
     [
         ({"fp_crop_jitter": -1}, "fp_crop_jitter must be >= 0 voxels, got -1"),
         ({"fp_gate_weight": -0.5}, "fp_gate_weight must be >= 0, got -0.5"),
+        ({"fp_hard_fraction": 1.0}, "fp_hard_fraction must be in [0, 1), got 1.0"),
     ],
 )
 def test_classifier_options_outside_their_range_are_refused(data, tmp_path, option, message):
@@ -1102,6 +1103,51 @@ def test_classifier_samples_carry_the_nodule_spheres_of_their_patches(data):
         assert s["mask"].shape == (1, size, size, size)
     assert all(s["mask"][0, centre, centre, centre].max() == 1.0 for s in positives)
     assert any(s["mask"].max() == 0.0 for s in negatives)  # random tissue away from nodules
+
+
+def test_false_positives_the_unet_is_sure_of_are_the_hard_negatives(data):
+    """`mine_classifier_samples` marks as hard exactly the mined candidates that hit no
+    nodule and have U-Net probability >= `fp_hard_prob`: here a confident blob far from the
+    nodules, not a weak one (0.3), not the nodules, not random tissue or blob maxima."""
+    from ai_engine.data.datalist import load_datalist
+    from ai_engine.detection.pipeline import NoduleDetector
+    from ai_engine.detection.train import _preprocess_items, mine_classifier_samples
+    from ai_engine.networks import build_network
+
+    root, datalist = data
+    items = [
+        {**it, "image": str(root / it["image"])}
+        for it in load_datalist(datalist)["training"]
+        if it["nodules"]
+    ][:1]
+    scans = _preprocess_items(items, TINY)
+    prob = np.where(np.asarray(scans[0]["label"])[0] > 0.5, 0.95, 0.0).astype(np.float32)
+    prob[1:4, 1:4, 1:4] = 0.9  # a confident false positive, in a corner far from the lungs
+    prob[1:4, -4:-1, 1:4] = 0.3  # a weak one
+    detector = NoduleDetector(TINY, build_network("unet3d", **TINY.unet_kwargs), None)
+    detector.probability = lambda image: prob  # a known map
+    opts = DetectionTrainOptions(random_negatives=6, progress=False)
+    samples = mine_classifier_samples(detector, scans, TINY, opts, np.random.default_rng(0))
+    hard = [s for s in samples if s["hard"]]
+    assert len(hard) == 1 and hard[0]["label"][0] == 0.0
+    assert sum(s["label"][0] == 1.0 for s in samples) >= 3 * len(items[0]["nodules"])
+
+
+def test_balance_repeats_hard_negatives_to_their_share_then_positives_to_theirs():
+    from ai_engine.detection.patches import balance
+
+    items = [{"label": np.array([1.0]), "id": f"p{i}"} for i in range(2)]
+    items += [{"label": np.array([0.0]), "id": f"n{i}"} for i in range(10)]
+    hard = [False, False, True, True] + [False] * 8  # n0 and n1
+    out = balance(items, np.random.default_rng(0), 0.3, hard=hard, hard_fraction=0.5)
+    ids = [x["id"] for x in out]
+    negatives = [i for i in ids if i.startswith("n")]
+    assert len(negatives) == 16 and sum(i in ("n0", "n1") for i in negatives) == 8  # 8 of 16
+    assert sum(i.startswith("p") for i in ids) == 7  # ceil(0.3 * 16 / 0.7)
+    plain = [x["id"] for x in balance(items, np.random.default_rng(0), 0.3)]
+    assert len(plain) == 15 and sum(i.startswith("p") for i in plain) == 5  # as before
+    same = balance(items, np.random.default_rng(0), 0.3, hard=hard, hard_fraction=0.1)
+    assert len(same) == 15  # already 2 of 10 hard: nothing repeated
 
 
 def test_centred_upsampling_puts_coarse_cells_back_where_the_strided_convs_sampled():
