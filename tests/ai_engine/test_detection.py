@@ -268,6 +268,19 @@ BAD_CASES = [
         "--pos-neg must be two counts",
     ),
     (
+        "classifier-only training on a folder that is no model",
+        lambda p, m: [
+            "train",
+            "--data",
+            str(p["datalist"]),
+            "--out",
+            str(p["bad"] / "o_kept"),
+            "--candidates-from",
+            str(p["bad"]),
+        ],
+        "candidates_from",
+    ),
+    (
         "mining with a share of background patches of 1",
         lambda p, m: [
             "train",
