@@ -279,6 +279,17 @@ def main() -> int:
     )
     parser.add_argument("--fp-patch", type=int, default=24, help="classifier patch edge")
     parser.add_argument(
+        "--plain-classifier",
+        action="store_true",
+        help="the plain 3D ResNet as classifier instead of the gated one",
+    )
+    parser.add_argument(
+        "--fp-gate-weight",
+        type=float,
+        default=1.0,
+        help="weight of the gated classifier's nodule-mask loss (0: the gate learns freely)",
+    )
+    parser.add_argument(
         "--fp-hard-fraction",
         type=float,
         default=0.0,
@@ -335,6 +346,7 @@ def main() -> int:
         fp_channels=tuple(int(v) for v in args.fp_channels.split(",")),
         candidate_peak_distance_mm=args.peak_distance,
         blob_candidates=args.blob_candidates,
+        fp_gate=not args.plain_classifier,
     )
     t_train = float("nan")
     if args.retrain or not (model / "model.json").is_file():
@@ -358,6 +370,7 @@ def main() -> int:
             mined_negative_fraction=args.mined_fraction,
             candidates_from=args.candidates_from,
             fp_hard_fraction=args.fp_hard_fraction,
+            fp_gate_weight=args.fp_gate_weight,
             resume=args.resume,
             seed=args.seed,
             progress=False,
