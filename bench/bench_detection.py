@@ -263,9 +263,11 @@ def main() -> int:
         default=None,
         help="online hard-negative mining of the U-Net from this epoch (default: off)",
     )
-    parser.add_argument("--mine-every", type=int, default=4, help="epochs between minings")
     parser.add_argument(
-        "--mined-fraction",
+        "--mine-negatives-every", type=int, default=4, help="epochs between minings"
+    )
+    parser.add_argument(
+        "--mined-negative-fraction",
         type=float,
         default=1 / 3,
         help="share of background U-Net patches centred on its mined false positives",
@@ -366,8 +368,8 @@ def main() -> int:
             batch_dice=args.dice == "batch",
             hard_negative_fraction=args.hard_fraction,
             mine_negatives_from=args.mine_negatives_from,
-            mine_negatives_every=args.mine_every,
-            mined_negative_fraction=args.mined_fraction,
+            mine_negatives_every=args.mine_negatives_every,
+            mined_negative_fraction=args.mined_negative_fraction,
             candidates_from=args.candidates_from,
             fp_hard_fraction=args.fp_hard_fraction,
             fp_gate_weight=args.fp_gate_weight,
@@ -525,7 +527,7 @@ def main() -> int:
             "U-Net hard-negative mining (from epoch, every, share of background)",
             "off"
             if args.mine_negatives_from is None
-            else f"{args.mine_negatives_from}, {args.mine_every}, {args.mined_fraction:.2f}",
+            else f"{args.mine_negatives_from}, {args.mine_negatives_every}, {args.mined_negative_fraction:.2f}",
             "",
         )
     )
