@@ -718,6 +718,7 @@ def _fp_stage(
         **fitted,
         "n_samples": len(samples),
         "n_positive_unique": n_pos,
+        "n_hard_negative_unique": sum(hard),
         "transfer": transfer,
     }
     return classifier.eval(), info

@@ -971,6 +971,22 @@ def test_classifier_only_training_keeps_the_unet_and_its_candidate_settings(data
     assert not (out / "work" / "candidates").exists()  # no U-Net training
 
 
+def test_every_config_field_belongs_to_the_candidate_stage_or_the_classifier():
+    """`CANDIDATE_STAGE_FIELDS` is what classifier-only training keeps: a new field must be
+    placed on one side on purpose, or a kept U-Net would run with settings it was not made for."""
+    from dataclasses import fields
+
+    from ai_engine.detection.config import CANDIDATE_STAGE_FIELDS
+
+    classifier_side = {
+        "fp_patch_size", "fp_channels", "fp_gate", "fp_test_time_flips", "combine",
+        "finding_threshold", "blob_candidates", "extra",
+    }  # fmt: skip
+    names = {f.name for f in fields(DetectionConfig)}
+    assert set(CANDIDATE_STAGE_FIELDS) <= names
+    assert names - set(CANDIDATE_STAGE_FIELDS) == classifier_side
+
+
 @pytest.mark.parametrize("where", ["missing", "itself"])
 def test_classifier_only_training_needs_another_detection_folder(data, tmp_path, where):
     from ai_engine.data.datalist import load_datalist
@@ -1144,6 +1160,27 @@ def test_false_positives_the_unet_is_sure_of_are_the_hard_negatives(data):
     hard = [s for s in samples if s["hard"]]
     assert len(hard) == 1 and hard[0]["label"][0] == 0.0
     assert sum(s["label"][0] == 1.0 for s in samples) >= 3 * len(items[0]["nodules"])
+
+
+def test_classifier_training_repeats_its_hard_negatives_to_the_share_asked(data, model, tmp_path):
+    """Through `train_detector` (the classifier alone on the fixture's U-Net): with every mined
+    miss counted hard (`fp_hard_prob` 0), `fp_hard_fraction` 0.95 trains on more samples than 0,
+    and the folder records how many hard negatives there were."""
+    from ai_engine.data.datalist import load_datalist
+
+    _, datalist = data
+    sizes = {}
+    for fraction in (0.0, 0.95):
+        opts = DetectionTrainOptions(
+            fp_epochs=1, fp_steps_per_epoch=1, fp_batch_size=8, random_negatives=8,
+            elastic_prob=0.0, progress=False, candidates_from=str(model), combine_modes=(),
+            fp_hard_prob=0.0, fp_hard_fraction=fraction,
+        )  # fmt: skip
+        out = train_detector(load_datalist(datalist), tmp_path / f"h{fraction}", TINY, opts)
+        info = load_model_folder(out).manifest["made_by_params"]["fp_reduction"]
+        assert info["n_hard_negative_unique"] > 0
+        sizes[fraction] = info["n_samples"]
+    assert sizes[0.95] > sizes[0.0]
 
 
 def test_balance_repeats_hard_negatives_to_their_share_then_positives_to_theirs():
