@@ -436,6 +436,16 @@ def main() -> int:
                 "",
             )
         )
+    for size, sub in metrics["by_size"].items():
+        sens = sub["sensitivity"]
+        rows.append(
+            (
+                f"  {size} mm: CPM; sensitivity @ 1/8, 1, 8 FP/scan; hit at all",
+                f"{sub['cpm']:.3f}; {sens['0.125']:.2f}, {sens['1']:.2f}, {sens['8']:.2f}; "
+                f"{sub['n_hit']}/{sub['n_nodules']}",
+                "",
+            )
+        )
     rows.append(("CPM, candidates only (no FP reduction)", f"{cand['cpm']:.3f}", ""))
     if baseline is not None:
         rows.append(

@@ -12,7 +12,7 @@ import numpy as np
 
 from ai_engine.detection.pipeline import NoduleDetector
 from ai_engine.errors import InputError
-from ai_engine.evaluation.froc import froc, plot_froc
+from ai_engine.evaluation.froc import froc, plot_froc, sensitivity_by_size
 
 
 def evaluate_detector(
@@ -25,7 +25,8 @@ def evaluate_detector(
 
     Returns:
         METRICS dict: cpm, sensitivity{"0.125".."8"}, n_images, n_nodules, counts, the curve,
-        per-scan seconds, plus `"_result"` (the `FROCResult`, removed before writing).
+        per-scan seconds, `by_size` (the sensitivities of each nodule-diameter bin at the
+        overall operating points, `ai_engine.evaluation.froc.sensitivity_by_size`), plus `"_result"` (the `FROCResult`, removed before writing).
     """
     if not items:
         raise InputError("nothing to evaluate: the split has no items")
@@ -44,6 +45,8 @@ def evaluate_detector(
     res = froc(points, nodules)
     metrics = res.to_metrics()
     metrics["seconds_per_scan"] = float(np.mean(seconds))
+    diameters = [float(n["diameter_mm"]) for nods in nodules for n in nods]
+    metrics["by_size"] = sensitivity_by_size(res, diameters)
     metrics["_result"] = res
     return metrics
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +47,7 @@ class FROCResult:
         n_detections: detections given.
         n_hit: nodules hit at the lowest threshold (all detections kept).
         n_false_positives: detections on no nodule (all kept).
+        nodule_scores: each nodule's best hit score (-inf: never hit), scans in order.
     """
 
     fps_per_scan: list[float]
@@ -59,6 +61,7 @@ class FROCResult:
     n_hit: int
     n_false_positives: int
     per_image: list[dict[str, Any]] = field(default_factory=list)
+    nodule_scores: list[float] = field(default_factory=list)
 
     def to_metrics(self) -> dict[str, Any]:
         """The METRICS.json form (curve included)."""
@@ -156,12 +159,7 @@ def froc(
             xs.append(x)
             ys.append(y)
             ts.append(t)
-    xs_arr, ys_arr = np.asarray(xs), np.asarray(ys)
-    # compute_froc_score expects the curve with FP rates descending (as MONAI builds it).
-    at = {
-        fp_rate_key(r): float(compute_froc_score(xs_arr[::-1], ys_arr[::-1], (float(r),)))
-        for r in fp_rates
-    }
+    at = _read_at_rates(xs, ys, fp_rates)
     return FROCResult(
         fps_per_scan=xs,
         sensitivity=ys,
@@ -174,7 +172,71 @@ def froc(
         n_hit=int(np.isfinite(tp).sum()),
         n_false_positives=len(fp),
         per_image=per_image,
+        nodule_scores=tp.tolist(),
     )
+
+
+def _read_at_rates(
+    xs: Sequence[float], ys: Sequence[float], fp_rates: Sequence[float]
+) -> dict[str, float]:
+    # compute_froc_score expects the curve with FP rates descending (as MONAI builds it).
+    xs_arr, ys_arr = np.asarray(xs, dtype=np.float64), np.asarray(ys, dtype=np.float64)
+    return {
+        fp_rate_key(r): float(compute_froc_score(xs_arr[::-1], ys_arr[::-1], (float(r),)))
+        for r in fp_rates
+    }
+
+
+def subgroup_sensitivity(
+    result: FROCResult, selected: Sequence[bool], fp_rates: Sequence[float] = FP_RATES
+) -> dict[str, Any]:
+    """Sensitivity of a subgroup of the nodules (`selected`, aligned with
+    `result.nodule_scores`) at the whole evaluation's operating points: the thresholds that
+    give 1/8 ... 8 false positives per scan over all scans, read off the curve as the CPM is.
+    The subgroups' CPMs weighted by their nodule counts add up to the overall CPM.
+
+    Returns:
+        {"n_nodules", "n_hit" (at the lowest threshold), "sensitivity" {"0.125".."8"}, "cpm"};
+        None for the sensitivities of an empty subgroup.
+    """
+    mask = np.asarray(selected, dtype=bool)
+    if mask.shape != (len(result.nodule_scores),):
+        raise ValueError(f"{mask.size} flags for {len(result.nodule_scores)} nodules")
+    scores = np.asarray(result.nodule_scores, dtype=np.float64)[mask]
+    n = int(mask.sum())
+    if n == 0:
+        return {"n_nodules": 0, "n_hit": 0, "sensitivity": None, "cpm": None}
+    ys = [float((scores >= t).sum()) / n for t in result.thresholds]
+    at = _read_at_rates(result.fps_per_scan, ys, fp_rates)
+    return {
+        "n_nodules": n,
+        "n_hit": int(np.isfinite(scores).sum()),
+        "sensitivity": at,
+        "cpm": float(np.mean(list(at.values()))),
+    }
+
+
+#: nodule-diameter bins (mm) of `sensitivity_by_size`: < 3, 3-5, 5-8, 8-15, >= 15
+SIZE_BINS_MM: tuple[float, ...] = (3.0, 5.0, 8.0, 15.0)
+
+
+def sensitivity_by_size(
+    result: FROCResult,
+    diameters_mm: Sequence[float],
+    bins_mm: Sequence[float] = SIZE_BINS_MM,
+) -> dict[str, dict[str, Any]]:
+    """`subgroup_sensitivity` per nodule-diameter bin (lower edge included), keyed like
+    "3-5" ("<3" below the first edge, ">=15" above the last); empty bins are left out.
+    `diameters_mm` follows the nodules in `result.nodule_scores` order."""
+    d = np.asarray(diameters_mm, dtype=np.float64)
+    edges = [-np.inf, *bins_mm, np.inf]
+    out = {}
+    for lo, hi in pairwise(edges):
+        key = f"<{hi:g}" if lo == -np.inf else f">={lo:g}" if hi == np.inf else f"{lo:g}-{hi:g}"
+        selected = (d >= lo) & (d < hi)
+        if selected.any():
+            out[key] = subgroup_sensitivity(result, selected)
+    return out
 
 
 def plot_froc(result: FROCResult, path: str | Path, title: str = "FROC") -> Path:
