@@ -292,6 +292,18 @@ def main() -> int:
         help="weight of the gated classifier's nodule-mask loss (0: the gate learns freely)",
     )
     parser.add_argument(
+        "--fp-focal-gamma",
+        type=float,
+        default=2.0,
+        help="focusing parameter of the classifier's focal loss (0: binary cross-entropy)",
+    )
+    parser.add_argument(
+        "--fp-cutmix", type=float, default=0.3, help="share of classifier batches CutMixed"
+    )
+    parser.add_argument(
+        "--fp-crop-jitter", type=int, default=4, help="classifier patch offset in training, voxels"
+    )
+    parser.add_argument(
         "--fp-hard-fraction",
         type=float,
         default=0.0,
@@ -373,6 +385,9 @@ def main() -> int:
             candidates_from=args.candidates_from,
             fp_hard_fraction=args.fp_hard_fraction,
             fp_gate_weight=args.fp_gate_weight,
+            fp_focal_gamma=args.fp_focal_gamma,
+            fp_cutmix_prob=args.fp_cutmix,
+            fp_crop_jitter=args.fp_crop_jitter,
             resume=args.resume,
             seed=args.seed,
             progress=False,

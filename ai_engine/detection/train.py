@@ -138,6 +138,10 @@ class DetectionTrainOptions:
         fp_crop_jitter: the classifier's training patches are cut this many voxels wider on
             each side and randomly cropped back, so a candidate is up to this far off the
             patch centre (inference centres it; a 3-5 mm nodule is 1-2 voxels in radius).
+        fp_focal_gamma: focusing parameter of the classifier's focal loss (0: plain binary
+            cross-entropy; the focal term leaves well-classified samples little gradient, and
+            the outputs of a short training stay near 0.5).
+        fp_cutmix_prob: share of the classifier's batches mixed by 3D CutMix (0: none).
         elastic_prob: probability of the elastic deformation.
         progress: tqdm bars.
     """
@@ -182,6 +186,8 @@ class DetectionTrainOptions:
     fp_hard_fraction: float = 0.0
     fp_crop_jitter: int = 4
     fp_gate_weight: float = 1.0
+    fp_focal_gamma: float = 2.0
+    fp_cutmix_prob: float = 0.3
     elastic_prob: float = 0.1
     progress: bool = True
     extra: dict[str, Any] = field(default_factory=dict)
@@ -689,7 +695,7 @@ def _fp_stage(
     full = NoduleDetector(config, unet, classifier, device=opts.device)
     cached = [full.candidates(s["image"]) for s in val_scans]
     validate = (lambda model: detections_cpm(full, val_scans, True, cached)) if val_scans else None
-    focal = FocalLoss(use_softmax=False, gamma=2.0)
+    focal = FocalLoss(use_softmax=False, gamma=opts.fp_focal_gamma)
     trained: torch.nn.Module = classifier
     loss_fn: Any = focal
     if gated:
@@ -708,7 +714,9 @@ def _fp_stage(
         cfg,
         out / "work" / "fp_reduction",
         validate=validate,
-        batch_augment=CutMixBatch(alpha=1.0, prob=0.3),
+        batch_augment=CutMixBatch(alpha=1.0, prob=opts.fp_cutmix_prob)
+        if opts.fp_cutmix_prob
+        else None,
         on_epoch_end=lambda e, line: _log(_epoch_line("fp_reduction", line)),
     )
     fitted = _fit_keeping_best(trainer, trained, cfg, opts)
@@ -750,6 +758,10 @@ def train_detector(
         raise InputError(f"fp_hard_fraction must be in [0, 1), got {opts.fp_hard_fraction}")
     if opts.fp_gate_weight < 0:
         raise InputError(f"fp_gate_weight must be >= 0, got {opts.fp_gate_weight}")
+    if opts.fp_focal_gamma < 0:
+        raise InputError(f"fp_focal_gamma must be >= 0, got {opts.fp_focal_gamma}")
+    if not 0.0 <= opts.fp_cutmix_prob <= 1.0:
+        raise InputError(f"fp_cutmix_prob must be in [0, 1], got {opts.fp_cutmix_prob}")
     if opts.mine_negatives_from is not None:
         if not opts.balanced_nodules:
             raise InputError("hard-negative mining needs balanced_nodules (its crop centres)")
