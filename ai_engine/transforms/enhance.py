@@ -59,37 +59,53 @@ def symmetric_eigenvalues(
     return smallest, middle, largest
 
 
-def blob_response(image: np.ndarray, sigmas_voxel: Sequence[Sequence[float]]) -> np.ndarray:
+def blob_response(
+    image: np.ndarray, sigmas_voxel: Sequence[Sequence[float]], slab: int = 16
+) -> np.ndarray:
     """Multi-scale dot-filter response (X, Y, Z), float32, >= 0, of a bright-on-dark image.
+
+    The Gaussian smoothing runs on the whole volume; the Hessian and its eigenvalues run on
+    slabs of `slab` slices along the last axis, each read with 2 slices of margin (the reach
+    of two central differences), so the result is exactly that of one pass over the volume
+    while the temporaries stay a few MB instead of a dozen volume-sized arrays (4-5 times
+    faster on a 359 x 359 x 375 scan).
 
     Args:
         image: (X, Y, Z) array (e.g. the windowed CT in [0, 1]).
         sigmas_voxel: per scale, the Gaussian sigma along each axis in voxels.
+        slab: slices per Hessian pass (>= 1).
     """
+    if slab < 1:
+        raise ValueError(f"slab must be >= 1 slice, got {slab}")
     array = np.asarray(image, dtype=np.float32)
-    out = torch.zeros(array.shape, dtype=torch.float32)
+    out = np.zeros(array.shape, dtype=np.float32)
+    nz = array.shape[2]
     for sigma in sigmas_voxel:
         smooth = ndimage.gaussian_filter(array, sigma, mode="nearest")
-        t = torch.from_numpy(smooth)
-        grads = torch.gradient(t)
-        second = [torch.gradient(g) for g in grads]  # second[i][j] = d2 / di dj, voxel units
         # sigma_i sigma_j H_ij: the scale-normalised Hessian, in mm as in voxels (anisotropic
         # grids included, since sigma_i is the same mm scale in voxels of axis i)
         s = [float(v) for v in sigma]
-        small, _, large = symmetric_eigenvalues(
-            second[0][0] * (s[0] * s[0]),
-            second[1][1] * (s[1] * s[1]),
-            second[2][2] * (s[2] * s[2]),
-            second[0][1] * (s[0] * s[1]),
-            second[0][2] * (s[0] * s[2]),
-            second[1][2] * (s[1] * s[2]),
-        )
-        del grads, second
-        response = torch.where(
-            large < 0, large * large / torch.clamp(-small, min=1e-6), torch.zeros_like(large)
-        )
-        out = torch.maximum(out, response)
-    return out.numpy()
+        for z0 in range(0, nz, slab):
+            z1 = min(z0 + slab, nz)
+            lo, hi = max(z0 - 2, 0), min(z1 + 2, nz)
+            g0, g1, g2 = torch.gradient(torch.from_numpy(smooth[:, :, lo:hi]))
+            h00, h01, h02 = torch.gradient(g0)  # voxel units; the six distinct entries only
+            h11, h12 = torch.gradient(g1, dim=(1, 2))
+            (h22,) = torch.gradient(g2, dim=2)
+            small, _, large = symmetric_eigenvalues(
+                h00 * (s[0] * s[0]),
+                h11 * (s[1] * s[1]),
+                h22 * (s[2] * s[2]),
+                h01 * (s[0] * s[1]),
+                h02 * (s[0] * s[2]),
+                h12 * (s[1] * s[2]),
+            )
+            response = torch.where(
+                large < 0, large * large / torch.clamp(-small, min=1e-6), torch.zeros_like(large)
+            )
+            kept = response[:, :, z0 - lo : z0 - lo + (z1 - z0)].numpy()
+            np.maximum(out[:, :, z0:z1], kept, out=out[:, :, z0:z1])
+    return out
 
 
 class BlobEnhanced(MapTransform):

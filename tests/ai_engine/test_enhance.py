@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 from monai.data import MetaTensor
+from scipy import ndimage
 
 from ai_engine.transforms.enhance import BlobEnhanced, blob_response, symmetric_eigenvalues
 
@@ -59,6 +60,20 @@ def test_a_ball_responds_and_a_tube_of_the_same_width_hardly_does():
     # nothing bright: nothing enhanced; a dark blob (l3 > 0) is not a nodule either
     assert blob_response(np.full((24, 24, 24), 0.4, np.float32), SCALES).max() == 0.0
     assert blob_response(0.7 - 0.6 * _ball((20, 20, 20), 2.5), SCALES).max() < 1e-3 * r_ball.max()
+
+
+def test_slabs_give_exactly_the_one_pass_response():
+    """The Hessian runs on slabs with 2 slices of margin: any slab thickness (1 slice, a
+    thickness that leaves a short last slab, the whole volume) gives the same numbers."""
+    rng = np.random.default_rng(0)
+    image = ndimage.gaussian_filter(rng.random((30, 26, 23)).astype(np.float32), 1.5)
+    scales = [(1.5, 1.5, 1.5), (2.0, 1.5, 1.0)]
+    whole = blob_response(image, scales, slab=23)
+    assert whole.max() > 0
+    for slab in (1, 2, 5, 16):
+        np.testing.assert_array_equal(blob_response(image, scales, slab=slab), whole)
+    with pytest.raises(ValueError, match="slab must be >= 1 slice, got 0"):
+        blob_response(image, scales, slab=0)
 
 
 def test_blob_enhanced_appends_a_channel_in_mm_and_keeps_the_geometry():
