@@ -77,8 +77,8 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
     t.add_argument(
         "--spacing",
         type=_triple,
-        default=(1.5, 1.5, 1.5),
-        help="resampling spacing in mm, e.g. 1.5 or 1.5,1.5,2",
+        default=(1.0, 1.0, 1.0),
+        help="resampling spacing in mm, e.g. 1.0 or 1,1,1.5 (default 1)",
     )
     t.add_argument(
         "--unet-norm", choices=["instance", "batch"], default="instance", help="U-Net norm"
@@ -309,6 +309,7 @@ def _train_demo(args: argparse.Namespace) -> int:
         root / "datalist.json",
     )
     config = DetectionConfig(
+        spacing_mm=(1.5, 1.5, 1.5),  # coarse: a minute on a CPU, a demo not a detector
         patch_size=(32, 32, 32),
         sw_roi_size=(32, 32, 32),
         unet_channels=(4, 8, 16),

@@ -379,6 +379,7 @@ def test_model_folders_of_another_task_or_missing_are_refused(other_task_folder,
 # ---------------------------------------------------------------- detection scoring
 
 TINY_DETECTOR = DetectionConfig(
+    spacing_mm=(1.5, 1.5, 1.5),
     patch_size=(32, 32, 32),
     sw_roi_size=(32, 32, 32),
     unet_channels=(4, 8, 16),

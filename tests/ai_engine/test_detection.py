@@ -29,6 +29,7 @@ torch.set_num_threads(2)
 REPO = Path(__file__).resolve().parents[2]
 SHAPE = (64, 64, 24)
 TINY = DetectionConfig(
+    spacing_mm=(1.5, 1.5, 1.5),  # coarser than the default: the mechanics, quickly
     patch_size=(32, 32, 32),
     sw_roi_size=(32, 32, 32),
     unet_channels=(4, 8, 16),
