@@ -1165,6 +1165,15 @@ def test_false_positives_the_unet_is_sure_of_are_the_hard_negatives(data):
     assert sum(s["label"][0] == 1.0 for s in samples) >= 3 * len(items[0]["nodules"])
 
 
+def _one_classifier_step(model, **options) -> DetectionTrainOptions:
+    """Options of a one-step classifier-only training on the fixture model's U-Net."""
+    return DetectionTrainOptions(
+        fp_epochs=1, fp_steps_per_epoch=1, fp_batch_size=8, random_negatives=8,
+        elastic_prob=0.0, progress=False, candidates_from=str(model), combine_modes=(),
+        **options,
+    )  # fmt: skip
+
+
 def test_classifier_training_repeats_its_hard_negatives_to_the_share_asked(data, model, tmp_path):
     """Through `train_detector` (the classifier alone on the fixture's U-Net): with every mined
     miss counted hard (`fp_hard_prob` 0), `fp_hard_fraction` 0.95 trains on more samples than 0,
@@ -1174,11 +1183,7 @@ def test_classifier_training_repeats_its_hard_negatives_to_the_share_asked(data,
     _, datalist = data
     sizes = {}
     for fraction in (0.0, 0.95):
-        opts = DetectionTrainOptions(
-            fp_epochs=1, fp_steps_per_epoch=1, fp_batch_size=8, random_negatives=8,
-            elastic_prob=0.0, progress=False, candidates_from=str(model), combine_modes=(),
-            fp_hard_prob=0.0, fp_hard_fraction=fraction,
-        )  # fmt: skip
+        opts = _one_classifier_step(model, fp_hard_prob=0.0, fp_hard_fraction=fraction)
         out = train_detector(load_datalist(datalist), tmp_path / f"h{fraction}", TINY, opts)
         info = load_model_folder(out).manifest["made_by_params"]["fp_reduction"]
         assert info["n_hard_negative_unique"] > 0
@@ -1194,11 +1199,9 @@ def test_classifier_focal_gamma_reaches_its_loss(data, model, tmp_path):
     _, datalist = data
     first_loss = {}
     for gamma in (0.0, 2.0):
-        opts = DetectionTrainOptions(
-            fp_epochs=1, fp_steps_per_epoch=1, fp_batch_size=8, random_negatives=8,
-            elastic_prob=0.0, progress=False, candidates_from=str(model), combine_modes=(),
-            fp_gate_weight=0.0, fp_cutmix_prob=0.0, fp_focal_gamma=gamma,
-        )  # fmt: skip
+        opts = _one_classifier_step(
+            model, fp_gate_weight=0.0, fp_cutmix_prob=0.0, fp_focal_gamma=gamma
+        )
         out = train_detector(load_datalist(datalist), tmp_path / f"g{gamma}", TINY, opts)
         log = (out / "work" / "fp_reduction" / "log.jsonl").read_text().splitlines()
         first_loss[gamma] = json.loads(log[0])["train_loss"]
