@@ -29,6 +29,7 @@ sys.path.insert(0, str(REPO))
 
 from ai_engine.data.datalist import load_datalist, write_datalist  # noqa: E402
 from ai_engine.data.phantoms import chest_ct_datasets, make_chest_ct  # noqa: E402
+from ai_engine.detection.cli import FLIP_CHOICES  # noqa: E402
 from ai_engine.detection.config import DetectionConfig  # noqa: E402
 from ai_engine.detection.evaluate import evaluate_detector, write_metrics  # noqa: E402
 from ai_engine.detection.explain import pointing_game_detection  # noqa: E402
@@ -241,7 +242,7 @@ def main() -> int:
     )
     parser.add_argument(
         "--test-time-flips",
-        choices=["search", "on", "off"],
+        choices=FLIP_CHOICES,
         default="off",
         help="the U-Net's flipped passes: chosen on validation, or fixed (off: at 1 mm they "
         "take the CT-sized scan from ~50 s to ~64 s, over the 60 s goal)",

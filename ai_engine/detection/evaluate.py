@@ -26,7 +26,8 @@ def evaluate_detector(
     Returns:
         METRICS dict: cpm, sensitivity{"0.125".."8"}, n_images, n_nodules, counts, the curve,
         per-scan seconds, `by_size` (the sensitivities of each nodule-diameter bin at the
-        overall operating points, `ai_engine.evaluation.froc.sensitivity_by_size`), plus `"_result"` (the `FROCResult`, removed before writing).
+        overall operating points, `ai_engine.evaluation.froc.sensitivity_by_size`), plus
+        `"_result"` (the `FROCResult`, removed before writing).
     """
     if not items:
         raise InputError("nothing to evaluate: the split has no items")

@@ -167,6 +167,14 @@ def test_evaluate_cli_writes_metrics_and_curve(data, model, tmp_path):
     assert metrics["cpm"] == pytest.approx(np.mean(list(metrics["sensitivity"].values())))
     assert metrics["n_images"] == 1
     assert out.with_suffix(".png").read_bytes()[:4] == b"\x89PNG"
+    # each nodule counted in the bin of its own diameter, and the bins add up to the CPM
+    by_size = metrics["by_size"]
+    with open(datalist) as f:
+        nodules = [n for item in json.load(f)["testing"] for n in item["nodules"]]
+    assert sum(b["n_nodules"] for b in by_size.values()) == metrics["n_nodules"] == len(nodules)
+    assert sum(b["n_hit"] for b in by_size.values()) == metrics["n_hit"]
+    weighted = sum(b["cpm"] * b["n_nodules"] for b in by_size.values()) / metrics["n_nodules"]
+    assert weighted == pytest.approx(metrics["cpm"])
 
 
 def test_sphere_labels_sit_on_the_nodules(data):
@@ -701,6 +709,7 @@ def test_train_flags_set_the_blob_channel_blob_candidates_and_the_classifier():
     parser = build_parser("detection")
     base = ["train", "--data", "d.json", "--out", "m"]
     default = config_from_args(parser.parse_args(base))
+    assert default.spacing_mm == DetectionConfig().spacing_mm == (1.0, 1.0, 1.0)
     assert default.blob_sigmas_mm == DetectionConfig().blob_sigmas_mm
     assert default.blob_candidates == DetectionConfig().blob_candidates > 0
     assert default.fp_gate is True
