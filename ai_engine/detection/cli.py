@@ -130,6 +130,20 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
         help="false-positive classifier without the nodule-supervised gate (MONAI's ResNet; "
         "its Grad-CAM is coarser)",
     )
+    t.add_argument(
+        "--fp-focal-gamma",
+        type=float,
+        default=2.0,
+        help="focusing parameter of the classifier's focal loss (default 2; 0: plain "
+        "binary cross-entropy)",
+    )
+    t.add_argument(
+        "--fp-cutmix",
+        type=float,
+        default=0.3,
+        metavar="P",
+        help="share of the classifier's batches mixed by 3D CutMix (default 0.3; 0: none)",
+    )
     for flag, what in (
         ("--test-time-flips", "the U-Net's 8 flipped passes (about 4x its inference time)"),
         ("--fp-test-time-flips", "the classifier's mean over 8 flipped patches"),
@@ -279,6 +293,8 @@ def train_options_from_args(args: argparse.Namespace):
         mine_negatives_from=args.mine_negatives_from,
         mine_negatives_every=args.mine_negatives_every,
         mined_negative_fraction=args.mined_negative_fraction,
+        fp_focal_gamma=args.fp_focal_gamma,
+        fp_cutmix_prob=args.fp_cutmix,
         try_test_time_flips=args.test_time_flips == "search",
         try_fp_test_time_flips=args.fp_test_time_flips == "search",
     )

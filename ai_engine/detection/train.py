@@ -732,26 +732,22 @@ def _fp_stage(
     return classifier.eval(), info
 
 
-def train_detector(
-    datalist: dict[str, list[dict[str, Any]]],
-    out: str | Path,
-    config: DetectionConfig | None = None,
-    options: DetectionTrainOptions | None = None,
-) -> Path:
-    """Train both stages on `datalist["training"]` (validated on `"validation"`) and write a
-    model folder to `out` (work files under `out/work`).
+def _check_options(opts: DetectionTrainOptions) -> None:
+    """Refuse options out of their range before anything is written.
 
     Raises:
-        InputError: no training scans, no nodules at all.
+        InputError: the first option out of range, named with its value.
     """
-    # a copy: the threshold chosen on validation must not change the caller's config
-    config = DetectionConfig.from_dict(config.to_dict()) if config else DetectionConfig()
-    opts = options or DetectionTrainOptions()
-    out = Path(out)
-    train_items = list(datalist.get("training", []))
-    val_items = list(datalist.get("validation", []))
     if opts.loss not in {"dicece", "dicefocal"}:
         raise InputError(f"loss must be dicece or dicefocal, got {opts.loss!r}")
+    for name in ("mined_negative_threshold", "mining_threshold"):
+        value = getattr(opts, name)
+        if not 0.0 < value < 1.0:
+            raise InputError(f"{name} is a U-Net probability in (0, 1), got {value}")
+    if not 0.0 <= opts.fp_hard_prob <= 1.0:
+        raise InputError(f"fp_hard_prob is a U-Net probability in [0, 1], got {opts.fp_hard_prob}")
+    if opts.random_negatives < 0:
+        raise InputError(f"random_negatives must be >= 0, got {opts.random_negatives}")
     if opts.fp_crop_jitter < 0:
         raise InputError(f"fp_crop_jitter must be >= 0 voxels, got {opts.fp_crop_jitter}")
     if not 0.0 <= opts.fp_hard_fraction < 1.0:
@@ -774,6 +770,27 @@ def train_detector(
             raise InputError(
                 f"mined_negative_fraction must be in [0, 1), got {opts.mined_negative_fraction}"
             )
+
+
+def train_detector(
+    datalist: dict[str, list[dict[str, Any]]],
+    out: str | Path,
+    config: DetectionConfig | None = None,
+    options: DetectionTrainOptions | None = None,
+) -> Path:
+    """Train both stages on `datalist["training"]` (validated on `"validation"`) and write a
+    model folder to `out` (work files under `out/work`).
+
+    Raises:
+        InputError: no training scans, no nodules at all.
+    """
+    # a copy: the threshold chosen on validation must not change the caller's config
+    config = DetectionConfig.from_dict(config.to_dict()) if config else DetectionConfig()
+    opts = options or DetectionTrainOptions()
+    out = Path(out)
+    train_items = list(datalist.get("training", []))
+    val_items = list(datalist.get("validation", []))
+    _check_options(opts)
     if not train_items:
         raise InputError("the datalist has no 'training' items")
     if not any(it.get("nodules") for it in train_items):

@@ -622,6 +622,13 @@ def test_unknown_unet_loss_is_refused(data, tmp_path):
         ({"fp_focal_gamma": -1.0}, "fp_focal_gamma must be >= 0, got -1.0"),
         ({"fp_cutmix_prob": 1.5}, "fp_cutmix_prob must be in [0, 1], got 1.5"),
         ({"fp_hard_fraction": 1.0}, "fp_hard_fraction must be in [0, 1), got 1.0"),
+        ({"fp_hard_prob": 1.2}, "fp_hard_prob is a U-Net probability in [0, 1], got 1.2"),
+        ({"mining_threshold": 0.0}, "mining_threshold is a U-Net probability in (0, 1), got 0.0"),
+        (
+            {"mined_negative_threshold": 1.0},
+            "mined_negative_threshold is a U-Net probability in (0, 1), got 1.0",
+        ),
+        ({"random_negatives": -2}, "random_negatives must be >= 0, got -2"),
     ],
 )
 def test_classifier_options_outside_their_range_are_refused(data, tmp_path, option, message):
@@ -747,17 +754,23 @@ def test_train_flip_flags_search_on_validation_or_fix_the_flips():
         parser.parse_args([*base, "--test-time-flips", "maybe"])
 
 
-def test_train_mining_flags_map_onto_the_options():
+def test_train_mining_and_classifier_loss_flags_map_onto_the_options():
+    """Left out, the flags give the library's defaults; given, they reach the options."""
     from ai_engine.detection.cli import build_parser, train_options_from_args
 
     parser = build_parser("detection")
     base = ["train", "--data", "d.json", "--out", "m"]
-    assert train_options_from_args(parser.parse_args(base)).mine_negatives_from is None
+    default, library = train_options_from_args(parser.parse_args(base)), DetectionTrainOptions()
+    assert default.mine_negatives_from is None
+    for name in ("mined_negative_fraction", "fp_focal_gamma", "fp_cutmix_prob", "epochs", "lr"):
+        assert getattr(default, name) == getattr(library, name), name
     argv = [*base, "--mine-negatives-from", "8", "--mine-negatives-every", "2",
-            "--mined-negative-fraction", "0.25"]  # fmt: skip
+            "--mined-negative-fraction", "0.25", "--fp-focal-gamma", "0",
+            "--fp-cutmix", "0"]  # fmt: skip
     options = train_options_from_args(parser.parse_args(argv))
     assert (options.mine_negatives_from, options.mine_negatives_every) == (8, 2)
     assert options.mined_negative_fraction == 0.25
+    assert (options.fp_focal_gamma, options.fp_cutmix_prob) == (0.0, 0.0)
 
 
 def test_train_with_fixed_flips_keeps_them_and_does_not_search(data, tmp_path):
