@@ -317,6 +317,13 @@ def main() -> int:
         "--fp-crop-jitter", type=int, default=4, help="classifier patch offset in training, voxels"
     )
     parser.add_argument(
+        "--ema",
+        type=float,
+        default=None,
+        metavar="DECAY",
+        help="validate and keep a moving average of each stage's weights (e.g. 0.99; off)",
+    )
+    parser.add_argument(
         "--fp-hard-fraction",
         type=float,
         default=0.0,
@@ -403,6 +410,7 @@ def main() -> int:
             try_test_time_flips=args.test_time_flips == "search",
             fp_cutmix_prob=args.fp_cutmix,
             fp_crop_jitter=args.fp_crop_jitter,
+            ema_decay=args.ema,
             resume=args.resume,
             seed=args.seed,
             progress=False,

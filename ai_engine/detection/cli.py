@@ -144,6 +144,13 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
         metavar="P",
         help="share of the classifier's batches mixed by 3D CutMix (default 0.3; 0: none)",
     )
+    t.add_argument(
+        "--ema-decay",
+        type=float,
+        metavar="DECAY",
+        help="validate and keep a moving average of each stage's weights with this decay "
+        "(e.g. 0.99; default off)",
+    )
     for flag, what in (
         ("--test-time-flips", "the U-Net's 8 flipped passes (about 4x its inference time)"),
         ("--fp-test-time-flips", "the classifier's mean over 8 flipped patches"),
@@ -295,6 +302,7 @@ def train_options_from_args(args: argparse.Namespace):
         mined_negative_fraction=args.mined_negative_fraction,
         fp_focal_gamma=args.fp_focal_gamma,
         fp_cutmix_prob=args.fp_cutmix,
+        ema_decay=args.ema_decay,
         try_test_time_flips=args.test_time_flips == "search",
         try_fp_test_time_flips=args.fp_test_time_flips == "search",
     )

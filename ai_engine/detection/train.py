@@ -143,6 +143,8 @@ class DetectionTrainOptions:
             the outputs of a short training stay near 0.5).
         fp_cutmix_prob: share of the classifier's batches mixed by 3D CutMix (0: none).
         elastic_prob: probability of the elastic deformation.
+        ema_decay: both stages validate and keep an exponential moving average of their
+            weights with this decay (`TrainConfig.ema_decay`); None: the weights as trained.
         progress: tqdm bars.
     """
 
@@ -189,6 +191,7 @@ class DetectionTrainOptions:
     fp_focal_gamma: float = 2.0
     fp_cutmix_prob: float = 0.3
     elastic_prob: float = 0.1
+    ema_decay: float | None = None
     progress: bool = True
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -376,11 +379,16 @@ def _candidate_stage(
         early_stopping_patience=opts.early_stopping_patience,
         monitor="cpm" if val_scans else "train_loss",
         monitor_mode="max" if val_scans else "min",
+        ema_decay=opts.ema_decay,
         progress=opts.progress,
     )
     detector = NoduleDetector(config, unet, None, device=opts.device)
     validate = (
-        (lambda model: detections_cpm(detector, val_scans, use_classifier=False))
+        (
+            lambda model: detections_cpm(
+                NoduleDetector(config, model, None, device=opts.device), val_scans, False
+            )
+        )
         if val_scans
         else None
     )
@@ -627,6 +635,11 @@ class _MaskChannelAux(torch.nn.Module):
         return logits, segs, x[:, -1:]
 
 
+def _classifier_of(model: torch.nn.Module) -> torch.nn.Module:
+    """The classifier inside the trained module (the gated one trains inside its wrappers)."""
+    return model.aux.net if isinstance(model, _MaskChannelAux) else model
+
+
 def _fp_stage(
     unet: torch.nn.Module,
     train_scans: list[dict[str, Any]],
@@ -690,11 +703,23 @@ def _fp_stage(
         early_stopping_patience=opts.early_stopping_patience,
         monitor="cpm" if val_scans else "train_loss",
         monitor_mode="max" if val_scans else "min",
+        ema_decay=opts.ema_decay,
         progress=opts.progress,
     )
     full = NoduleDetector(config, unet, classifier, device=opts.device)
     cached = [full.candidates(s["image"]) for s in val_scans]
-    validate = (lambda model: detections_cpm(full, val_scans, True, cached)) if val_scans else None
+    validate = (
+        (
+            lambda model: detections_cpm(
+                NoduleDetector(config, unet, _classifier_of(model), device=opts.device),
+                val_scans,
+                True,
+                cached,
+            )
+        )
+        if val_scans
+        else None
+    )
     focal = FocalLoss(use_softmax=False, gamma=opts.fp_focal_gamma)
     trained: torch.nn.Module = classifier
     loss_fn: Any = focal
@@ -746,6 +771,8 @@ def _check_options(opts: DetectionTrainOptions) -> None:
             raise InputError(f"{name} is a U-Net probability in (0, 1), got {value}")
     if not 0.0 <= opts.fp_hard_prob <= 1.0:
         raise InputError(f"fp_hard_prob is a U-Net probability in [0, 1], got {opts.fp_hard_prob}")
+    if opts.ema_decay is not None and not 0.0 < opts.ema_decay < 1.0:
+        raise InputError(f"ema_decay must be in (0, 1), got {opts.ema_decay}")
     if opts.random_negatives < 0:
         raise InputError(f"random_negatives must be >= 0, got {opts.random_negatives}")
     if opts.fp_crop_jitter < 0:

@@ -29,6 +29,9 @@ class TrainConfig:
         monitor: key of the validation result to select the best model on.
         monitor_mode: "max" or "min".
         grad_clip_norm: clip the gradient norm before each step (None: no clipping).
+        ema_decay: keep an exponential moving average of the weights (Polyak averaging, updated
+            after every optimizer step with this decay, e.g. 0.99: a window of ~100 steps);
+            validation, the best weights and the result are the average's. None: off.
         progress: show a tqdm progress bar.
     """
 
@@ -47,6 +50,7 @@ class TrainConfig:
     monitor: str = "val_loss"
     monitor_mode: str = "min"
     grad_clip_norm: float | None = None
+    ema_decay: float | None = None
     progress: bool = True
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -63,6 +67,8 @@ class TrainConfig:
             raise ValueError(f"monitor_mode must be 'max' or 'min', got {self.monitor_mode!r}")
         if self.lr <= 0:
             raise ValueError(f"lr must be > 0, got {self.lr}")
+        if self.ema_decay is not None and not 0.0 < self.ema_decay < 1.0:
+            raise ValueError(f"ema_decay must be in (0, 1) or None, got {self.ema_decay}")
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready copy (stored in checkpoints and model folders)."""

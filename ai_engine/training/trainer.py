@@ -1,7 +1,8 @@
 """The one training loop of ai_engine: every model (detection, grading, ...) trains through it.
 
 What it does: warm-up + cosine learning rate, gradient accumulation, mixed precision on CUDA,
-early stopping on a validation metric, a checkpoint each epoch with everything needed to resume
+early stopping on a validation metric, an optional moving average of the weights (EMA), a
+checkpoint each epoch with everything needed to resume
 (model, optimizer, scheduler, scaler, counters, RNG states), a tqdm bar and a JSON line per
 epoch in `log.jsonl`.
 """
@@ -36,6 +37,24 @@ Batch = Any
 PrepareBatch = Callable[[Batch, torch.device], tuple[torch.Tensor, torch.Tensor]]
 Validate = Callable[[torch.nn.Module], Mapping[str, float]]
 BatchAugment = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+
+
+def ema_update(decay: float) -> Callable[[list, list, torch.Tensor], None]:
+    """The `multi_avg_fn` of an exponential moving average of the weights whose decay ramps up
+    as min(decay, (1 + n) / (10 + n)) after n updates: the first steps' near-random weights
+    are forgotten within a few dozen steps, whatever `decay` (a short run, e.g. a classifier
+    of 200 steps, still gets an average of its trained weights)."""
+
+    def update(averaged: list, current: list, num_averaged: torch.Tensor) -> None:
+        n = float(num_averaged)
+        d = min(decay, (1.0 + n) / (10.0 + n))
+        for avg, cur in zip(averaged, current, strict=True):
+            if avg.is_floating_point():
+                avg.lerp_(cur.to(avg.dtype), 1.0 - d)
+            else:  # integer buffers (e.g. BatchNorm's batch count): the latest
+                avg.copy_(cur)
+
+    return update
 
 
 def default_prepare_batch(batch: Batch, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -133,6 +152,11 @@ class Trainer:
         )
         self.use_amp = bool(config.amp and self.device.type == "cuda")
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp)
+        self.ema: torch.optim.swa_utils.AveragedModel | None = None
+        if config.ema_decay is not None:
+            self.ema = torch.optim.swa_utils.AveragedModel(
+                self.model, multi_avg_fn=ema_update(config.ema_decay), use_buffers=True
+            )
         self.epoch = 0  # next epoch to run
         self.step = 0  # optimizer steps done
         self.best_metric: float | None = None
@@ -140,6 +164,11 @@ class Trainer:
         self.best_epoch = -1
         self.bad_epochs = 0
         self.history: list[dict[str, Any]] = []
+
+    @property
+    def evaluated_model(self) -> torch.nn.Module:
+        """The weights validated and kept as the best: the moving average when there is one."""
+        return self.ema.module if self.ema is not None else self.model
 
     # ----------------------------------------------------------------- checkpoints
     def state_dict(self) -> dict[str, Any]:
@@ -157,6 +186,7 @@ class Trainer:
             "bad_epochs": self.bad_epochs,
             "rng": capture_rng_state(),
             "config": self.config.to_dict(),
+            **({"ema": self.ema.state_dict()} if self.ema is not None else {}),
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
@@ -165,6 +195,10 @@ class Trainer:
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])
+        if self.ema is not None:
+            if "ema" not in state:
+                raise ValueError("the checkpoint has no moving average of the weights (ema_decay)")
+            self.ema.load_state_dict(state["ema"])
         self.epoch = int(state["epoch"])
         self.step = int(state["step"])
         self.best_metric = state["best_metric"]
@@ -243,6 +277,8 @@ class Trainer:
             self.scaler.update()
             self.optimizer.zero_grad(set_to_none=True)
             self.scheduler.step()
+            if self.ema is not None:
+                self.ema.update_parameters(self.model)
             self.step += 1
             steps_left -= 1
             losses.append(running)
@@ -281,9 +317,9 @@ class Trainer:
             line["step"] = self.step
             line["lr"] = float(self.optimizer.param_groups[0]["lr"])
             if self.validate is not None:
-                self.model.eval()
+                self.evaluated_model.eval()
                 with torch.no_grad():
-                    val = {k: float(v) for k, v in self.validate(self.model).items()}
+                    val = {k: float(v) for k, v in self.validate(self.evaluated_model).items()}
                 line["val"] = val
                 metric = val.get(cfg.monitor, line.get(cfg.monitor))
             else:
@@ -294,12 +330,12 @@ class Trainer:
                     self.best_train_loss = line["train_loss"]
                     self.best_epoch = epoch
                     self.bad_epochs = 0
-                    torch.save(self.model.state_dict(), self.out_dir / BEST_WEIGHTS)
+                    torch.save(self.evaluated_model.state_dict(), self.out_dir / BEST_WEIGHTS)
                 else:
                     self.bad_epochs += 1
             elif metric is None:
                 self.best_epoch = epoch
-                torch.save(self.model.state_dict(), self.out_dir / BEST_WEIGHTS)
+                torch.save(self.evaluated_model.state_dict(), self.out_dir / BEST_WEIGHTS)
             line["best_metric"] = self.best_metric
             line["best_epoch"] = self.best_epoch
             line["time_s"] = round(time.perf_counter() - t0, 3)

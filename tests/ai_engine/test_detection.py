@@ -629,6 +629,7 @@ def test_unknown_unet_loss_is_refused(data, tmp_path):
             "mined_negative_threshold is a U-Net probability in (0, 1), got 1.0",
         ),
         ({"random_negatives": -2}, "random_negatives must be >= 0, got -2"),
+        ({"ema_decay": 1.0}, "ema_decay must be in (0, 1), got 1.0"),
     ],
 )
 def test_classifier_options_outside_their_range_are_refused(data, tmp_path, option, message):
@@ -775,16 +776,21 @@ def test_train_mining_and_classifier_loss_flags_map_onto_the_options():
 
 def test_train_with_fixed_flips_keeps_them_and_does_not_search(data, tmp_path):
     """`train --test-time-flips on --fp-test-time-flips off`: the folder holds exactly that,
-    and validation tried the U-Net only with its flips and the classifier only without."""
+    and validation tried the U-Net only with its flips and the classifier only without
+    (`--ema-decay` rides along: both stages record that they kept the moving average)."""
     _, datalist = data
     out = tmp_path / "fixed"
     argv = ["detection", "train", "--data", str(datalist), "--out", str(out),
             "--patch-size", "32", "--roi-size", "32", "--epochs", "1", "--steps-per-epoch", "2",
             "--fp-epochs", "1", "--fp-steps-per-epoch", "2", "--batch-size", "2",
             "--fp-batch-size", "8", "--max-steps", "2", "--no-progress",
-            "--test-time-flips", "on", "--fp-test-time-flips", "off"]  # fmt: skip
+            "--test-time-flips", "on", "--fp-test-time-flips", "off",
+            "--ema-decay", "0.9"]  # fmt: skip
     assert main(argv) == 0
     folder = load_model_folder(out)
+    params = folder.manifest["made_by_params"]
+    assert params["candidates"]["train_config"]["ema_decay"] == 0.9
+    assert params["fp_reduction"]["train_config"]["ema_decay"] == 0.9
     assert folder.postprocessing["test_time_flips"] is True
     assert folder.postprocessing["fp_test_time_flips"] is False
     params = folder.manifest["made_by_params"]

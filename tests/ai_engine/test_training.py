@@ -57,17 +57,17 @@ def _trainer(tmp_path, epochs=2, **cfg) -> Trainer:
     dataset = make_dataset(_blob_items(6, 0), transform)
     loader = EpochLoader(dataset, batch_size=2, seed=3)
     net = build_network("unet3d", channels=(4, 8, 16), strides=(2, 2), num_res_units=0)
-    config = TrainConfig(
-        epochs=epochs,
-        steps_per_epoch=4,
-        lr=1e-2,
-        warmup_steps=2,
-        accumulation_steps=2,
-        seed=3,
-        progress=False,
-        monitor="train_loss",
+    options = {
+        "steps_per_epoch": 4,
+        "lr": 1e-2,
+        "warmup_steps": 2,
+        "accumulation_steps": 2,
+        "seed": 3,
+        "progress": False,
+        "monitor": "train_loss",
         **cfg,
-    )
+    }
+    config = TrainConfig(epochs=epochs, **options)
     loss = DiceCELoss(to_onehot_y=True, softmax=True)
     return Trainer(net, loss, loader, config, tmp_path)
 
@@ -115,6 +115,69 @@ def test_resume_gives_the_same_next_steps(tmp_path):
     ):
         assert na == nb
         torch.testing.assert_close(pa, pb, rtol=1e-6, atol=1e-7)
+
+
+def _weights(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def test_ema_validates_and_keeps_the_ramped_moving_average(tmp_path):
+    """With `ema_decay`, after optimizer step n the average is lerp(previous, weights, 1 - d)
+    with d = min(decay, (1 + n') / (10 + n')) (n' = updates before; the first copies); the
+    validation sees the average, and the best weights are the average's, not the raw ones."""
+    trainer = _trainer(tmp_path, epochs=4, ema_decay=0.3, steps_per_epoch=1, accumulation_steps=1)
+    raw, seen = [], []
+    trainer.on_epoch_end = lambda epoch, line: raw.append(_weights(trainer.model))
+
+    def validate(model):
+        assert model is trainer.ema.module and model is not trainer.model
+        seen.append(_weights(model))
+        return {"train_loss": float(4 - len(seen))}  # each epoch better: the last is best
+
+    trainer.validate = validate
+    result = trainer.fit()
+    assert result.best_epoch == 3 and len(raw) == len(seen) == 4
+    expected = raw[0]
+    for n, weights in enumerate(raw[1:], start=1):
+        d = min(0.3, (1 + n) / (10 + n))
+        expected = {
+            k: v + (weights[k] - v) * (1 - d) if v.is_floating_point() else weights[k]
+            for k, v in expected.items()
+        }
+        for k, v in expected.items():
+            torch.testing.assert_close(seen[n][k], v, rtol=1e-5, atol=1e-6)
+    best = torch.load(result.best_weights, weights_only=True)
+    for k, v in best.items():
+        torch.testing.assert_close(v, seen[-1][k])
+    assert any(not torch.equal(best[k], raw[-1][k]) for k in best)
+
+
+def test_ema_resumes_with_its_average(tmp_path):
+    full = _trainer(tmp_path / "full", epochs=3, ema_decay=0.9)
+    full.fit()
+    part = _trainer(tmp_path / "part", epochs=3, ema_decay=0.9)
+
+    def crash(epoch, line):
+        if epoch == 1:
+            raise KeyboardInterrupt("simulated crash after the epoch-1 checkpoint")
+
+    part.on_epoch_end = crash
+    with pytest.raises(KeyboardInterrupt):
+        part.fit()
+    resumed = _trainer(tmp_path / "part", epochs=3, ema_decay=0.9)
+    resumed.fit(resume=True)
+    for k, v in _weights(full.ema.module).items():
+        torch.testing.assert_close(_weights(resumed.ema.module)[k], v, rtol=1e-6, atol=1e-7)
+    # a run without the average cannot be resumed with one: refused, not silently restarted
+    _trainer(tmp_path / "plain", epochs=1).fit()
+    with pytest.raises(ValueError, match="no moving average of the weights"):
+        _trainer(tmp_path / "plain", epochs=2, ema_decay=0.9).fit(resume=True)
+
+
+@pytest.mark.parametrize("decay", [0.0, 1.0, -0.5])
+def test_ema_decay_outside_0_1_is_refused(decay):
+    with pytest.raises(ValueError, match=r"ema_decay must be in \(0, 1\) or None"):
+        TrainConfig(ema_decay=decay)
 
 
 def test_early_stopping(tmp_path):
