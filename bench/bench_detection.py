@@ -199,7 +199,8 @@ def time_inference(
     return best, timings
 
 
-def main() -> int:
+def build_parser() -> argparse.ArgumentParser:
+    """The bench's flags (defaults: the figures reported in docs/ai_engine.md)."""
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -348,7 +349,59 @@ def main() -> int:
     parser.add_argument(
         "--resume", action="store_true", help="continue an interrupted training in --work/model"
     )
-    args = parser.parse_args()
+    return parser
+
+
+def training_setup(args: argparse.Namespace) -> tuple[DetectionConfig, DetectionTrainOptions]:
+    """The detector configuration and training options the bench's flags ask for."""
+    config = DetectionConfig(
+        spacing_mm=(args.spacing,) * 3,
+        patch_size=(args.patch,) * 3,
+        unet_norm=args.norm,
+        sw_roi_size=(args.roi,) * 3,
+        sw_overlap=args.overlap,
+        fp_patch_size=args.fp_patch,
+        fp_channels=tuple(int(v) for v in args.fp_channels.split(",")),
+        candidate_peak_distance_mm=args.peak_distance,
+        blob_candidates=args.blob_candidates,
+        fp_gate=not args.plain_classifier,
+        test_time_flips=args.test_time_flips == "on",
+    )
+    opts = DetectionTrainOptions(
+        epochs=args.epochs,
+        steps_per_epoch=args.steps_per_epoch,
+        fp_epochs=args.fp_epochs,
+        fp_steps_per_epoch=args.fp_steps_per_epoch,
+        batch_size=args.batch_size,
+        fp_batch_size=args.fp_batch_size,
+        lr=args.lr,
+        fp_lr=args.fp_lr,
+        elastic_prob=0.05,
+        early_stopping_patience=args.patience,
+        pos_neg=tuple(int(v) for v in args.pos_neg.split(",")),
+        label_min_diameter_mm=args.label_min_diameter,
+        batch_dice=args.dice == "batch",
+        hard_negative_fraction=args.hard_fraction,
+        mine_negatives_from=args.mine_negatives_from,
+        mine_negatives_every=args.mine_negatives_every,
+        mined_negative_fraction=args.mined_negative_fraction,
+        candidates_from=args.candidates_from,
+        fp_hard_fraction=args.fp_hard_fraction,
+        fp_gate_weight=args.fp_gate_weight,
+        fp_focal_gamma=args.fp_focal_gamma,
+        try_test_time_flips=args.test_time_flips == "search",
+        fp_cutmix_prob=args.fp_cutmix,
+        fp_crop_jitter=args.fp_crop_jitter,
+        ema_decay=args.ema,
+        resume=args.resume,
+        seed=args.seed,
+        progress=False,
+    )
+    return config, opts
+
+
+def main() -> int:
+    args = build_parser().parse_args()
     torch.set_num_threads(args.threads)
     work = Path(args.work)
     shape = tuple(int(v) for v in args.shape.split(","))
@@ -370,51 +423,9 @@ def main() -> int:
     )
 
     model = work / "model"
-    config = DetectionConfig(
-        spacing_mm=(args.spacing,) * 3,
-        patch_size=(args.patch,) * 3,
-        unet_norm=args.norm,
-        sw_roi_size=(args.roi,) * 3,
-        sw_overlap=args.overlap,
-        fp_patch_size=args.fp_patch,
-        fp_channels=tuple(int(v) for v in args.fp_channels.split(",")),
-        candidate_peak_distance_mm=args.peak_distance,
-        blob_candidates=args.blob_candidates,
-        fp_gate=not args.plain_classifier,
-        test_time_flips=args.test_time_flips == "on",
-    )
+    config, opts = training_setup(args)
     t_train = float("nan")
     if args.retrain or not (model / "model.json").is_file():
-        opts = DetectionTrainOptions(
-            epochs=args.epochs,
-            steps_per_epoch=args.steps_per_epoch,
-            fp_epochs=args.fp_epochs,
-            fp_steps_per_epoch=args.fp_steps_per_epoch,
-            batch_size=args.batch_size,
-            fp_batch_size=args.fp_batch_size,
-            lr=args.lr,
-            fp_lr=args.fp_lr,
-            elastic_prob=0.05,
-            early_stopping_patience=args.patience,
-            pos_neg=tuple(int(v) for v in args.pos_neg.split(",")),
-            label_min_diameter_mm=args.label_min_diameter,
-            batch_dice=args.dice == "batch",
-            hard_negative_fraction=args.hard_fraction,
-            mine_negatives_from=args.mine_negatives_from,
-            mine_negatives_every=args.mine_negatives_every,
-            mined_negative_fraction=args.mined_negative_fraction,
-            candidates_from=args.candidates_from,
-            fp_hard_fraction=args.fp_hard_fraction,
-            fp_gate_weight=args.fp_gate_weight,
-            fp_focal_gamma=args.fp_focal_gamma,
-            try_test_time_flips=args.test_time_flips == "search",
-            fp_cutmix_prob=args.fp_cutmix,
-            fp_crop_jitter=args.fp_crop_jitter,
-            ema_decay=args.ema,
-            resume=args.resume,
-            seed=args.seed,
-            progress=False,
-        )
         t0 = time.perf_counter()
         train_detector(load_datalist(datalist), model, config, opts)
         t_train = time.perf_counter() - t0

@@ -1315,6 +1315,48 @@ def test_bench_splits_under_a_relative_work_folder_load_back(tmp_path, monkeypat
     assert loaded["nodules"] == items[0]["nodules"]
 
 
+def test_bench_flags_reach_the_config_and_the_training_options():
+    """Each of the detection bench's model flags lands in the field it names (a flag the
+    bench parsed but dropped would make a reported comparison a run of the defaults)."""
+    bench = _bench_detection()
+    parser = bench.build_parser()
+    config, opts = bench.training_setup(parser.parse_args([]))
+    assert config.spacing_mm == (1.0, 1.0, 1.0) and not config.test_time_flips
+    assert opts.ema_decay is None and not opts.try_test_time_flips
+    argv = ["--spacing", "1.5", "--patch", "48", "--norm", "batch", "--roi", "96",
+            "--overlap", "0.25", "--fp-patch", "32", "--fp-channels", "16,32,64,64",
+            "--peak-distance", "3", "--blob-candidates", "8", "--plain-classifier",
+            "--test-time-flips", "search", "--epochs", "3", "--steps-per-epoch", "7",
+            "--fp-epochs", "5", "--fp-steps-per-epoch", "9", "--batch-size", "6",
+            "--fp-batch-size", "12", "--lr", "0.02", "--fp-lr", "0.002", "--patience", "4",
+            "--pos-neg", "2,1", "--label-min-diameter", "5", "--dice", "batch",
+            "--hard-fraction", "0.25", "--mine-negatives-from", "2",
+            "--mine-negatives-every", "3", "--mined-negative-fraction", "0.2",
+            "--candidates-from", "m0", "--fp-hard-fraction", "0.3", "--fp-gate-weight", "0.5",
+            "--fp-focal-gamma", "1", "--fp-cutmix", "0", "--fp-crop-jitter", "2",
+            "--ema", "0.99", "--resume", "--seed", "5"]  # fmt: skip
+    config, opts = bench.training_setup(parser.parse_args(argv))
+    assert config.spacing_mm == (1.5,) * 3 and config.patch_size == (48,) * 3
+    assert (config.unet_norm, config.sw_roi_size, config.sw_overlap) == ("batch", (96,) * 3, 0.25)
+    assert (config.fp_patch_size, config.fp_channels) == (32, (16, 32, 64, 64))
+    assert (config.candidate_peak_distance_mm, config.blob_candidates) == (3.0, 8)
+    assert config.fp_gate is False and config.test_time_flips is False
+    assert opts.try_test_time_flips is True
+    assert (opts.epochs, opts.steps_per_epoch, opts.fp_epochs, opts.fp_steps_per_epoch) == (
+        3, 7, 5, 9,
+    )  # fmt: skip
+    assert (opts.batch_size, opts.fp_batch_size, opts.lr, opts.fp_lr) == (6, 12, 0.02, 0.002)
+    assert (opts.early_stopping_patience, opts.pos_neg, opts.label_min_diameter_mm) == (
+        4, (2, 1), 5.0,
+    )  # fmt: skip
+    assert opts.batch_dice is True and opts.hard_negative_fraction == 0.25
+    assert (opts.mine_negatives_from, opts.mine_negatives_every) == (2, 3)
+    assert opts.mined_negative_fraction == 0.2 and opts.candidates_from == "m0"
+    assert (opts.fp_hard_fraction, opts.fp_gate_weight, opts.fp_focal_gamma) == (0.3, 0.5, 1.0)
+    assert (opts.fp_cutmix_prob, opts.fp_crop_jitter, opts.ema_decay) == (0.0, 2, 0.99)
+    assert opts.resume is True and opts.seed == 5
+
+
 def test_bench_places_each_false_positive_and_counts_the_top_ones():
     """The detection bench's false-positive table: hits are left out; a detection within 2
     radii of a nodule is 'beside' it; otherwise bone, aerated lung, a structure in the lung
