@@ -290,6 +290,32 @@ BAD_CASES = [
         "candidates_from",
     ),
     (
+        "a moving average that never moves",
+        lambda p, m: [
+            "train",
+            "--data",
+            str(p["datalist"]),
+            "--out",
+            str(p["bad"] / "o_ema"),
+            "--ema-decay",
+            "1",
+        ],
+        "ema_decay must be in (0, 1), got 1.0",
+    ),
+    (
+        "CutMix on more than every batch",
+        lambda p, m: [
+            "train",
+            "--data",
+            str(p["datalist"]),
+            "--out",
+            str(p["bad"] / "o_cutmix"),
+            "--fp-cutmix",
+            "1.5",
+        ],
+        "fp_cutmix_prob must be in [0, 1], got 1.5",
+    ),
+    (
         "mining with a share of background patches of 1",
         lambda p, m: [
             "train",
