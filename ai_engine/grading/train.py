@@ -272,9 +272,11 @@ def train_grading(
                 loss = loss + config.seg_aux_weight * aux
             return loss
 
-    def validate(_net: torch.nn.Module) -> dict[str, float]:
-        # `_net` is the trained module (maybe the segmentation wrapper); grade with `model`.
-        logits, labels = predict_logits(model, val_ds, config.batch_size)
+    def validate(evaluated: torch.nn.Module) -> dict[str, float]:
+        # the trained module (the raw weights or their moving average), maybe inside the
+        # segmentation wrapper: grade with the network itself
+        net = evaluated.net if isinstance(evaluated, TumorSegAux) else evaluated
+        logits, labels = predict_logits(net, val_ds, config.batch_size)
         loss = float(loss_fn(torch.as_tensor(logits, dtype=torch.float32), torch.as_tensor(labels)))
         metrics = classification_metrics(labels, apply_temperature(logits, 1.0), CLASS_NAMES)
         return {
