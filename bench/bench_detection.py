@@ -318,6 +318,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--fp-crop-jitter", type=int, default=4, help="classifier patch offset in training, voxels"
     )
     parser.add_argument(
+        "--small-nodule-weight",
+        type=int,
+        default=1,
+        help="U-Net positive patches on nodules under 7 mm (target spheres), times those on the "
+        "others in a scan (1: the same)",
+    )
+    parser.add_argument(
         "--ema",
         type=float,
         default=None,
@@ -393,6 +400,7 @@ def training_setup(args: argparse.Namespace) -> tuple[DetectionConfig, Detection
         fp_cutmix_prob=args.fp_cutmix,
         fp_crop_jitter=args.fp_crop_jitter,
         ema_decay=args.ema,
+        small_nodule_weight=args.small_nodule_weight,
         resume=args.resume,
         seed=args.seed,
         progress=False,

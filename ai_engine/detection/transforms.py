@@ -205,9 +205,16 @@ def spread_indices(idx: np.ndarray, n: int) -> np.ndarray:
     return idx[np.linspace(0, len(idx) - 1, n).round().astype(int)]
 
 
-def component_indices(mask: np.ndarray, per_component: int) -> np.ndarray:
+def component_indices(
+    mask: np.ndarray,
+    per_component: int,
+    small_voxels: float = 0.0,
+    small_weight: int = 1,
+) -> np.ndarray:
     """Flat indices into `mask`, `per_component` spread evenly over each 26-connected
-    component, so that every component is drawn equally often whatever its size."""
+    component, so that every component is drawn equally often whatever its size; components
+    of fewer than `small_voxels` voxels get `small_weight` times as many (drawn that much more
+    often)."""
     from scipy import ndimage
 
     components, n = ndimage.label(mask, structure=np.ones((3, 3, 3), bool))
@@ -216,7 +223,11 @@ def component_indices(mask: np.ndarray, per_component: int) -> np.ndarray:
     flat = components.ravel()
     order = np.argsort(flat, kind="stable")
     bounds = np.searchsorted(flat[order], np.arange(1, n + 2))
-    parts = [spread_indices(order[bounds[k] : bounds[k + 1]], per_component) for k in range(n)]
+    parts = []
+    for k in range(n):
+        members = order[bounds[k] : bounds[k + 1]]
+        count = per_component * (small_weight if len(members) < small_voxels else 1)
+        parts.append(spread_indices(members, count))
     return np.concatenate(parts).astype(np.int64)
 
 
@@ -244,6 +255,9 @@ class CropCentersd(MapTransform):
         hard_fraction: share of the background indices on soft tissue beside the lung, in
             [0, 1).
         max_background: at most this many background indices of each kind (evenly spread).
+        small_diameter_mm, small_weight: label components smaller than a sphere of
+            `small_diameter_mm` (from the label's voxel size; 1 mm voxels without an affine)
+            get `small_weight` times the positive indices of the others (1: all the same).
     """
 
     def __init__(
@@ -258,6 +272,8 @@ class CropCentersd(MapTransform):
         tissue_threshold: float = 0.5,
         hard_fraction: float = 0.5,
         max_background: int = 20000,
+        small_diameter_mm: float = 7.0,
+        small_weight: int = 1,
     ) -> None:
         super().__init__([label_key, image_key])
         self.label_key, self.image_key = label_key, image_key
@@ -268,6 +284,10 @@ class CropCentersd(MapTransform):
         self.tissue_threshold = float(tissue_threshold)
         self.hard_fraction = float(hard_fraction)
         self.max_background = int(max_background)
+        self.small_diameter_mm = float(small_diameter_mm)
+        self.small_weight = int(small_weight)
+        if self.small_weight < 1:
+            raise ValueError(f"small_weight must be >= 1, got {small_weight}")
         if self.per_nodule < 1:
             raise ValueError(f"per_nodule must be >= 1, got {per_nodule}")
         if not 0.0 <= self.hard_fraction < 1.0:
@@ -278,9 +298,16 @@ class CropCentersd(MapTransform):
         from scipy import ndimage
 
         out = dict(data)
+        affine = getattr(out[self.label_key], "affine", None)
+        voxel_mm3 = (
+            float(np.prod(np.linalg.norm(np.asarray(affine, dtype=np.float64)[:3, :3], axis=0)))
+            if affine is not None
+            else 1.0
+        )
         label = np.asarray(out[self.label_key])[0] > 0.5
         image = np.asarray(out[self.image_key])[0]
-        fg = component_indices(label, self.per_nodule)
+        small_voxels = np.pi / 6.0 * self.small_diameter_mm**3 / voxel_mm3
+        fg = component_indices(label, self.per_nodule, small_voxels, self.small_weight)
         body = np.flatnonzero((image >= self.body_threshold) & ~label)
         hard_mask = (
             (image >= self.tissue_threshold)

@@ -656,6 +656,7 @@ def test_unknown_unet_loss_is_refused(data, tmp_path):
         ),
         ({"random_negatives": -2}, "random_negatives must be >= 0, got -2"),
         ({"ema_decay": 1.0}, "ema_decay must be in (0, 1), got 1.0"),
+        ({"small_nodule_weight": 0}, "small_nodule_weight must be >= 1, got 0"),
     ],
 )
 def test_classifier_options_outside_their_range_are_refused(data, tmp_path, option, message):
@@ -859,9 +860,42 @@ def test_crop_centres_give_every_nodule_the_same_share():
     assert 0.45 < hard < 0.6  # half hard by design, plus the body's own soft-tissue share
 
 
+def test_crop_centres_draw_small_nodules_more_often_when_asked():
+    """`small_weight` 3: a component smaller than a `small_diameter_mm` sphere (on the label's
+    own voxel size) gets 3x the positive centres of a larger one; 1 (the default) keeps them
+    equal."""
+    from monai.data import MetaTensor
+
+    from ai_engine.detection.transforms import CropCentersd
+
+    label = np.zeros((1, 40, 40, 40), np.float32)
+    label[0, 10:18, 10:18, 10:18] = 1  # 512 voxels
+    label[0, 30, 30, 30:33] = 1  # 3 voxels
+    image = np.where(label > 0, 0.75, 0.1).astype(np.float32)
+
+    def small_share(lab, **kwargs):
+        out = CropCentersd(per_nodule=32, body_threshold=0.05, **kwargs)(
+            {"image": image, "label": lab}
+        )
+        fg = np.unravel_index(out["fg_indices"], label.shape[1:])
+        assert label[0][fg].all()
+        return int((np.asarray(fg[0]) == 30).sum()), len(out["fg_indices"])
+
+    assert small_share(label) == (32, 64)
+    # 1 mm voxels (no affine): a 7 mm sphere is 180 voxels; 3 are under it, 512 are not
+    assert small_share(label, small_weight=3) == (96, 128)
+    # 2 mm voxels: the 512-voxel cube is 4,096 mm3, 10 mm sphere's 524 mm3 does not cover it
+    wide = MetaTensor(label, affine=torch.diag(torch.tensor([2.0, 2.0, 2.0, 1.0])))
+    assert small_share(wide, small_weight=3, small_diameter_mm=10.0) == (96, 128)
+    # and at 0.5 mm voxels the cube is 64 mm3: both small, both weighted alike
+    fine = MetaTensor(label, affine=torch.diag(torch.tensor([0.5, 0.5, 0.5, 1.0])))
+    assert small_share(fine, small_weight=3) == (96, 192)
+
+
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
+        ({"small_weight": 0}, "small_weight must be >= 1"),
         ({"hard_fraction": 1.0}, r"hard_fraction must be in \[0, 1\)"),
         ({"hard_fraction": -0.1}, r"hard_fraction must be in \[0, 1\)"),
         ({"per_nodule": 0}, "per_nodule must be >= 1"),
@@ -1360,7 +1394,8 @@ def test_bench_flags_reach_the_config_and_the_training_options():
             "--mine-negatives-every", "3", "--mined-negative-fraction", "0.2",
             "--candidates-from", "m0", "--fp-hard-fraction", "0.3", "--fp-gate-weight", "0.5",
             "--fp-focal-gamma", "1", "--fp-cutmix", "0", "--fp-crop-jitter", "2",
-            "--ema", "0.99", "--resume", "--seed", "5"]  # fmt: skip
+            "--ema", "0.99", "--small-nodule-weight", "3", "--resume",
+            "--seed", "5"]  # fmt: skip
     config, opts = bench.training_setup(parser.parse_args(argv))
     assert config.spacing_mm == (1.5,) * 3 and config.patch_size == (48,) * 3
     assert (config.unet_norm, config.sw_roi_size, config.sw_overlap) == ("batch", (96,) * 3, 0.25)
@@ -1380,7 +1415,7 @@ def test_bench_flags_reach_the_config_and_the_training_options():
     assert opts.mined_negative_fraction == 0.2 and opts.candidates_from == "m0"
     assert (opts.fp_hard_fraction, opts.fp_gate_weight, opts.fp_focal_gamma) == (0.3, 0.5, 1.0)
     assert (opts.fp_cutmix_prob, opts.fp_crop_jitter, opts.ema_decay) == (0.0, 2, 0.99)
-    assert opts.resume is True and opts.seed == 5
+    assert opts.resume is True and opts.seed == 5 and opts.small_nodule_weight == 3
 
 
 def test_bench_places_each_false_positive_and_counts_the_top_ones():
