@@ -72,6 +72,18 @@ def _trainer(tmp_path, epochs=2, **cfg) -> Trainer:
     return Trainer(net, loss, loader, config, tmp_path)
 
 
+def _crash_after_epoch_1(trainer: Trainer) -> None:
+    """Run `trainer` until it has written the checkpoint of epoch 1, then crash it."""
+
+    def crash(epoch, line):
+        if epoch == 1:
+            raise KeyboardInterrupt("simulated crash after the epoch-1 checkpoint")
+
+    trainer.on_epoch_end = crash
+    with pytest.raises(KeyboardInterrupt):
+        trainer.fit()
+
+
 def test_loss_falls_and_log_written(tmp_path):
     trainer = _trainer(tmp_path, epochs=4)
     result = trainer.fit()
@@ -93,14 +105,7 @@ def test_resume_gives_the_same_next_steps(tmp_path):
     full_hist = full.fit().history
     assert started == [0, 1, 2]  # before each epoch, in order
     part = _trainer(tmp_path / "part", epochs=3)
-
-    def crash(epoch, line):
-        if epoch == 1:
-            raise KeyboardInterrupt("simulated crash after the epoch-1 checkpoint")
-
-    part.on_epoch_end = crash
-    with pytest.raises(KeyboardInterrupt):
-        part.fit()
+    _crash_after_epoch_1(part)
     torch.manual_seed(999)  # disturb global RNGs: resume must restore them
     np.random.seed(999)
     resumed = _trainer(tmp_path / "part", epochs=3)
@@ -156,14 +161,7 @@ def test_ema_resumes_with_its_average(tmp_path):
     full = _trainer(tmp_path / "full", epochs=3, ema_decay=0.9)
     full.fit()
     part = _trainer(tmp_path / "part", epochs=3, ema_decay=0.9)
-
-    def crash(epoch, line):
-        if epoch == 1:
-            raise KeyboardInterrupt("simulated crash after the epoch-1 checkpoint")
-
-    part.on_epoch_end = crash
-    with pytest.raises(KeyboardInterrupt):
-        part.fit()
+    _crash_after_epoch_1(part)
     resumed = _trainer(tmp_path / "part", epochs=3, ema_decay=0.9)
     resumed.fit(resume=True)
     for k, v in _weights(full.ema.module).items():
