@@ -294,6 +294,32 @@ def _load_bank(path: Path) -> MinedBank:
         return {i: (data[f"ijk_{i}"], tuple(int(v) for v in data[f"shape_{i}"])) for i in cases}
 
 
+def _window_level(config: DetectionConfig, hu: float) -> float:
+    """`hu` on the [0, 1] scale of the HU window."""
+    lo_hu, hi_hu = config.hu_range
+    return float((hu - lo_hu) / (hi_hu - lo_hu))
+
+
+def _background_level(config: DetectionConfig, opts: DetectionTrainOptions) -> float:
+    """Background U-Net patches are centred above this window value (0: anywhere)."""
+    if opts.negative_min_hu is None:
+        return 0.0
+    return _window_level(config, opts.negative_min_hu)
+
+
+def _crop_centres(config: DetectionConfig, opts: DetectionTrainOptions) -> CropCentersd:
+    """The U-Net's crop centres with `balanced_nodules`: body, lung and tissue levels on the
+    window's scale, the hard-negative share and the small nodules' weight of `opts`."""
+    return CropCentersd(
+        body_threshold=_background_level(config, opts),
+        lung_threshold=_window_level(config, -500.0),
+        tissue_threshold=_window_level(config, -300.0),
+        hard_fraction=opts.hard_negative_fraction,
+        small_diameter_mm=opts.small_nodule_mm,
+        small_weight=opts.small_nodule_weight,
+    )
+
+
 def _candidate_stage(
     train_items: list[dict[str, Any]],
     val_scans: list[dict[str, Any]],
@@ -310,12 +336,6 @@ def _candidate_stage(
     if opts.init_weights:
         transfer = _init_component(unet, opts.init_weights, "candidates")
     per_scan = 2
-    lo_hu, hi_hu = config.hu_range
-    neg_thr = (
-        0.0
-        if opts.negative_min_hu is None
-        else float((opts.negative_min_hu - lo_hu) / (hi_hu - lo_hu))
-    )
     centres: list[Any] = []
     index_keys: list[str] = []
     bank: MinedBank = {}
@@ -323,16 +343,7 @@ def _candidate_stage(
     if mining and train_scans is None:
         raise ValueError("hard-negative mining needs the preprocessed training scans")
     if opts.balanced_nodules:
-        centres = [
-            CropCentersd(
-                body_threshold=neg_thr,
-                lung_threshold=float((-500.0 - lo_hu) / (hi_hu - lo_hu)),
-                tissue_threshold=float((-300.0 - lo_hu) / (hi_hu - lo_hu)),
-                hard_fraction=opts.hard_negative_fraction,
-                small_diameter_mm=opts.small_nodule_mm,
-                small_weight=opts.small_nodule_weight,
-            )
-        ]
+        centres = [_crop_centres(config, opts)]
         index_keys = ["fg_indices", "bg_indices"]
     # Flattened (*.transforms): a nested Compose counts as random for CacheDataset, which then
     # cached nothing and loaded, resampled and labelled a DICOM series for every patch.
@@ -361,7 +372,7 @@ def _candidate_stage(
                 # background patches centred inside the body (lungs, vessels, chest wall), not
                 # in the air around it, which inference never has to reject
                 image_key="image" if opts.negative_min_hu is not None else None,
-                image_threshold=neg_thr,
+                image_threshold=_background_level(config, opts),
                 fg_indices_key="fg_indices" if centres else None,
                 bg_indices_key="bg_indices" if centres else None,
                 allow_smaller=True,

@@ -214,6 +214,11 @@ def bad_inputs(data, tmp_path_factory):
     return {"root": root, "datalist": datalist, "bad": bad}
 
 
+def _train_argv(p: dict, out: str, *flags: str) -> list[str]:
+    """`train` on the bad-input fixture's datalist into `p["bad"] / out`, plus `flags`."""
+    return ["train", "--data", str(p["datalist"]), "--out", str(p["bad"] / out), *flags]
+
+
 BAD_CASES = [
     # (name, argv builder, expected message fragment)
     (
@@ -278,84 +283,34 @@ BAD_CASES = [
     ),
     (
         "classifier-only training on a folder that is no model",
-        lambda p, m: [
-            "train",
-            "--data",
-            str(p["datalist"]),
-            "--out",
-            str(p["bad"] / "o_kept"),
-            "--candidates-from",
-            str(p["bad"]),
-        ],
+        lambda p, m: _train_argv(p, "o_kept", "--candidates-from", str(p["bad"])),
         "candidates_from",
     ),
     (
         "a moving average that never moves",
-        lambda p, m: [
-            "train",
-            "--data",
-            str(p["datalist"]),
-            "--out",
-            str(p["bad"] / "o_ema"),
-            "--ema-decay",
-            "1",
-        ],
+        lambda p, m: _train_argv(p, "o_ema", "--ema-decay", "1"),
         "ema_decay must be in (0, 1), got 1.0",
     ),
     (
         "CutMix on more than every batch",
-        lambda p, m: [
-            "train",
-            "--data",
-            str(p["datalist"]),
-            "--out",
-            str(p["bad"] / "o_cutmix"),
-            "--fp-cutmix",
-            "1.5",
-        ],
+        lambda p, m: _train_argv(p, "o_cutmix", "--fp-cutmix", "1.5"),
         "fp_cutmix_prob must be in [0, 1], got 1.5",
     ),
     (
         "mining with a share of background patches of 1",
-        lambda p, m: [
-            "train",
-            "--data",
-            str(p["datalist"]),
-            "--out",
-            str(p["bad"] / "o_mined"),
-            "--mine-negatives-from",
-            "0",
-            "--mined-negative-fraction",
-            "1",
-        ],
+        lambda p, m: _train_argv(
+            p, "o_mined", "--mine-negatives-from", "0", "--mined-negative-fraction", "1"
+        ),
         "mined_negative_fraction must be in [0, 1), got 1.0",
     ),
     (
         "blob candidates without the blob channel",
-        lambda p, m: [
-            "train",
-            "--data",
-            str(p["datalist"]),
-            "--out",
-            str(p["bad"] / "o4"),
-            "--blob-sigmas",
-            "none",
-            "--blob-candidates",
-            "8",
-        ],
+        lambda p, m: _train_argv(p, "o4", "--blob-sigmas", "none", "--blob-candidates", "8"),
         "needs the blob channel",
     ),
     (
         "a blob scale that is not positive",
-        lambda p, m: [
-            "train",
-            "--data",
-            str(p["datalist"]),
-            "--out",
-            str(p["bad"] / "o5"),
-            "--blob-sigmas",
-            "1.5,0",
-        ],
+        lambda p, m: _train_argv(p, "o5", "--blob-sigmas", "1.5,0"),
         "blob_sigmas_mm must be positive",
     ),
     (
@@ -890,6 +845,27 @@ def test_crop_centres_draw_small_nodules_more_often_when_asked():
     # and at 0.5 mm voxels the cube is 64 mm3: both small, both weighted alike
     fine = MetaTensor(label, affine=torch.diag(torch.tensor([0.5, 0.5, 0.5, 1.0])))
     assert small_share(fine, small_weight=3) == (96, 192)
+
+
+def test_training_options_set_the_unet_crop_centres():
+    """The small nodules' weight, the hard-negative share and the body level of
+    `DetectionTrainOptions` reach the `CropCentersd` the U-Net trains with."""
+    from ai_engine.detection.train import _crop_centres
+
+    config = DetectionConfig(hu_range=(-1000.0, 400.0))
+    default = _crop_centres(config, DetectionTrainOptions())
+    assert (default.small_weight, default.small_diameter_mm) == (1, 7.0)
+    opts = DetectionTrainOptions(
+        small_nodule_weight=3, small_nodule_mm=9.0, hard_negative_fraction=0.25,
+        negative_min_hu=-930.0,
+    )  # fmt: skip
+    centres = _crop_centres(config, opts)
+    assert (centres.small_weight, centres.small_diameter_mm) == (3, 9.0)
+    assert centres.hard_fraction == 0.25
+    assert centres.body_threshold == pytest.approx(70.0 / 1400.0)
+    assert centres.lung_threshold == pytest.approx(500.0 / 1400.0)
+    anywhere = _crop_centres(config, DetectionTrainOptions(negative_min_hu=None))
+    assert anywhere.body_threshold == 0.0
 
 
 @pytest.mark.parametrize(
