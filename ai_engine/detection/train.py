@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import itertools
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -403,15 +403,7 @@ def _candidate_stage(
         progress=opts.progress,
     )
     detector = NoduleDetector(config, unet, None, device=opts.device)
-    validate = (
-        (
-            lambda model: detections_cpm(
-                NoduleDetector(config, model, None, device=opts.device), val_scans, False
-            )
-        )
-        if val_scans
-        else None
-    )
+    validate = _unet_validation(config, val_scans, opts.device)
     # Batch Dice on the nodule class only (background Dice is ~1 and only dilutes the gradient).
     if opts.loss == "dicefocal":
         loss = DiceFocalLoss(
@@ -660,6 +652,36 @@ def _classifier_of(model: torch.nn.Module) -> torch.nn.Module:
     return model.aux.net if isinstance(model, _MaskChannelAux) else model
 
 
+def _unet_validation(
+    config: DetectionConfig, val_scans: list[dict[str, Any]], device: str
+) -> Callable[[torch.nn.Module], dict[str, float]] | None:
+    """The U-Net stage's validation: the candidates' CPM of the U-Net the trainer hands it
+    (the raw weights or their moving average); None without validation scans."""
+    if not val_scans:
+        return None
+    return lambda unet: detections_cpm(
+        NoduleDetector(config, unet, None, device=device), val_scans, False
+    )
+
+
+def _classifier_validation(
+    config: DetectionConfig, unet: torch.nn.Module, val_scans: list[dict[str, Any]], device: str
+) -> Callable[[torch.nn.Module], dict[str, float]] | None:
+    """The classifier stage's validation: the CPM of the fixed U-Net's candidates (found once)
+    scored by the classifier inside the module the trainer hands it; None without scans."""
+    if not val_scans:
+        return None
+    cached = [
+        NoduleDetector(config, unet, None, device=device).candidates(s["image"]) for s in val_scans
+    ]
+    return lambda trained: detections_cpm(
+        NoduleDetector(config, unet, _classifier_of(trained), device=device),
+        val_scans,
+        True,
+        cached,
+    )
+
+
 def _fp_stage(
     unet: torch.nn.Module,
     train_scans: list[dict[str, Any]],
@@ -726,20 +748,7 @@ def _fp_stage(
         ema_decay=opts.ema_decay,
         progress=opts.progress,
     )
-    full = NoduleDetector(config, unet, classifier, device=opts.device)
-    cached = [full.candidates(s["image"]) for s in val_scans]
-    validate = (
-        (
-            lambda model: detections_cpm(
-                NoduleDetector(config, unet, _classifier_of(model), device=opts.device),
-                val_scans,
-                True,
-                cached,
-            )
-        )
-        if val_scans
-        else None
-    )
+    validate = _classifier_validation(config, unet, val_scans, opts.device)
     focal = FocalLoss(use_softmax=False, gamma=opts.fp_focal_gamma)
     trained: torch.nn.Module = classifier
     loss_fn: Any = focal

@@ -847,6 +847,67 @@ def test_crop_centres_draw_small_nodules_more_often_when_asked():
     assert small_share(fine, small_weight=3) == (96, 192)
 
 
+class _SpyUNet(torch.nn.Module):
+    """Background everywhere (no U-Net candidate), counting its calls."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls = 0
+        self.anchor = torch.nn.Parameter(torch.zeros(1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        out = torch.zeros(x.shape[0], 2, *x.shape[2:]) + self.anchor
+        out[:, 0] = 10.0
+        return out
+
+
+class _SpyClassifier(torch.nn.Module):
+    """A one-channel `gate` (for `TumorSegAux`) and a constant logit, counting its calls."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls = 0
+        self.gate = torch.nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        self.gate(x[:, :1])
+        return torch.zeros(x.shape[0], 1)
+
+
+def test_stage_validations_score_the_module_the_trainer_hands_them(data):
+    """With `ema_decay` the trainer validates the moving average, not the network being
+    trained: each stage's validation must run the module it is given (for the classifier,
+    the one inside the gated classifier's training wrappers), not one it closed over."""
+    from ai_engine.data.datalist import load_datalist
+    from ai_engine.detection.train import (
+        _classifier_validation,
+        _MaskChannelAux,
+        _preprocess_items,
+        _unet_validation,
+    )
+    from ai_engine.training.seg_aux import TumorSegAux
+
+    _root, datalist = data
+    scans = _preprocess_items(load_datalist(datalist)["training"][:1], TINY)
+    assert _unet_validation(TINY, [], "cpu") is None
+    assert _classifier_validation(TINY, _SpyUNet(), [], "cpu") is None
+    handed = _SpyUNet()
+    result = _unet_validation(TINY, scans, "cpu")(handed)
+    assert handed.calls > 0 and 0.0 <= result["cpm"] <= 1.0
+    fixed = _SpyUNet()
+    validate = _classifier_validation(TINY, fixed, scans, "cpu")
+    candidates_found = fixed.calls
+    classifier = _SpyClassifier()
+    validate(_MaskChannelAux(TumorSegAux(classifier, ["gate"], [1])))
+    assert classifier.calls > 0  # the blob candidates were scored by the handed classifier
+    assert fixed.calls == candidates_found  # the U-Net's candidates were found once, up front
+    plain = _SpyClassifier()
+    validate(plain)
+    assert plain.calls > 0
+
+
 def test_training_options_set_the_unet_crop_centres():
     """The small nodules' weight, the hard-negative share and the body level of
     `DetectionTrainOptions` reach the `CropCentersd` the U-Net trains with."""
