@@ -325,6 +325,15 @@ def build_parser() -> argparse.ArgumentParser:
         "others in a scan (1: the same)",
     )
     parser.add_argument(
+        "--paste-copies",
+        type=int,
+        default=0,
+        help="copies of each training scan with training nodules pasted beside vessels (0: off)",
+    )
+    parser.add_argument(
+        "--paste-per-scan", type=int, default=4, help="nodules pasted into each copy"
+    )
+    parser.add_argument(
         "--ema",
         type=float,
         default=None,
@@ -401,6 +410,8 @@ def training_setup(args: argparse.Namespace) -> tuple[DetectionConfig, Detection
         fp_crop_jitter=args.fp_crop_jitter,
         ema_decay=args.ema,
         small_nodule_weight=args.small_nodule_weight,
+        paste_copies=args.paste_copies,
+        paste_per_scan=args.paste_per_scan,
         resume=args.resume,
         seed=args.seed,
         progress=False,

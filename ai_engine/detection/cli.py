@@ -151,6 +151,31 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
         help="validate and keep a moving average of each stage's weights with this decay "
         "(e.g. 0.99; default off)",
     )
+    t.add_argument(
+        "--paste-copies",
+        type=int,
+        default=0,
+        metavar="N",
+        help="also train on N copies of each training scan with small training nodules pasted "
+        "beside vessels and the chest wall (default 0: off)",
+    )
+    t.add_argument(
+        "--paste-per-scan", type=int, default=4, help="nodules pasted into each copy (default 4)"
+    )
+    t.add_argument(
+        "--paste-max-diameter",
+        type=float,
+        default=8.0,
+        metavar="MM",
+        help="largest training nodule copied (default 8 mm)",
+    )
+    t.add_argument(
+        "--paste-attached-share",
+        type=float,
+        default=0.75,
+        help="share of pasted nodules against a vessel or the wall; the rest stand free "
+        "(default 0.75)",
+    )
     for flag, what in (
         ("--test-time-flips", "the U-Net's 8 flipped passes (about 4x its inference time)"),
         ("--fp-test-time-flips", "the classifier's mean over 8 flipped patches"),
@@ -303,6 +328,10 @@ def train_options_from_args(args: argparse.Namespace):
         fp_focal_gamma=args.fp_focal_gamma,
         fp_cutmix_prob=args.fp_cutmix,
         ema_decay=args.ema_decay,
+        paste_copies=args.paste_copies,
+        paste_per_scan=args.paste_per_scan,
+        paste_max_diameter_mm=args.paste_max_diameter,
+        paste_attached_share=args.paste_attached_share,
         try_test_time_flips=args.test_time_flips == "search",
         try_fp_test_time_flips=args.fp_test_time_flips == "search",
     )

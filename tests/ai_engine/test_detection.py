@@ -612,6 +612,16 @@ def test_unknown_unet_loss_is_refused(data, tmp_path):
         ({"random_negatives": -2}, "random_negatives must be >= 0, got -2"),
         ({"ema_decay": 1.0}, "ema_decay must be in (0, 1), got 1.0"),
         ({"small_nodule_weight": 0}, "small_nodule_weight must be >= 1, got 0"),
+        (
+            {"paste_copies": -1},
+            "paste_copies must be >= 0 and paste_per_scan >= 1, got -1 and 4",
+        ),
+        (
+            {"paste_copies": 1, "paste_per_scan": 0},
+            "paste_copies must be >= 0 and paste_per_scan >= 1, got 1 and 0",
+        ),
+        ({"paste_max_diameter_mm": 0.0}, "paste_max_diameter_mm must be > 0, got 0.0"),
+        ({"paste_attached_share": 1.5}, "paste_attached_share must be in [0, 1], got 1.5"),
     ],
 )
 def test_classifier_options_outside_their_range_are_refused(data, tmp_path, option, message):
@@ -745,21 +755,31 @@ def test_train_mining_and_classifier_loss_flags_map_onto_the_options():
     base = ["train", "--data", "d.json", "--out", "m"]
     default, library = train_options_from_args(parser.parse_args(base)), DetectionTrainOptions()
     assert default.mine_negatives_from is None
-    for name in ("mined_negative_fraction", "fp_focal_gamma", "fp_cutmix_prob", "epochs", "lr"):
+    for name in ("mined_negative_fraction", "fp_focal_gamma", "fp_cutmix_prob", "epochs", "lr",
+                 "paste_copies", "paste_per_scan", "paste_max_diameter_mm",
+                 "paste_attached_share"):  # fmt: skip
         assert getattr(default, name) == getattr(library, name), name
     argv = [*base, "--mine-negatives-from", "8", "--mine-negatives-every", "2",
             "--mined-negative-fraction", "0.25", "--fp-focal-gamma", "0",
-            "--fp-cutmix", "0"]  # fmt: skip
+            "--fp-cutmix", "0", "--paste-copies", "2", "--paste-per-scan", "3",
+            "--paste-max-diameter", "6", "--paste-attached-share", "0.5"]  # fmt: skip
     options = train_options_from_args(parser.parse_args(argv))
+    assert (options.paste_copies, options.paste_per_scan) == (2, 3)
+    assert (options.paste_max_diameter_mm, options.paste_attached_share) == (6.0, 0.5)
     assert (options.mine_negatives_from, options.mine_negatives_every) == (8, 2)
     assert options.mined_negative_fraction == 0.25
     assert (options.fp_focal_gamma, options.fp_cutmix_prob) == (0.0, 0.0)
 
 
-def test_train_with_fixed_flips_keeps_them_and_does_not_search(data, tmp_path):
+def test_train_with_fixed_flips_keeps_them_and_does_not_search(data, tmp_path, capsys):
     """`train --test-time-flips on --fp-test-time-flips off`: the folder holds exactly that,
     and validation tried the U-Net only with its flips and the classifier only without
-    (`--ema-decay` rides along: both stages record that they kept the moving average)."""
+    (`--ema-decay` rides along: both stages record that they kept the moving average; so does
+    `--paste-copies`: both stages train on the pasted copies too, and the folder's training
+    data hash is still that of the datalist's scans)."""
+    from ai_engine.data.datalist import load_datalist
+    from ai_engine.training import training_data_hash
+
     _, datalist = data
     out = tmp_path / "fixed"
     argv = ["detection", "train", "--data", str(datalist), "--out", str(out),
@@ -767,10 +787,19 @@ def test_train_with_fixed_flips_keeps_them_and_does_not_search(data, tmp_path):
             "--fp-epochs", "1", "--fp-steps-per-epoch", "2", "--batch-size", "2",
             "--fp-batch-size", "8", "--max-steps", "2", "--no-progress",
             "--test-time-flips", "on", "--fp-test-time-flips", "off",
-            "--ema-decay", "0.9"]  # fmt: skip
+            "--ema-decay", "0.9", "--paste-copies", "1", "--paste-per-scan", "2",
+            "--paste-max-diameter", "30"]  # fmt: skip
     assert main(argv) == 0
+    assert re.search(
+        r"pasted [1-4] nodules into 2 copies of the 2 training scans", capsys.readouterr().out
+    )
     folder = load_model_folder(out)
+    given = load_datalist(datalist)
+    assert folder.manifest["training_data"] == training_data_hash(
+        {"training": given["training"], "validation": given["validation"]}
+    )
     params = folder.manifest["made_by_params"]
+    assert params["options"]["paste_copies"] == 1 and params["options"]["paste_per_scan"] == 2
     assert params["candidates"]["train_config"]["ema_decay"] == 0.9
     assert params["fp_reduction"]["train_config"]["ema_decay"] == 0.9
     assert folder.postprocessing["test_time_flips"] is True
@@ -1420,6 +1449,7 @@ def test_bench_flags_reach_the_config_and_the_training_options():
     config, opts = bench.training_setup(parser.parse_args([]))
     assert config.spacing_mm == (1.0, 1.0, 1.0) and not config.test_time_flips
     assert opts.ema_decay is None and not opts.try_test_time_flips
+    assert opts.paste_copies == 0
     argv = ["--spacing", "1.5", "--patch", "48", "--norm", "batch", "--roi", "96",
             "--overlap", "0.25", "--fp-patch", "32", "--fp-channels", "16,32,64,64",
             "--peak-distance", "3", "--blob-candidates", "8", "--plain-classifier",
@@ -1432,6 +1462,7 @@ def test_bench_flags_reach_the_config_and_the_training_options():
             "--candidates-from", "m0", "--fp-hard-fraction", "0.3", "--fp-gate-weight", "0.5",
             "--fp-focal-gamma", "1", "--fp-cutmix", "0", "--fp-crop-jitter", "2",
             "--ema", "0.99", "--small-nodule-weight", "3", "--resume",
+            "--paste-copies", "2", "--paste-per-scan", "5",
             "--seed", "5"]  # fmt: skip
     config, opts = bench.training_setup(parser.parse_args(argv))
     assert config.spacing_mm == (1.5,) * 3 and config.patch_size == (48,) * 3
@@ -1453,6 +1484,7 @@ def test_bench_flags_reach_the_config_and_the_training_options():
     assert (opts.fp_hard_fraction, opts.fp_gate_weight, opts.fp_focal_gamma) == (0.3, 0.5, 1.0)
     assert (opts.fp_cutmix_prob, opts.fp_crop_jitter, opts.ema_decay) == (0.0, 2, 0.99)
     assert opts.resume is True and opts.seed == 5 and opts.small_nodule_weight == 3
+    assert (opts.paste_copies, opts.paste_per_scan) == (2, 5)
 
 
 def test_bench_places_each_false_positive_and_counts_the_top_ones():
