@@ -6,9 +6,9 @@ on a tube looks like a branching point, and a training set of a few dozen scans 
 handful of such nodules (10 of the bench's 36 training nodules under 5 mm touch anything).
 Lesion copy-paste makes more of them from what the data already has: a nodule's voxels (a
 sphere of its radius, read from its own scan at its own voxel size) are resampled into another
-(or the same) training scan at a place in the lung whose nearest dense voxel lies at the
-nodule's radius, so that the sphere touches a vessel or the pleura without covering it, and
-blended in over a 1 mm edge. Each copy is a new scan item (a `Volume` with the HU values) whose
+(or the same) training scan at a place in the lung whose nearest dense voxel lies within the
+nodule's radius, so that the sphere touches a vessel or the pleura or takes in part of it
+(as a nodule a vessel runs into), and blended in over a 1 mm edge. Each copy is a new scan item (a `Volume` with the HU values) whose
 nodule list has the pasted nodules added (marked `"pasted": True`); the original items are left
 untouched. Everything is drawn from one seed, so a resumed or repeated run pastes the same.
 """
@@ -51,10 +51,11 @@ def paste_sites(
 ) -> np.ndarray:
     """Voxel indices (N, 3) where a nodule of `radius_mm` can be centred.
 
-    A site is aerated lung (`lung_air`) whose box of half-width radius + `CLEARANCE_MM` is at
-    least 60 % lung. Attached: its distance to the nearest dense voxel is the radius (within
-    half the largest voxel edge), so the sphere touches a vessel or the wall; free: that distance
-    is at least the radius + 1.5 mm.
+    A site's box of half-width radius + `CLEARANCE_MM` is at least 60 % aerated lung
+    (`lung_air`). Attached: its distance to the nearest dense voxel is at most the radius (plus
+    half the largest voxel edge), so the sphere touches a vessel or the wall or takes in part of
+    it (a vessel running into the nodule, the juxtavascular nodules a U-Net misses most);
+    free: the site is aerated lung at least the radius + 1.5 mm from every dense voxel.
 
     Args:
         volume: scalar HU volume.
@@ -71,11 +72,11 @@ def paste_sites(
         dense_distance_mm = ndimage.distance_transform_edt(hu <= DENSE_HU, sampling=spacing)
     half = np.maximum(np.ceil((radius_mm + CLEARANCE_MM) / spacing).astype(int), 1)
     share = ndimage.uniform_filter(lung.astype(np.float32), size=tuple(2 * half + 1))
-    ok = lung & (share >= 0.6)
+    ok = share >= 0.6
     if attached:
-        ok &= np.abs(dense_distance_mm - radius_mm) <= 0.5 * float(spacing.max())
+        ok &= dense_distance_mm <= radius_mm + 0.5 * float(spacing.max())
     else:
-        ok &= dense_distance_mm >= radius_mm + 1.5
+        ok &= lung & (dense_distance_mm >= radius_mm + 1.5)
     return np.argwhere(ok)
 
 
