@@ -882,9 +882,7 @@ def train_detector(
     )
     if kept_stage is not None:  # its preprocessing too: the scans below are prepared for it
         config = config.with_candidate_stage_of(kept_stage[1])
-    torch.set_num_threads(max(1, min(torch.get_num_threads(), 16)))
-    out.mkdir(parents=True, exist_ok=True)
-    given_items = train_items
+    given_items = train_items  # the copies pasted below are not part of the data hash
     if opts.paste_copies:
         train_items = train_items + pasted_copies(
             train_items,
@@ -899,6 +897,8 @@ def train_detector(
             f"pasted {n_pasted} nodules into {len(train_items) - len(given_items)} copies of "
             f"the {len(given_items)} training scans"
         )
+    torch.set_num_threads(max(1, min(torch.get_num_threads(), 16)))
+    out.mkdir(parents=True, exist_ok=True)
     _log(f"preprocessing {len(val_items)} validation scans")
     val_scans = _preprocess_items(val_items, config)
     train_scans = None

@@ -292,6 +292,18 @@ BAD_CASES = [
         "ema_decay must be in (0, 1), got 1.0",
     ),
     (
+        "nodule copy-paste with nothing small enough to copy",
+        lambda p, m: _train_argv(
+            p, "o_paste", "--paste-copies", "1", "--paste-max-diameter", "0.5"
+        ),
+        "no training nodule is at most 0.5 mm across to paste",
+    ),
+    (
+        "a negative number of pasted copies",
+        lambda p, m: _train_argv(p, "o_paste2", "--paste-copies", "-1"),
+        "paste_copies must be >= 0 and paste_per_scan >= 1, got -1 and 4",
+    ),
+    (
         "CutMix on more than every batch",
         lambda p, m: _train_argv(p, "o_cutmix", "--fp-cutmix", "1.5"),
         "fp_cutmix_prob must be in [0, 1], got 1.5",
