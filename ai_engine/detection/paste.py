@@ -22,6 +22,7 @@ import numpy as np
 from scipy import ndimage
 
 from ai_engine.errors import InputError
+from ai_engine.io.multimodal import resample_to_grid
 from ai_engine.io.volume import Volume
 
 #: HU above which a voxel is a vessel, the chest wall or the mediastinum ("dense")
@@ -90,8 +91,8 @@ def paste_nodule(
 ) -> None:
     """Blend the sphere of `radius_mm` around `donor_center_lps` in `donor` into `target` (HU,
     modified in place; its LPS affine `target_affine`) around `center_lps`: weight 1 inside
-    radius - 0.5 mm, 0 outside radius + 0.5 mm, linear between (trilinear resampling, so the
-    donor's voxel size does not matter)."""
+    radius - 0.5 mm, 0 outside radius + 0.5 mm, linear between (the donor resampled in
+    patient space by `resample_to_grid`, trilinear, so its voxel size does not matter)."""
     spacing = np.linalg.norm(target_affine[:3, :3], axis=0)
     inverse = np.linalg.inv(target_affine)
     center_vox = inverse[:3, :3] @ center_lps + inverse[:3, 3]
@@ -106,8 +107,12 @@ def paste_nodule(
     ).reshape(-1, 3)
     offset_mm = grid @ target_affine[:3, :3].T + target_affine[:3, 3] - center_lps
     weight = np.clip(radius_mm + 0.5 - np.linalg.norm(offset_mm, axis=1), 0.0, 1.0)
-    donor_vox = donor.lps_to_voxel(offset_mm + donor_center_lps)
-    values = ndimage.map_coordinates(donor.array, donor_vox.T, order=1, mode="nearest")
+    # the donor sampled on the target's box, moved so that its nodule centre lands on ours
+    box_affine = target_affine.copy()
+    box_affine[:3, 3] = target_affine[:3, :3] @ lo + target_affine[:3, 3]
+    box_affine[:3, 3] += donor_center_lps - center_lps
+    shape = tuple(int(v) for v in hi - lo)
+    values = resample_to_grid(donor, box_affine, shape, order=1).reshape(-1)
     box = tuple(slice(int(a), int(b)) for a, b in zip(lo, hi, strict=True))
     region = target[box]
     blended = weight * values + (1.0 - weight) * region.reshape(-1)

@@ -150,3 +150,28 @@ def test_bad_paste_settings_are_refused(kwargs, message):
 
 def test_no_copies_no_work():
     assert pasted_copies([{"image": "never/loaded", "nodules": []}], copies=0) == []
+
+
+@pytest.mark.parametrize("share", [0.0, 1.0])
+def test_the_attached_share_and_the_largest_donor_decide_what_is_pasted(share):
+    """All attached (share 1: each centre within its radius of a dense voxel of the scan) or
+    all free (share 0: aerated lung, radius + 1.5 mm or more from every dense voxel); no donor
+    over `max_diameter_mm`, though the scans hold larger nodules."""
+    volume, nodules = make_chest_ct(3, shape=(96, 96, 32), n_nodules=4)
+    small = min(n["diameter_mm"] for n in nodules)
+    assert max(n["diameter_mm"] for n in nodules) > small  # a larger one to leave out
+    items = [{"image": volume, "nodules": nodules}]
+    (copy,) = pasted_copies(
+        items, copies=1, per_scan=4, max_diameter_mm=small, attached_share=share
+    )
+    pasted = [n for n in copy["nodules"] if n.get("pasted")]
+    assert pasted and all(n["diameter_mm"] == small for n in pasted)
+    assert all(n["attached"] is bool(share) for n in pasted)
+    dense_mm = ndimage.distance_transform_edt(volume.array <= DENSE_HU, sampling=volume.spacing)
+    for n in pasted:
+        ijk = np.rint(volume.lps_to_voxel(np.array([n["center_lps_mm"]]))[0]).astype(int)
+        distance, radius = dense_mm[tuple(ijk)], n["diameter_mm"] / 2
+        if share:
+            assert distance <= radius + 0.5 * volume.spacing.max() + 1e-6
+        else:
+            assert distance >= radius + 1.5
