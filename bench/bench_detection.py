@@ -334,6 +334,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--paste-per-scan", type=int, default=4, help="nodules pasted into each copy"
     )
     parser.add_argument(
+        "--no-rescore",
+        action="store_true",
+        help="no rescoring of the candidates (session 12; the score is then the fixed "
+        "combination chosen on validation, as before)",
+    )
+    parser.add_argument(
         "--ema",
         type=float,
         default=None,
@@ -412,6 +418,7 @@ def training_setup(args: argparse.Namespace) -> tuple[DetectionConfig, Detection
         small_nodule_weight=args.small_nodule_weight,
         paste_copies=args.paste_copies,
         paste_per_scan=args.paste_per_scan,
+        rescore=not args.no_rescore,
         resume=args.resume,
         seed=args.seed,
         progress=False,

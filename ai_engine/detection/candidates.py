@@ -21,6 +21,9 @@ class Candidate:
         component: label of the component in the label map returned with it.
         n_voxels: component size.
         bbox: (lo, hi) voxel corners of the component (hi exclusive).
+        source: "unet" (a region of the probability map) or "blob" (a blob-filter maximum).
+        center_hu, center_blob: the image's HU and blob response at the centre voxel (set by
+            the pipeline, `NoduleDetector.candidates_from_probability`; rescoring uses them).
     """
 
     center_voxel: np.ndarray
@@ -29,6 +32,9 @@ class Candidate:
     component: int
     n_voxels: int
     bbox: tuple[tuple[int, int, int], tuple[int, int, int]]
+    source: str = "unet"
+    center_hu: float = 0.0
+    center_blob: float = 0.0
 
 
 def extract_candidates(
@@ -244,6 +250,7 @@ def add_blob_candidates(
                 component=next_label,
                 n_voxels=int(free.sum()),
                 bbox=(tuple(int(v) for v in nz.min(0)), tuple(int(v) + 1 for v in nz.max(0))),  # type: ignore[arg-type]
+                source="blob",
             )
         )
         kept_mm.append(center * spacing_mm)

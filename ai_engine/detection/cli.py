@@ -176,6 +176,20 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
         help="share of pasted nodules against a vessel or the wall; the rest stand free "
         "(default 0.75)",
     )
+    t.add_argument(
+        "--no-rescore",
+        action="store_true",
+        help="do not fit the rescoring (a logistic regression over both networks' outputs and "
+        "the image at each candidate, fitted on the training scans' candidates); the score is "
+        "then the fixed combination chosen on validation",
+    )
+    t.add_argument(
+        "--rescore-margin",
+        type=float,
+        default=0.02,
+        help="a fixed score combination replaces the rescoring only when its validation CPM "
+        "is higher by more than this (default 0.02)",
+    )
     for flag, what in (
         ("--test-time-flips", "the U-Net's 8 flipped passes (about 4x its inference time)"),
         ("--fp-test-time-flips", "the classifier's mean over 8 flipped patches"),
@@ -332,6 +346,8 @@ def train_options_from_args(args: argparse.Namespace):
         paste_per_scan=args.paste_per_scan,
         paste_max_diameter_mm=args.paste_max_diameter,
         paste_attached_share=args.paste_attached_share,
+        rescore=not args.no_rescore,
+        rescore_margin=args.rescore_margin,
         try_test_time_flips=args.test_time_flips == "search",
         try_fp_test_time_flips=args.fp_test_time_flips == "search",
     )

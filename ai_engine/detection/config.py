@@ -14,7 +14,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
-COMBINE_MODES = ("geometric", "product", "mean", "classifier", "candidate")
+#: "rescored" needs `DetectionConfig.rescore` (fitted by training, `detection.rescore`)
+COMBINE_MODES = ("geometric", "product", "mean", "classifier", "candidate", "rescored")
 
 
 @dataclass
@@ -61,8 +62,11 @@ class DetectionConfig:
             augmentation; 8 passes, ~1.5 s more per scan on a CPU); training turns it on when it
             raises the validation CPM. Folders written before this option load with False.
         combine: final score from candidate prob p and classifier prob q: "geometric"
-            sqrt(p q), "product" p q, "mean" (p + q) / 2, "classifier" q, or "candidate" p
-            (training picks the mode with the best validation CPM).
+            sqrt(p q), "product" p q, "mean" (p + q) / 2, "classifier" q, "candidate" p, or
+            "rescored": the logistic regression `rescore` over p, q and what the image says at
+            the candidate (`ai_engine.detection.rescore`; training fits it on the training
+            scans' candidates and keeps it unless a fixed mode is clearly better on
+            validation; otherwise it picks the fixed mode with the best validation CPM).
         finding_threshold: `predict` reports findings with a final score at least this.
         body_threshold_hu: voxels above this HU define the body box the U-Net runs on.
         blob_sigmas_mm: scales (mm) of the blob-enhancement channel given to both networks
@@ -75,6 +79,8 @@ class DetectionConfig:
             them too, and training keeps the count (of `blob_candidate_counts`) that scores best
             on validation. 0: U-Net candidates only (model folders written before this option;
             always 0 without the blob channel).
+        rescore: the fitted rescoring (`Rescorer.to_dict()`) that `combine` "rescored" uses;
+            None where training fitted none (folders written before it).
     """
 
     spacing_mm: tuple[float, float, float] = (1.0, 1.0, 1.0)
@@ -101,6 +107,7 @@ class DetectionConfig:
     body_threshold_hu: float = -500.0
     blob_sigmas_mm: tuple[float, ...] = (1.5, 2.25, 3.75, 6.0)
     blob_candidates: int = 16
+    rescore: dict[str, Any] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -138,6 +145,8 @@ class DetectionConfig:
             raise ValueError(
                 f"combine must be one of {', '.join(COMBINE_MODES)}, got {self.combine!r}"
             )
+        if self.combine == "rescored" and not self.rescore:
+            raise ValueError('combine "rescored" needs a fitted rescore (train the detector)')
         if self.candidate_peak_distance_mm < 0:
             raise ValueError(
                 "candidate_peak_distance_mm must be >= 0 (0: connected components), "

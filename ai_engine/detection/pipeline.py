@@ -23,6 +23,7 @@ from ai_engine.detection.candidates import (
 )
 from ai_engine.detection.config import DetectionConfig
 from ai_engine.detection.patches import extract_patches
+from ai_engine.detection.rescore import Rescorer
 from ai_engine.detection.transforms import preprocessing
 from ai_engine.errors import ModelFolderError
 from ai_engine.io.multimodal import resample_to_grid
@@ -211,9 +212,9 @@ class NoduleDetector:
             cfg.candidate_peak_distance_mm,
             cfg.candidate_center_power,
         )
+        plain = image.as_subclass(torch.Tensor) if isinstance(image, MetaTensor) else image
+        arrays = plain.detach().cpu().numpy()
         if cfg.blob_candidates and image.shape[0] > 1:
-            plain = image.as_subclass(torch.Tensor) if isinstance(image, MetaTensor) else image
-            arrays = plain.detach().cpu().numpy()
             cands, labels = add_blob_candidates(
                 cands,
                 labels,
@@ -224,6 +225,11 @@ class NoduleDetector:
                 cfg.blob_candidates,
             )
         centers = np.array([c.center_voxel for c in cands]).reshape(-1, 3)
+        lo_hu, hi_hu = cfg.hu_range
+        at = np.clip(np.round(centers).astype(int), 0, np.array(arrays.shape[1:]) - 1)
+        for c, (i, j, k) in zip(cands, at, strict=True):
+            c.center_hu = float(arrays[0, i, j, k]) * (hi_hu - lo_hu) + lo_hu
+            c.center_blob = float(arrays[1, i, j, k]) if arrays.shape[0] > 1 else 0.0
         centers_mm = voxel_to_lps_mm(image, centers) if len(cands) else np.zeros((0, 3))
         return cands, labels, centers_mm
 
@@ -232,7 +238,12 @@ class NoduleDetector:
     ) -> list[Detection]:
         """Combine scores (q: classifier probabilities, None for candidates only) and merge."""
         p_cand = np.array([c.prob for c in cands])
-        scores = combine_scores(p_cand, q, self.config.combine) if q is not None else p_cand
+        if q is None:
+            scores = p_cand
+        elif self.config.combine == "rescored":
+            scores = Rescorer.from_dict(self.config.rescore).score(cands, q)
+        else:
+            scores = combine_scores(p_cand, q, self.config.combine)
         radii = np.array([c.diameter_mm / 2.0 for c in cands])
         detections = []
         for group in merge_close(centers_mm, radii, scores):

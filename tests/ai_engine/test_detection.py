@@ -304,6 +304,11 @@ BAD_CASES = [
         "paste_copies must be >= 0 and paste_per_scan >= 1, got -1 and 4",
     ),
     (
+        "a negative rescoring margin",
+        lambda p, m: _train_argv(p, "o_rescore", "--rescore-margin", "-0.1"),
+        "rescore_l2 and rescore_margin must be >= 0, got 1.0 and -0.1",
+    ),
+    (
         "CutMix on more than every batch",
         lambda p, m: _train_argv(p, "o_cutmix", "--fp-cutmix", "1.5"),
         "fp_cutmix_prob must be in [0, 1], got 1.5",
@@ -420,6 +425,12 @@ def test_a_perfect_probability_map_gives_cpm_1_and_findings_on_the_nodules():
         )
         detections = detector.finish(cands, centers_mm, None)
         assert len(detections) == len(nodules)
+        # what the rescoring reads at each centre: the nodule's HU (solid, or a part-solid
+        # one's solid core); this image has no blob channel, so its response reads 0
+        assert [c.source for c in cands] == ["unet"] * len(cands)
+        assert all(c.center_hu > -300 and c.center_blob == 0.0 for c in cands), [
+            (c.center_hu, c.center_blob) for c in cands
+        ]
         points.append([d.as_point() for d in detections])
         references.append(nodules)
         result = ScanResult(detections=detections, label_map=labels, image=out["image"])
@@ -634,6 +645,14 @@ def test_unknown_unet_loss_is_refused(data, tmp_path):
         ),
         ({"paste_max_diameter_mm": 0.0}, "paste_max_diameter_mm must be > 0, got 0.0"),
         ({"paste_attached_share": 1.5}, "paste_attached_share must be in [0, 1], got 1.5"),
+        (
+            {"rescore_l2": -1.0},
+            "rescore_l2 and rescore_margin must be >= 0, got -1.0 and 0.02",
+        ),
+        (
+            {"rescore_margin": -0.1},
+            "rescore_l2 and rescore_margin must be >= 0, got 1.0 and -0.1",
+        ),
     ],
 )
 def test_classifier_options_outside_their_range_are_refused(data, tmp_path, option, message):
@@ -769,13 +788,15 @@ def test_train_mining_and_classifier_loss_flags_map_onto_the_options():
     assert default.mine_negatives_from is None
     for name in ("mined_negative_fraction", "fp_focal_gamma", "fp_cutmix_prob", "epochs", "lr",
                  "paste_copies", "paste_per_scan", "paste_max_diameter_mm",
-                 "paste_attached_share"):  # fmt: skip
+                 "paste_attached_share", "rescore", "rescore_margin"):  # fmt: skip
         assert getattr(default, name) == getattr(library, name), name
     argv = [*base, "--mine-negatives-from", "8", "--mine-negatives-every", "2",
             "--mined-negative-fraction", "0.25", "--fp-focal-gamma", "0",
             "--fp-cutmix", "0", "--paste-copies", "2", "--paste-per-scan", "3",
-            "--paste-max-diameter", "6", "--paste-attached-share", "0.5"]  # fmt: skip
+            "--paste-max-diameter", "6", "--paste-attached-share", "0.5",
+            "--no-rescore", "--rescore-margin", "0.05"]  # fmt: skip
     options = train_options_from_args(parser.parse_args(argv))
+    assert (options.rescore, options.rescore_margin) == (False, 0.05)
     assert (options.paste_copies, options.paste_per_scan) == (2, 3)
     assert (options.paste_max_diameter_mm, options.paste_attached_share) == (6.0, 0.5)
     assert (options.mine_negatives_from, options.mine_negatives_every) == (8, 2)
@@ -1149,7 +1170,7 @@ def test_every_config_field_belongs_to_the_candidate_stage_or_the_classifier():
 
     classifier_side = {
         "fp_patch_size", "fp_channels", "fp_gate", "fp_test_time_flips", "combine",
-        "finding_threshold", "blob_candidates", "extra",
+        "finding_threshold", "blob_candidates", "rescore", "extra",
     }  # fmt: skip
     names = {f.name for f in fields(DetectionConfig)}
     assert set(CANDIDATE_STAGE_FIELDS) <= names
@@ -1198,19 +1219,42 @@ def test_test_time_flips_average_the_flipped_passes():
 
 
 # ---------------------------------------------------------------- gated classifier (issue #5)
+def test_training_records_the_rescoring_fitted_or_why_not(model):
+    """After stage 2 the rescoring is fitted on the training scans' candidates and stored, or,
+    where those hold no hit (this tiny model's), the folder says so and keeps a fixed mode
+    (the fit itself: tests/ai_engine/test_detection_rescore.py)."""
+    from ai_engine.detection.rescore import Rescorer
+
+    folder = load_model_folder(model)
+    info = folder.manifest["made_by_params"]["fp_reduction"]["rescore"]
+    if "fitted" in info:
+        assert folder.postprocessing["rescore"] == info["fitted"]
+        assert Rescorer.from_dict(info["fitted"]).n_positive > 0
+    else:
+        assert info == {"skipped": "rescoring needs positive and negative candidates"}
+        assert folder.postprocessing["rescore"] is None
+        assert folder.postprocessing["combine"] != "rescored"
+
+
 def test_training_chooses_the_blob_candidate_count_on_validation(model):
     """The classifier trains on the U-Net's and the blob channel's candidates (16 per scan);
     the count used at inference is the one of 0, 8, 16 with the best validation CPM, tried
     with every score combination, and it is what the folder stores."""
     folder = load_model_folder(model)
     chosen = folder.manifest["made_by_params"]["fp_reduction"]["combine"]
-    table = chosen["validation_cpm"]
+    table = dict(chosen["validation_cpm"])
+    rescored = table.pop("rescored", None)  # the rescoring as fitted, beside the fixed modes
     assert {key.split("@")[1].removesuffix("+flips") for key in table} == {"0", "8", "16"}
     # each (mode, count) with the classifier's flips off and on
     assert sum(key.endswith("+flips") for key in table) == len(table) // 2
     best = max(table.values())
-    flips = "+flips" if chosen["fp_test_time_flips"] else ""
-    assert table[f"{chosen['chosen']}@{chosen['blob_candidates']}{flips}"] == best
+    if chosen["chosen"] == "rescored":  # kept: within the margin of the best fixed mode
+        assert rescored >= best - DetectionTrainOptions().rescore_margin
+        assert chosen["blob_candidates"] == 16 and chosen["fp_test_time_flips"] is False
+    else:
+        assert rescored is None or rescored < best - DetectionTrainOptions().rescore_margin
+        flips = "+flips" if chosen["fp_test_time_flips"] else ""
+        assert table[f"{chosen['chosen']}@{chosen['blob_candidates']}{flips}"] == best
     assert folder.postprocessing["blob_candidates"] == chosen["blob_candidates"]
     assert folder.postprocessing["combine"] == chosen["chosen"]
     assert folder.postprocessing["fp_test_time_flips"] == chosen["fp_test_time_flips"]
@@ -1461,7 +1505,7 @@ def test_bench_flags_reach_the_config_and_the_training_options():
     config, opts = bench.training_setup(parser.parse_args([]))
     assert config.spacing_mm == (1.0, 1.0, 1.0) and not config.test_time_flips
     assert opts.ema_decay is None and not opts.try_test_time_flips
-    assert opts.paste_copies == 0
+    assert opts.paste_copies == 0 and opts.rescore is True
     argv = ["--spacing", "1.5", "--patch", "48", "--norm", "batch", "--roi", "96",
             "--overlap", "0.25", "--fp-patch", "32", "--fp-channels", "16,32,64,64",
             "--peak-distance", "3", "--blob-candidates", "8", "--plain-classifier",
@@ -1474,7 +1518,7 @@ def test_bench_flags_reach_the_config_and_the_training_options():
             "--candidates-from", "m0", "--fp-hard-fraction", "0.3", "--fp-gate-weight", "0.5",
             "--fp-focal-gamma", "1", "--fp-cutmix", "0", "--fp-crop-jitter", "2",
             "--ema", "0.99", "--small-nodule-weight", "3", "--resume",
-            "--paste-copies", "2", "--paste-per-scan", "5",
+            "--paste-copies", "2", "--paste-per-scan", "5", "--no-rescore",
             "--seed", "5"]  # fmt: skip
     config, opts = bench.training_setup(parser.parse_args(argv))
     assert config.spacing_mm == (1.5,) * 3 and config.patch_size == (48,) * 3
@@ -1496,7 +1540,7 @@ def test_bench_flags_reach_the_config_and_the_training_options():
     assert (opts.fp_hard_fraction, opts.fp_gate_weight, opts.fp_focal_gamma) == (0.3, 0.5, 1.0)
     assert (opts.fp_cutmix_prob, opts.fp_crop_jitter, opts.ema_decay) == (0.0, 2, 0.99)
     assert opts.resume is True and opts.seed == 5 and opts.small_nodule_weight == 3
-    assert (opts.paste_copies, opts.paste_per_scan) == (2, 5)
+    assert (opts.paste_copies, opts.paste_per_scan) == (2, 5) and opts.rescore is False
 
 
 def test_bench_places_each_false_positive_and_counts_the_top_ones():

@@ -1,0 +1,200 @@
+"""The rescoring of detection candidates (`ai_engine.detection.rescore`) and how training
+keeps or drops it."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import numpy as np
+import pytest
+import torch
+
+from ai_engine.detection.candidates import Candidate
+from ai_engine.detection.config import DetectionConfig
+from ai_engine.detection.rescore import FEATURES, Rescorer, candidate_features
+from ai_engine.detection.train import keeps_rescoring
+
+
+def _cand(prob, diameter=4.0, n_voxels=30, source="unet", hu=20.0, blob=0.5):
+    return Candidate(
+        center_voxel=np.zeros(3),
+        diameter_mm=diameter,
+        prob=prob,
+        component=1,
+        n_voxels=n_voxels,
+        bbox=((0, 0, 0), (1, 1, 1)),
+        source=source,
+        center_hu=hu,
+        center_blob=blob,
+    )
+
+
+def test_features_are_the_logits_the_image_values_and_the_size_of_each_candidate():
+    cands = [_cand(0.5, 4.0, 30, "unet", -800.0, 0.1), _cand(0.9, 2.0, 4, "blob", 35.0, 0.8)]
+    x = candidate_features(cands, np.array([0.2, 0.5]))
+    assert x.shape == (2, len(FEATURES))
+    row = dict(zip(FEATURES, x[0], strict=True))
+    assert row["logit_p"] == pytest.approx(0.0)
+    assert row["logit_q"] == pytest.approx(np.log(0.25))
+    assert row["blob"] == pytest.approx(0.1) and row["hu"] == pytest.approx(-0.8)
+    assert row["log_diameter"] == pytest.approx(np.log(4.0))
+    assert row["log_voxels"] == pytest.approx(np.log(30))
+    assert row["from_blob"] == 0.0 and x[1, FEATURES.index("from_blob")] == 1.0
+    # probabilities of exactly 0 and 1 (a saturated softmax) stay finite
+    assert np.isfinite(candidate_features([_cand(1.0), _cand(0.0)], np.array([0.0, 1.0]))).all()
+    assert candidate_features([], np.zeros(0)).shape == (0, len(FEATURES))
+    with pytest.raises(ValueError, match="1 classifier probabilities for 2 candidates"):
+        candidate_features(cands, np.array([0.5]))
+
+
+def _synthetic(n=600, seed=0):
+    """Nodules have a stronger blob response than the false positives, at equal p and q."""
+    rng = np.random.default_rng(seed)
+    y = (rng.random(n) < 0.2).astype(float)
+    x = rng.normal(size=(n, len(FEATURES)))
+    x[:, FEATURES.index("blob")] += 2.0 * y
+    return x, y
+
+
+def test_fit_weighs_the_feature_that_separates_and_ranks_the_nodules_first():
+    x, y = _synthetic()
+    r = Rescorer.fit(x, y)
+    weights = dict(zip(FEATURES, r.coef, strict=True))
+    assert weights["blob"] > 1.0
+    assert all(abs(w) < 0.3 for k, w in weights.items() if k != "blob")
+    xt, yt = _synthetic(seed=1)
+    s = r.predict(xt)
+    assert ((s > 0) & (s < 1)).all()
+    # AUROC on fresh samples: positives above negatives far more often than not
+    auroc = (s[yt == 1][:, None] > s[yt == 0][None]).mean()
+    assert auroc > 0.85
+    assert r.n_samples == 600 and r.n_positive == int(y.sum())
+
+
+def test_a_stronger_penalty_shrinks_the_weights():
+    x, y = _synthetic()
+    loose, tight = Rescorer.fit(x, y, l2=0.01), Rescorer.fit(x, y, l2=1000.0)
+    assert np.abs(tight.coef).sum() < 0.2 * np.abs(loose.coef).sum()
+
+
+def test_the_fitted_rescorer_survives_json_and_scores_candidates_alike():
+    x, y = _synthetic()
+    r = Rescorer.fit(x, y)
+    back = Rescorer.from_dict(json.loads(json.dumps(r.to_dict())))
+    assert np.allclose(back.predict(x), r.predict(x))
+    cands = [_cand(0.7, blob=1.2), _cand(0.7, blob=0.0)]
+    q = np.array([0.6, 0.6])
+    assert np.allclose(back.score(cands, q), r.predict(candidate_features(cands, q)))
+    high, low = back.score(cands, q)
+    assert high > low  # the stronger blob response ranks first
+
+
+@pytest.mark.parametrize(
+    ("x", "y", "message"),
+    [
+        (np.zeros((5, len(FEATURES))), np.zeros(5), "needs positive and negative candidates"),
+        (np.zeros((5, len(FEATURES))), np.ones(5), "needs positive and negative candidates"),
+        (np.zeros((5, 3)), np.array([0, 1, 0, 1, 0]), "do not match"),
+        (np.zeros((5, len(FEATURES))), np.array([0, 1]), "do not match"),
+    ],
+)
+def test_fit_refuses_one_class_or_mismatched_samples(x, y, message):
+    with pytest.raises(ValueError, match=message):
+        Rescorer.fit(x, y)
+
+
+def test_a_rescorer_of_other_features_is_refused():
+    data = Rescorer.fit(*_synthetic()).to_dict()
+    data["features"] = data["features"][:-1]
+    with pytest.raises(ValueError, match="not this version's"):
+        Rescorer.from_dict(data)
+    data = Rescorer.fit(*_synthetic()).to_dict()
+    data["coef"] = data["coef"][:3]
+    with pytest.raises(ValueError, match="needs 7 means, scales and weights"):
+        Rescorer.from_dict(data)
+
+
+def test_combine_rescored_needs_a_fitted_rescorer_and_round_trips_with_it():
+    with pytest.raises(ValueError, match=re.escape('combine "rescored" needs a fitted rescore')):
+        DetectionConfig(combine="rescored")
+    fitted = Rescorer.fit(*_synthetic()).to_dict()
+    cfg = DetectionConfig(combine="rescored", rescore=fitted)
+    back = DetectionConfig.from_dict(json.loads(json.dumps(cfg.to_dict())))
+    assert back.combine == "rescored" and back.rescore == fitted
+    # folders written before the rescoring load without one
+    old = {k: v for k, v in cfg.to_dict().items() if k != "rescore"}
+    assert DetectionConfig.from_dict({**old, "combine": "mean"}).rescore is None
+
+
+@pytest.mark.parametrize(
+    ("table", "margin", "kept"),
+    [
+        ({"mean@8": 0.804, "geometric@8": 0.80, "rescored": 0.798}, 0.02, True),
+        ({"mean@8": 0.804, "rescored": 0.784}, 0.02, True),  # exactly the margin below
+        ({"mean@8": 0.804, "rescored": 0.783}, 0.02, False),
+        ({"mean@8": 0.804, "rescored": 0.798}, 0.0, False),
+        ({"mean@8": 0.804, "rescored": 0.81}, 0.0, True),
+    ],
+)
+def test_training_keeps_the_rescoring_unless_a_fixed_mode_beats_it_by_the_margin(
+    table, margin, kept
+):
+    assert keeps_rescoring(table, margin) is kept
+
+
+def _detector_with_map(config, maps):
+    """A detector whose U-Net probability is a given map per scan (keyed by the image's id)."""
+    from ai_engine.detection.pipeline import NoduleDetector
+    from ai_engine.networks import build_network
+
+    torch.manual_seed(0)
+    detector = NoduleDetector(
+        config,
+        build_network("unet3d", **config.unet_kwargs),
+        build_network("resnet3d", **config.fp_kwargs),
+    )
+    detector.probability = lambda image: maps[id(image)]  # type: ignore[method-assign]
+    return detector
+
+
+def test_fit_rescorer_labels_the_candidates_by_the_hit_rule_and_the_detector_scores_with_it():
+    """Candidates from a probability map holding each nodule's sphere and a sphere of the same
+    size 15 mm away from it: the rescoring is fitted on as many hits as nodules and as many
+    misses, and a detector set to "rescored" ranks with its probabilities."""
+    from ai_engine.data.phantoms import make_chest_ct
+    from ai_engine.detection.train import fit_rescorer
+    from ai_engine.detection.transforms import preprocessing
+
+    config = DetectionConfig(
+        spacing_mm=(1.5, 1.5, 1.5),
+        patch_size=(32, 32, 32),
+        sw_roi_size=(32, 32, 32),
+        unet_channels=(4, 8, 16),
+        fp_patch_size=16,
+        fp_channels=(4, 8, 8, 8),
+        blob_candidates=0,
+    )
+    pre = preprocessing(
+        config.spacing_mm, config.hu_range, blob_sigmas_mm=config.blob_sigmas_mm, with_label=True
+    )
+    scans, maps, n_nodules = [], {}, 0
+    for seed in (21, 22):
+        volume, nodules = make_chest_ct(seed, shape=(96, 96, 32), n_nodules=3)
+        out = pre({"image": volume, "nodules": nodules})
+        label = out["label"][0].numpy()
+        decoy = np.roll(label, 10, axis=0)  # each sphere again, 15 mm along the first axis
+        maps[id(out["image"])] = np.maximum(label, np.where(label > 0, 0, decoy)).astype(np.float32)
+        scans.append({"image": out["image"], "nodules": nodules})
+        n_nodules += len(nodules)
+    detector = _detector_with_map(config, maps)
+    rescorer = fit_rescorer(detector, scans)
+    assert rescorer.n_positive == n_nodules
+    assert n_nodules < rescorer.n_samples <= 2 * n_nodules  # a decoy may merge into a nodule
+    detector.config.combine, detector.config.rescore = "rescored", rescorer.to_dict()
+    cands, _labels, centers_mm = detector.candidates(scans[0]["image"])
+    q = detector.classify(scans[0]["image"], np.array([c.center_voxel for c in cands]))
+    detections = detector.finish(cands, centers_mm, q)
+    assert sorted(d.score for d in detections) == pytest.approx(
+        sorted(rescorer.score(cands, q))[-len(detections) :]
+    )
