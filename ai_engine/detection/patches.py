@@ -36,6 +36,12 @@ def extract_patches(
     return out
 
 
+def nodule_arrays(nodules: Sequence[dict]) -> tuple[np.ndarray, np.ndarray]:
+    """Centres (N, 3, LPS mm) and radii (N,) of datalist nodules."""
+    centers = np.array([n["center_lps_mm"] for n in nodules], dtype=np.float64).reshape(-1, 3)
+    return centers, np.array([n["diameter_mm"] / 2.0 for n in nodules], dtype=np.float64)
+
+
 def label_points(points_mm: np.ndarray, nodules_mm: np.ndarray, radii_mm: np.ndarray) -> np.ndarray:
     """1 where a point lies within the radius of some nodule, else 0 (LUNA16's hit rule)."""
     points_mm = np.asarray(points_mm, dtype=np.float64).reshape(-1, 3)

@@ -33,7 +33,13 @@ from monai.transforms import (
 
 from ai_engine.detection.config import DetectionConfig
 from ai_engine.detection.paste import pasted_copies
-from ai_engine.detection.patches import balance, extract_patches, label_points, random_tissue_points
+from ai_engine.detection.patches import (
+    balance,
+    extract_patches,
+    label_points,
+    nodule_arrays,
+    random_tissue_points,
+)
 from ai_engine.detection.pipeline import TASK, NoduleDetector
 from ai_engine.detection.rescore import Rescorer, candidate_features
 from ai_engine.detection.transforms import (
@@ -599,10 +605,7 @@ def fit_rescorer(
             q = detector.classify(
                 scan["image"], np.array([c.center_voxel for c in cands]).reshape(-1, 3)
             )
-            nod_mm = np.array(
-                [n["center_lps_mm"] for n in scan["nodules"]], dtype=np.float64
-            ).reshape(-1, 3)
-            radii = np.array([n["diameter_mm"] / 2.0 for n in scan["nodules"]], dtype=np.float64)
+            nod_mm, radii = nodule_arrays(scan["nodules"])
             xs.append(candidate_features(cands, q))
             ys.append(label_points(centers_mm, nod_mm, radii))
     finally:
@@ -655,10 +658,7 @@ def mine_classifier_samples(
             affine_lps = np.diag([-1.0, -1.0, 1.0, 1.0]) @ np.asarray(
                 image.affine, dtype=np.float64
             )
-            nod_mm = np.array(
-                [n["center_lps_mm"] for n in scan["nodules"]], dtype=np.float64
-            ).reshape(-1, 3)
-            radii = np.array([n["diameter_mm"] / 2.0 for n in scan["nodules"]], dtype=np.float64)
+            nod_mm, radii = nodule_arrays(scan["nodules"])
             cands, _labels, centers_mm = detector.candidates(image)
             centers = [c.center_voxel for c in cands]
             labels = list(label_points(centers_mm, nod_mm, radii))
