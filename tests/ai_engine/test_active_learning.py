@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -27,13 +28,13 @@ from ai_engine.active_learning import (
 from ai_engine.active_learning.mc_dropout import find_head
 from ai_engine.cli import main
 from ai_engine.data.phantoms import make_brain_mri, make_chest_ct, write_brain_mri, write_chest_ct
-from ai_engine.detection.config import DetectionConfig
 from ai_engine.errors import InputError, ModelFolderError
 from ai_engine.grading.data import CHANNELS
 from ai_engine.grading.model import load_grading_model
 from ai_engine.io import Volume
 from ai_engine.modelfolder import Component, save_model_folder
 from ai_engine.networks import build_network
+from tests.ai_engine.detection_support import TINY
 
 SHAPE = (32, 32, 32)
 TRAIN_SEEDS = list(range(300, 309))
@@ -378,16 +379,7 @@ def test_model_folders_of_another_task_or_missing_are_refused(other_task_folder,
 
 # ---------------------------------------------------------------- detection scoring
 
-TINY_DETECTOR = DetectionConfig(
-    spacing_mm=(1.5, 1.5, 1.5),
-    patch_size=(32, 32, 32),
-    sw_roi_size=(32, 32, 32),
-    unet_channels=(4, 8, 16),
-    fp_patch_size=16,
-    fp_channels=(4, 8, 8, 8),
-    sw_batch_size=1,
-    candidate_threshold=0.3,
-)
+TINY_DETECTOR = replace(TINY, candidate_threshold=0.3)
 
 
 @pytest.fixture(scope="module")

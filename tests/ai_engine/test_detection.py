@@ -24,19 +24,11 @@ from ai_engine.detection.config import DetectionConfig
 from ai_engine.detection.train import DetectionTrainOptions, train_detector
 from ai_engine.detection.transforms import preprocessing
 from ai_engine.modelfolder import load_model_folder
+from tests.ai_engine.detection_support import TINY
 
 torch.set_num_threads(2)
 REPO = Path(__file__).resolve().parents[2]
 SHAPE = (64, 64, 24)
-TINY = DetectionConfig(
-    spacing_mm=(1.5, 1.5, 1.5),  # coarser than the default: the mechanics, quickly
-    patch_size=(32, 32, 32),
-    sw_roi_size=(32, 32, 32),
-    unet_channels=(4, 8, 16),
-    fp_patch_size=16,
-    fp_channels=(4, 8, 8, 8),
-    sw_batch_size=1,
-)
 
 
 @pytest.fixture(scope="module")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -14,6 +15,7 @@ from ai_engine.detection.candidates import Candidate
 from ai_engine.detection.config import DetectionConfig
 from ai_engine.detection.rescore import FEATURES, Rescorer, candidate_features
 from ai_engine.detection.train import keeps_rescoring
+from tests.ai_engine.detection_support import TINY
 
 
 def _cand(prob, diameter=4.0, n_voxels=30, source="unet", hu=20.0, blob=0.5):
@@ -166,15 +168,7 @@ def test_fit_rescorer_labels_the_candidates_by_the_hit_rule_and_the_detector_sco
     from ai_engine.detection.train import fit_rescorer
     from ai_engine.detection.transforms import preprocessing
 
-    config = DetectionConfig(
-        spacing_mm=(1.5, 1.5, 1.5),
-        patch_size=(32, 32, 32),
-        sw_roi_size=(32, 32, 32),
-        unet_channels=(4, 8, 16),
-        fp_patch_size=16,
-        fp_channels=(4, 8, 8, 8),
-        blob_candidates=0,
-    )
+    config = replace(TINY, blob_candidates=0)  # the U-Net's map alone
     pre = preprocessing(
         config.spacing_mm, config.hu_range, blob_sigmas_mm=config.blob_sigmas_mm, with_label=True
     )
