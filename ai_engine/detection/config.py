@@ -14,6 +14,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
+from ai_engine.detection.rescore import Rescorer
+
 #: "rescored" needs `DetectionConfig.rescore` (fitted by training, `detection.rescore`)
 COMBINE_MODES = ("geometric", "product", "mean", "classifier", "candidate", "rescored")
 
@@ -147,6 +149,8 @@ class DetectionConfig:
             )
         if self.combine == "rescored" and not self.rescore:
             raise ValueError('combine "rescored" needs a fitted rescore (train the detector)')
+        if self.rescore is not None:
+            Rescorer.from_dict(self.rescore)  # refuses a damaged or other version's rescoring
         if self.candidate_peak_distance_mm < 0:
             raise ValueError(
                 "candidate_peak_distance_mm must be >= 0 (0: connected components), "

@@ -111,7 +111,10 @@ class NoduleDetector:
         folder = load_model_folder(path, device=device)
         if folder.task != TASK:
             raise ModelFolderError(f"{path} holds a {folder.task!r} model, not {TASK!r}")
-        config = DetectionConfig.from_dict({**folder.preprocessing, **folder.postprocessing})
+        try:
+            config = DetectionConfig.from_dict({**folder.preprocessing, **folder.postprocessing})
+        except ValueError as exc:  # e.g. a damaged rescoring: say so at load, not at predict
+            raise ModelFolderError(f"{path}: {exc}") from None
         unet = folder.component("candidates")
         classifier = folder.components.get("fp_reduction")
         if not isinstance(unet, torch.nn.Module):

@@ -131,4 +131,9 @@ class Rescorer:
 
     @classmethod
     def from_dict(cls, data: dict) -> Rescorer:
-        return cls(**data)
+        """Raises:
+        ValueError: not a rescorer's dict (keys missing or unknown, other features)."""
+        try:
+            return cls(**data)
+        except TypeError as exc:
+            raise ValueError(f"not a fitted rescoring: {exc}") from None

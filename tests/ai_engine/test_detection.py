@@ -9,6 +9,7 @@ import os
 import re
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import nibabel as nib
@@ -206,6 +207,25 @@ def bad_inputs(data, tmp_path_factory):
     return {"root": root, "datalist": datalist, "bad": bad}
 
 
+def _damaged_rescoring(model: str, bad: Path) -> str:
+    """A copy of the fixture model whose stored rescoring lost its weights."""
+    import shutil
+
+    from ai_engine.detection.rescore import FEATURES
+
+    copy = bad / "damaged-rescore"
+    if not copy.exists():
+        shutil.copytree(model, copy, ignore=shutil.ignore_patterns("work"))
+        manifest = json.loads((copy / "model.json").read_text())
+        manifest["postprocessing"]["combine"] = "rescored"
+        manifest["postprocessing"]["rescore"] = {
+            "features": list(FEATURES), "mean": [0.0] * 7, "scale": [1.0] * 7, "coef": [0.5],
+            "intercept": 0.0,
+        }  # fmt: skip
+        (copy / "model.json").write_text(json.dumps(manifest))
+    return str(copy)
+
+
 def _train_argv(p: dict, out: str, *flags: str) -> list[str]:
     """`train` on the bad-input fixture's datalist into `p["bad"] / out`, plus `flags`."""
     return ["train", "--data", str(p["datalist"]), "--out", str(p["bad"] / out), *flags]
@@ -343,6 +363,17 @@ BAD_CASES = [
         lambda p, m: ["predict", "--model", str(p["bad"]), "--image", str(p["root"] / "ct_11")],
         "model.json is missing",
     ),
+    (
+        "a model folder whose rescoring is damaged",
+        lambda p, m: [
+            "predict",
+            "--model",
+            _damaged_rescoring(m, p["bad"]),
+            "--image",
+            str(p["root"] / "ct_11"),
+        ],
+        "rescorer needs 7 means, scales and weights",
+    ),
 ]
 
 
@@ -444,13 +475,10 @@ def test_a_perfect_probability_map_gives_cpm_1_and_findings_on_the_nodules():
 
 
 # ---------------------------------------------------------------- explanations of findings
-EXPLAIN_CFG = DetectionConfig(
-    patch_size=(32, 32, 32),
-    sw_roi_size=(32, 32, 32),
-    unet_channels=(4, 8, 16),
+EXPLAIN_CFG = replace(
+    TINY,
+    spacing_mm=(1.0, 1.0, 1.0),
     fp_patch_size=24,
-    fp_channels=(4, 8, 8, 8),
-    sw_batch_size=1,
     blob_sigmas_mm=(),  # CenterWeightedEvidence reads the CT channel alone
 )
 
@@ -1226,6 +1254,74 @@ def test_training_records_the_rescoring_fitted_or_why_not(model):
         assert info == {"skipped": "rescoring needs positive and negative candidates"}
         assert folder.postprocessing["rescore"] is None
         assert folder.postprocessing["combine"] != "rescored"
+
+
+def _known_rescorer(*_args, **_kwargs):
+    """A rescoring fitted on samples whose nodules have the stronger blob response: what
+    `fit_rescorer` returns in the tests below, where the tiny U-Net's training candidates hold
+    no hit to fit on."""
+    from ai_engine.detection.rescore import FEATURES, Rescorer
+
+    rng = np.random.default_rng(0)
+    y = (rng.random(300) < 0.2).astype(float)
+    x = rng.normal(size=(300, len(FEATURES)))
+    x[:, FEATURES.index("blob")] += 2.0 * y
+    return Rescorer.fit(x, y)
+
+
+def test_a_fitted_rescoring_within_the_margin_is_the_folders_score(
+    data, model, tmp_path, monkeypatch
+):
+    """Kept on validation: the folder scores "rescored", with the blob candidates the
+    classifier was trained on and the classifier unflipped (as it was fitted), and its
+    validation CPM sits in the table beside the fixed modes'."""
+    from ai_engine.data.datalist import load_datalist
+    from ai_engine.detection.pipeline import NoduleDetector
+
+    monkeypatch.setattr("ai_engine.detection.train.fit_rescorer", _known_rescorer)
+    opts = replace(_one_classifier_step(model), combine_modes=("mean",), rescore_margin=1.0)
+    out = train_detector(load_datalist(data[1]), tmp_path / "m", TINY, opts)
+    folder = load_model_folder(out)
+    info = folder.manifest["made_by_params"]["fp_reduction"]
+    assert folder.postprocessing["rescore"] == info["rescore"]["fitted"]
+    assert folder.postprocessing["rescore"] == _known_rescorer().to_dict()
+    assert info["combine"]["chosen"] == folder.postprocessing["combine"] == "rescored"
+    assert "rescored" in info["combine"]["validation_cpm"]
+    assert folder.postprocessing["blob_candidates"] == TINY.blob_candidates
+    assert folder.postprocessing["fp_test_time_flips"] is False
+    detector = NoduleDetector.from_model_folder(out)
+    item = load_datalist(data[1])["testing"][0]
+    scores = [d.score for d in detector.detect(item["image"]).detections]
+    assert all(0.0 < s < 1.0 for s in scores)
+
+
+def test_without_validation_scans_a_fitted_rescoring_is_the_score(
+    data, model, tmp_path, monkeypatch
+):
+    from ai_engine.data.datalist import load_datalist
+
+    monkeypatch.setattr("ai_engine.detection.train.fit_rescorer", _known_rescorer)
+    datalist = {**load_datalist(data[1]), "validation": []}
+    out = train_detector(datalist, tmp_path / "m", TINY, _one_classifier_step(model))
+    post = load_model_folder(out).postprocessing
+    assert post["combine"] == "rescored" and post["rescore"] == _known_rescorer().to_dict()
+    assert post["blob_candidates"] == TINY.blob_candidates
+
+
+def test_no_rescore_fits_nothing_and_keeps_a_fixed_score(data, model, tmp_path, monkeypatch):
+    from ai_engine.data.datalist import load_datalist
+
+    def refuse(*_args, **_kwargs):
+        raise AssertionError("fit_rescorer called with rescore=False")
+
+    monkeypatch.setattr("ai_engine.detection.train.fit_rescorer", refuse)
+    datalist = {**load_datalist(data[1]), "validation": []}
+    opts = _one_classifier_step(model, rescore=False)
+    out = train_detector(datalist, tmp_path / "m", TINY, opts)
+    folder = load_model_folder(out)
+    assert folder.postprocessing["rescore"] is None
+    assert folder.postprocessing["combine"] == TINY.combine
+    assert "rescore" not in folder.manifest["made_by_params"]["fp_reduction"]
 
 
 def test_training_chooses_the_blob_candidate_count_on_validation(model):

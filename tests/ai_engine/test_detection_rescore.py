@@ -115,6 +115,11 @@ def test_a_rescorer_of_other_features_is_refused():
     data["coef"] = data["coef"][:3]
     with pytest.raises(ValueError, match="needs 7 means, scales and weights"):
         Rescorer.from_dict(data)
+    with pytest.raises(ValueError, match=r"not a fitted rescoring: .*missing"):
+        Rescorer.from_dict({"features": list(FEATURES)})
+    # a configuration (a model folder's postprocessing) refuses it when it is built
+    with pytest.raises(ValueError, match="needs 7 means, scales and weights"):
+        DetectionConfig(combine="rescored", rescore=data)
 
 
 def test_combine_rescored_needs_a_fitted_rescorer_and_round_trips_with_it():
