@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 from scipy import ndimage
@@ -24,6 +24,7 @@ class Candidate:
         source: "unet" (a region of the probability map) or "blob" (a blob-filter maximum).
         center_hu, center_blob: the image's HU and blob response at the centre voxel (set by
             the pipeline, `NoduleDetector.candidates_from_probability`; rescoring uses them).
+        context: what the image says around it (`ai_engine.detection.context`; set there too).
     """
 
     center_voxel: np.ndarray
@@ -35,6 +36,7 @@ class Candidate:
     source: str = "unet"
     center_hu: float = 0.0
     center_blob: float = 0.0
+    context: dict[str, float] = field(default_factory=dict)
 
 
 def extract_candidates(

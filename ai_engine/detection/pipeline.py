@@ -22,6 +22,7 @@ from ai_engine.detection.candidates import (
     merge_close,
 )
 from ai_engine.detection.config import DetectionConfig
+from ai_engine.detection.context import context_features
 from ai_engine.detection.patches import extract_patches
 from ai_engine.detection.rescore import Rescorer
 from ai_engine.detection.transforms import preprocessing
@@ -230,9 +231,13 @@ class NoduleDetector:
         centers = np.array([c.center_voxel for c in cands]).reshape(-1, 3)
         lo_hu, hi_hu = cfg.hu_range
         at = np.clip(np.round(centers).astype(int), 0, np.array(arrays.shape[1:]) - 1)
+        blob = arrays[1] if arrays.shape[0] > 1 else None
         for c, (i, j, k) in zip(cands, at, strict=True):
             c.center_hu = float(arrays[0, i, j, k]) * (hi_hu - lo_hu) + lo_hu
-            c.center_blob = float(arrays[1, i, j, k]) if arrays.shape[0] > 1 else 0.0
+            c.center_blob = float(blob[i, j, k]) if blob is not None else 0.0
+            c.context = context_features(
+                arrays[0], blob, prob, c.center_voxel, c.diameter_mm, spacing, cfg.hu_range
+            )
         centers_mm = voxel_to_lps_mm(image, centers) if len(cands) else np.zeros((0, 3))
         return cands, labels, centers_mm
 

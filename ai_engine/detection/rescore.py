@@ -2,13 +2,15 @@
 
 A logistic regression over a few numbers per candidate, fitted on the training scans'
 candidates after both networks are trained (what CAD systems did before CNNs, on top of
-them): the U-Net's and the classifier's logits, the blob-filter response and the HU at the
-candidate's centre, its size, and whether the U-Net or the blob filter proposed it. The fixed
-combinations of `candidates.combine_scores` (sqrt(p q), (p + q) / 2, ...) weigh the two
-probabilities alike and ignore the rest; the most confident false positives of the bench's
-detector (bronchus ends and vessels with U-Net probability 1.0) have a blob response at their
-centre of 0.05-0.31 against 0.3-1.1 for nine in ten nodules, which neither network's output
-carries to the score. Pure numpy; the fitted weights are a small dict in the model folder.
+them): the U-Net's and the classifier's logits, the HU at the candidate's centre, its size,
+whether the U-Net or the blob filter proposed it, and what the image and the probability map
+say around it (`ai_engine.detection.context`: the blob filter's peak, dense tissue running on
+past it, its shape). The fixed combinations of `candidates.combine_scores` (sqrt(p q),
+(p + q) / 2, ...) weigh the two probabilities alike and ignore the rest; the most confident
+false positives of the bench's detector (bronchus ends and vessels with U-Net probability 1.0)
+have a blob response at their centre of 0.05-0.31 against 0.3-1.1 for nine in ten nodules,
+which neither network's output carries to the score. Pure numpy; the fitted weights are a
+small dict in the model folder, with the names of the features they weigh.
 """
 
 from __future__ import annotations
@@ -19,41 +21,68 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from ai_engine.detection.candidates import Candidate
+from ai_engine.detection.context import CONTEXT_FEATURES
 
-#: the features, in order: U-Net and classifier logits, blob response and HU / 1000 at the
-#: centre, log diameter (mm), log voxel count, 1 for a blob-filter candidate
-FEATURES = ("logit_p", "logit_q", "blob", "hu", "log_diameter", "log_voxels", "from_blob")
+#: what is read at the candidate itself: U-Net and classifier logits, blob response and
+#: HU / 1000 at the centre, log diameter (mm), log voxel count, 1 for a blob-filter candidate
+#: (session 12's rescoring weighed exactly these; its model folders still load)
+CENTRE_FEATURES = ("logit_p", "logit_q", "blob", "hu", "log_diameter", "log_voxels", "from_blob")
+#: every feature a rescoring may weigh
+KNOWN_FEATURES = CENTRE_FEATURES + CONTEXT_FEATURES
+#: what training fits now: the centre's blob response gives way to the peak within 3 mm
+FEATURES = tuple(f for f in CENTRE_FEATURES if f != "blob") + CONTEXT_FEATURES
 _EPS = 1e-6
 
 
-def candidate_features(cands: Sequence[Candidate], q: np.ndarray) -> np.ndarray:
-    """(N, len(FEATURES)) features of the candidates; `q` the classifier's probabilities."""
+def candidate_features(
+    cands: Sequence[Candidate], q: np.ndarray, names: Sequence[str] = FEATURES
+) -> np.ndarray:
+    """(N, len(names)) features of the candidates; `q` the classifier's probabilities.
+
+    Raises:
+        ValueError: `q` does not match the candidates, an unknown name, or a candidate without
+            the context the pipeline sets (`NoduleDetector.candidates_from_probability`).
+    """
+    unknown = [n for n in names if n not in KNOWN_FEATURES]
+    if unknown:
+        raise ValueError(f"unknown rescoring features {unknown}; known: {list(KNOWN_FEATURES)}")
     if len(cands) == 0:
-        return np.zeros((0, len(FEATURES)))
+        return np.zeros((0, len(names)))
     p = np.clip([c.prob for c in cands], _EPS, 1 - _EPS)
     qq = np.clip(np.asarray(q, dtype=np.float64).reshape(-1), _EPS, 1 - _EPS)
     if len(qq) != len(cands):
         raise ValueError(f"{len(qq)} classifier probabilities for {len(cands)} candidates")
-    return np.stack(
-        [
-            np.log(p / (1 - p)),
-            np.log(qq / (1 - qq)),
-            [c.center_blob for c in cands],
-            [c.center_hu / 1000.0 for c in cands],
-            np.log([max(c.diameter_mm, _EPS) for c in cands]),
-            np.log([max(c.n_voxels, 1) for c in cands]),
-            [float(c.source == "blob") for c in cands],
-        ],
-        axis=1,
-    ).astype(np.float64)
+    at_centre = {
+        "logit_p": lambda: np.log(p / (1 - p)),
+        "logit_q": lambda: np.log(qq / (1 - qq)),
+        "blob": lambda: [c.center_blob for c in cands],
+        "hu": lambda: [c.center_hu / 1000.0 for c in cands],
+        "log_diameter": lambda: np.log([max(c.diameter_mm, _EPS) for c in cands]),
+        "log_voxels": lambda: np.log([max(c.n_voxels, 1) for c in cands]),
+        "from_blob": lambda: [float(c.source == "blob") for c in cands],
+    }
+    columns = []
+    for name in names:
+        if name in at_centre:
+            columns.append(np.asarray(at_centre[name](), dtype=np.float64))
+            continue
+        missing = sum(name not in c.context for c in cands)
+        if missing:
+            raise ValueError(
+                f"{missing} of {len(cands)} candidates have no {name!r}: their context is set by "
+                "NoduleDetector.candidates_from_probability"
+            )
+        columns.append(np.array([c.context[name] for c in cands], dtype=np.float64))
+    return np.stack(columns, axis=1)
 
 
 @dataclass
 class Rescorer:
-    """Logistic regression on standardised `FEATURES` (stored as a dict in the model folder).
+    """Logistic regression on standardised features (stored as a dict in the model folder).
 
     Attributes:
-        features: the feature names it was fitted on (checked against `FEATURES`).
+        features: the names of the features it weighs, in order (`KNOWN_FEATURES`; training
+            fits `FEATURES`, session 12's folders hold `CENTRE_FEATURES`).
         mean, scale: standardisation of each feature.
         coef, intercept: the weights on the standardised features.
         n_samples, n_positive: what it was fitted on.
@@ -68,25 +97,34 @@ class Rescorer:
     n_positive: int = 0
 
     def __post_init__(self) -> None:
-        if list(self.features) != list(FEATURES):
+        names = list(self.features)
+        unknown = [n for n in names if n not in KNOWN_FEATURES]
+        if not names or unknown or len(set(names)) != len(names):
             raise ValueError(
-                f"rescorer features {self.features} are not this version's {list(FEATURES)}"
+                f"rescorer features {names} are not distinct names of {list(KNOWN_FEATURES)}"
             )
-        n = len(FEATURES)
+        n = len(names)
         if not (len(self.mean) == len(self.scale) == len(self.coef) == n):
             raise ValueError(f"rescorer needs {n} means, scales and weights")
 
     @classmethod
-    def fit(cls, x: np.ndarray, y: np.ndarray, l2: float = 1.0, iterations: int = 50) -> Rescorer:
+    def fit(
+        cls,
+        x: np.ndarray,
+        y: np.ndarray,
+        l2: float = 1.0,
+        iterations: int = 50,
+        features: Sequence[str] = FEATURES,
+    ) -> Rescorer:
         """Fit by Newton's method (iteratively reweighted least squares) with an L2 penalty of
-        `l2` / 2 * |w|^2 on the weights (not the intercept).
+        `l2` / 2 * |w|^2 on the weights (not the intercept); `x` holds the `features` columns.
 
         Raises:
             ValueError: no positive or no negative sample, or shapes that do not match.
         """
         x = np.asarray(x, dtype=np.float64)
         y = np.asarray(y, dtype=np.float64).reshape(-1)
-        if x.ndim != 2 or x.shape[1] != len(FEATURES) or len(x) != len(y):
+        if x.ndim != 2 or x.shape[1] != len(features) or len(x) != len(y):
             raise ValueError(f"features {x.shape} and labels {y.shape} do not match")
         n_pos = int((y > 0.5).sum())
         if n_pos == 0 or n_pos == len(y):
@@ -107,7 +145,7 @@ class Rescorer:
             if np.max(np.abs(step)) < 1e-8:
                 break
         return cls(
-            features=list(FEATURES),
+            features=list(features),
             mean=mean.tolist(),
             scale=scale.tolist(),
             coef=w[1:].tolist(),
@@ -118,13 +156,13 @@ class Rescorer:
 
     def predict(self, x: np.ndarray) -> np.ndarray:
         """Probability that each candidate (row of `candidate_features`) is a nodule."""
-        x = np.asarray(x, dtype=np.float64).reshape(-1, len(FEATURES))
+        x = np.asarray(x, dtype=np.float64).reshape(-1, len(self.features))
         z = (x - np.asarray(self.mean)) / np.asarray(self.scale)
         return 1.0 / (1.0 + np.exp(-(z @ np.asarray(self.coef) + self.intercept)))
 
     def score(self, cands: Sequence[Candidate], q: np.ndarray) -> np.ndarray:
         """The final scores of `cands` given the classifier's probabilities `q`."""
-        return self.predict(candidate_features(cands, q))
+        return self.predict(candidate_features(cands, q, self.features))
 
     def to_dict(self) -> dict:
         return asdict(self)

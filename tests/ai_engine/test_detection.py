@@ -219,7 +219,7 @@ def _damaged_rescoring(model: str, bad: Path) -> str:
         manifest = json.loads((copy / "model.json").read_text())
         manifest["postprocessing"]["combine"] = "rescored"
         manifest["postprocessing"]["rescore"] = {
-            "features": list(FEATURES), "mean": [0.0] * 7, "scale": [1.0] * 7, "coef": [0.5],
+            "features": list(FEATURES), "mean": [0.0] * 12, "scale": [1.0] * 12, "coef": [0.5],
             "intercept": 0.0,
         }  # fmt: skip
         (copy / "model.json").write_text(json.dumps(manifest))
@@ -372,7 +372,7 @@ BAD_CASES = [
             "--image",
             str(p["root"] / "ct_11"),
         ],
-        "rescorer needs 7 means, scales and weights",
+        "rescorer needs 12 means, scales and weights",
     ),
 ]
 
@@ -1265,7 +1265,7 @@ def _known_rescorer(*_args, **_kwargs):
     rng = np.random.default_rng(0)
     y = (rng.random(300) < 0.2).astype(float)
     x = rng.normal(size=(300, len(FEATURES)))
-    x[:, FEATURES.index("blob")] += 2.0 * y
+    x[:, FEATURES.index("blob_max_3mm")] += 2.0 * y
     return Rescorer.fit(x, y)
 
 

@@ -13,12 +13,21 @@ import torch
 
 from ai_engine.detection.candidates import Candidate
 from ai_engine.detection.config import DetectionConfig
-from ai_engine.detection.rescore import FEATURES, Rescorer, candidate_features
+from ai_engine.detection.context import CONTEXT_FEATURES
+from ai_engine.detection.rescore import (
+    CENTRE_FEATURES,
+    FEATURES,
+    Rescorer,
+    candidate_features,
+)
 from ai_engine.detection.train import keeps_rescoring
 from tests.ai_engine.detection_support import TINY
 
 
-def _cand(prob, diameter=4.0, n_voxels=30, source="unet", hu=20.0, blob=0.5):
+def _cand(prob, diameter=4.0, n_voxels=30, source="unet", hu=20.0, blob=0.5, shell=0.1):
+    """A hand-made candidate; its context as the pipeline would set it (peak = centre blob)."""
+    context = dict.fromkeys(CONTEXT_FEATURES, 0.0)
+    context.update(blob_max_3mm=blob, shell_tissue=shell, blobness=0.8)
     return Candidate(
         center_voxel=np.zeros(3),
         diameter_mm=diameter,
@@ -29,25 +38,48 @@ def _cand(prob, diameter=4.0, n_voxels=30, source="unet", hu=20.0, blob=0.5):
         source=source,
         center_hu=hu,
         center_blob=blob,
+        context=context,
     )
 
 
 def test_features_are_the_logits_the_image_values_and_the_size_of_each_candidate():
-    cands = [_cand(0.5, 4.0, 30, "unet", -800.0, 0.1), _cand(0.9, 2.0, 4, "blob", 35.0, 0.8)]
+    cands = [_cand(0.5, 4.0, 30, "unet", -800.0, 0.1, 0.25), _cand(0.9, 2.0, 4, "blob", 35.0, 0.8)]
     x = candidate_features(cands, np.array([0.2, 0.5]))
     assert x.shape == (2, len(FEATURES))
     row = dict(zip(FEATURES, x[0], strict=True))
     assert row["logit_p"] == pytest.approx(0.0)
     assert row["logit_q"] == pytest.approx(np.log(0.25))
-    assert row["blob"] == pytest.approx(0.1) and row["hu"] == pytest.approx(-0.8)
+    assert row["hu"] == pytest.approx(-0.8)
     assert row["log_diameter"] == pytest.approx(np.log(4.0))
     assert row["log_voxels"] == pytest.approx(np.log(30))
     assert row["from_blob"] == 0.0 and x[1, FEATURES.index("from_blob")] == 1.0
+    # the context columns come from the candidate's context, by name
+    assert row["blob_max_3mm"] == pytest.approx(0.1) and row["shell_tissue"] == 0.25
+    assert row["blobness"] == 0.8 and "blob" not in FEATURES
+    # session 12's features, by name: the blob response at the centre
+    old = candidate_features(cands, np.array([0.2, 0.5]), CENTRE_FEATURES)
+    assert old.shape == (2, 7) and old[1, CENTRE_FEATURES.index("blob")] == pytest.approx(0.8)
     # probabilities of exactly 0 and 1 (a saturated softmax) stay finite
     assert np.isfinite(candidate_features([_cand(1.0), _cand(0.0)], np.array([0.0, 1.0]))).all()
     assert candidate_features([], np.zeros(0)).shape == (0, len(FEATURES))
-    with pytest.raises(ValueError, match="1 classifier probabilities for 2 candidates"):
-        candidate_features(cands, np.array([0.5]))
+
+
+@pytest.mark.parametrize(
+    ("cands", "q", "names", "message"),
+    [
+        ([_cand(0.5), _cand(0.9)], [0.5], FEATURES, "1 classifier probabilities for 2 candidates"),
+        ([_cand(0.5)], [0.5], ("logit_p", "vesselness"), "unknown rescoring features"),
+        (  # made by hand, not by the pipeline: no context to read
+            [_cand(0.5), Candidate(np.zeros(3), 4.0, 0.5, 1, 30, ((0, 0, 0), (1, 1, 1)))],
+            [0.5, 0.5],
+            FEATURES,
+            "1 of 2 candidates have no 'blob_max_3mm'",
+        ),
+    ],
+)
+def test_features_of_bad_input_are_refused_with_the_reason(cands, q, names, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        candidate_features(cands, np.array(q), names)
 
 
 def _synthetic(n=600, seed=0):
@@ -55,7 +87,7 @@ def _synthetic(n=600, seed=0):
     rng = np.random.default_rng(seed)
     y = (rng.random(n) < 0.2).astype(float)
     x = rng.normal(size=(n, len(FEATURES)))
-    x[:, FEATURES.index("blob")] += 2.0 * y
+    x[:, FEATURES.index("blob_max_3mm")] += 2.0 * y
     return x, y
 
 
@@ -63,8 +95,8 @@ def test_fit_weighs_the_feature_that_separates_and_ranks_the_nodules_first():
     x, y = _synthetic()
     r = Rescorer.fit(x, y)
     weights = dict(zip(FEATURES, r.coef, strict=True))
-    assert weights["blob"] > 1.0
-    assert all(abs(w) < 0.3 for k, w in weights.items() if k != "blob")
+    assert weights["blob_max_3mm"] > 1.0
+    assert all(abs(w) < 0.3 for k, w in weights.items() if k != "blob_max_3mm")
     xt, yt = _synthetic(seed=1)
     s = r.predict(xt)
     assert ((s > 0) & (s < 1)).all()
@@ -107,19 +139,42 @@ def test_fit_refuses_one_class_or_mismatched_samples(x, y, message):
 
 
 def test_a_rescorer_of_other_features_is_refused():
+    n = len(FEATURES)
     data = Rescorer.fit(*_synthetic()).to_dict()
     data["features"] = data["features"][:-1]
-    with pytest.raises(ValueError, match="not this version's"):
+    with pytest.raises(ValueError, match=f"needs {n - 1} means, scales and weights"):
         Rescorer.from_dict(data)
+    for names in (["logit_p", "vesselness"], ["logit_p", "logit_p"], []):
+        data = {"features": names, "mean": [0.0] * 2, "scale": [1.0] * 2, "coef": [1.0] * 2}
+        with pytest.raises(ValueError, match="are not distinct names of"):
+            Rescorer.from_dict({**data, "intercept": 0.0})
     data = Rescorer.fit(*_synthetic()).to_dict()
     data["coef"] = data["coef"][:3]
-    with pytest.raises(ValueError, match="needs 7 means, scales and weights"):
+    with pytest.raises(ValueError, match=f"needs {n} means, scales and weights"):
         Rescorer.from_dict(data)
     with pytest.raises(ValueError, match=r"not a fitted rescoring: .*missing"):
         Rescorer.from_dict({"features": list(FEATURES)})
     # a configuration (a model folder's postprocessing) refuses it when it is built
-    with pytest.raises(ValueError, match="needs 7 means, scales and weights"):
+    with pytest.raises(ValueError, match=f"needs {n} means, scales and weights"):
         DetectionConfig(combine="rescored", rescore=data)
+
+
+def test_a_session_12_rescoring_still_loads_and_scores_by_its_own_features():
+    """Folders written before the context features weigh the blob response at the centre."""
+    rng = np.random.default_rng(0)
+    y = (rng.random(400) < 0.2).astype(float)
+    x = rng.normal(size=(400, len(CENTRE_FEATURES)))
+    x[:, CENTRE_FEATURES.index("blob")] += 2.0 * y
+    old = Rescorer.fit(x, y, features=CENTRE_FEATURES).to_dict()
+    assert old["features"] == list(CENTRE_FEATURES) and len(old["coef"]) == 7
+    cfg = DetectionConfig.from_dict(
+        json.loads(json.dumps(DetectionConfig(combine="rescored", rescore=old).to_dict()))
+    )
+    rescorer = Rescorer.from_dict(cfg.rescore)
+    high, low = rescorer.score([_cand(0.7, blob=1.5), _cand(0.7, blob=0.0)], np.array([0.6, 0.6]))
+    assert high > low
+    with pytest.raises(ValueError, match="do not match"):
+        Rescorer.fit(x, y)  # 7 columns are not the 12 features fitted now
 
 
 def test_combine_rescored_needs_a_fitted_rescorer_and_round_trips_with_it():
