@@ -94,9 +94,7 @@ def extract_candidates(
     if n == 0:
         return [], labels.astype(np.int32)
     index = np.arange(1, n + 1)
-    sizes = ndimage.sum_labels(np.ones_like(prob, dtype=np.float32), labels, index)
-    peaks = ndimage.maximum(prob, labels, index)
-    centers = ndimage.center_of_mass(prob.astype(np.float64) ** center_power, labels, index)
+    sizes, peaks, centers = _region_stats(prob, labels, n, center_power)
     boxes = ndimage.find_objects(labels, max_label=n)
     voxel_mm3 = float(np.prod(spacing_mm))
     out = []
@@ -118,6 +116,31 @@ def extract_candidates(
     if max_candidates is not None:
         out = out[:max_candidates]
     return out, labels.astype(np.int32)
+
+
+def _region_stats(
+    prob: np.ndarray, labels: np.ndarray, n: int, center_power: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Voxel count, highest probability and prob ** center_power weighted centroid of regions
+    1..n, read from the labelled voxels only: `ndimage.maximum` and `center_of_mass` over a
+    CT-sized grid sort or sweep all of it (about 20 s of a 512 x 512 x 300 scan's inference)."""
+    where = np.nonzero(labels)
+    lab = labels[where]
+    values = prob[where].astype(np.float64)
+    sizes = np.bincount(lab, minlength=n + 1)[1:].astype(np.float64)
+    peaks = np.full(n + 1, -np.inf)
+    np.maximum.at(peaks, lab, values)
+    weights = values**center_power
+    total = np.bincount(lab, weights=weights, minlength=n + 1)[1:]
+    weighted = total > 0  # else (threshold 0, a region of probability 0): the plain centroid
+    centers = np.empty((n, 3))
+    for d, axis in enumerate(where):
+        moment = np.bincount(lab, weights=weights * axis, minlength=n + 1)[1:]
+        plain = np.bincount(lab, weights=axis.astype(np.float64), minlength=n + 1)[1:]
+        centers[:, d] = np.where(
+            weighted, moment / np.where(weighted, total, 1.0), plain / np.maximum(sizes, 1.0)
+        )
+    return sizes, peaks[1:], centers
 
 
 def combine_scores(
