@@ -66,7 +66,7 @@ class DetectionConfig:
         combine: final score from candidate prob p and classifier prob q: "geometric"
             sqrt(p q), "product" p q, "mean" (p + q) / 2, "classifier" q, "candidate" p, or
             "rescored": the logistic regression `rescore` over p, q and what the image says at
-            the candidate (`ai_engine.detection.rescore`; training fits it on the training
+            and around the candidate (`ai_engine.detection.rescore`, `.context`; training fits it on the training
             scans' candidates and keeps it unless a fixed mode is clearly better on
             validation; otherwise it picks the fixed mode with the best validation CPM).
         finding_threshold: `predict` reports findings with a final score at least this.

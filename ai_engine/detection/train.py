@@ -156,7 +156,8 @@ class DetectionTrainOptions:
             the outputs of a short training stay near 0.5).
         fp_cutmix_prob: share of the classifier's batches mixed by 3D CutMix (0: none).
         rescore: after stage 2, fit the rescoring (`ai_engine.detection.rescore`: a logistic
-            regression over both networks' logits and what the image says at the candidate)
+            regression over both networks' logits and what the image says at and around the
+            candidate)
             on the training scans' candidates, and use it as the final score ("rescored")
             unless the best fixed combination beats it on validation by more than
             `rescore_margin`.
