@@ -66,9 +66,10 @@ class DetectionConfig:
         combine: final score from candidate prob p and classifier prob q: "geometric"
             sqrt(p q), "product" p q, "mean" (p + q) / 2, "classifier" q, "candidate" p, or
             "rescored": the logistic regression `rescore` over p, q and what the image says at
-            and around the candidate (`ai_engine.detection.rescore`, `.context`; training fits it on the training
-            scans' candidates and keeps it unless a fixed mode is clearly better on
-            validation; otherwise it picks the fixed mode with the best validation CPM).
+            and around the candidate (`ai_engine.detection.rescore`, `.context`; training fits
+            it on the training scans' candidates and keeps it unless a fixed mode is clearly
+            better on validation; otherwise it picks the fixed mode with the best validation
+            CPM).
         finding_threshold: `predict` reports findings with a final score at least this.
         body_threshold_hu: voxels above this HU define the body box the U-Net runs on.
         blob_sigmas_mm: scales (mm) of the blob-enhancement channel given to both networks

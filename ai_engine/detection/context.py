@@ -27,6 +27,8 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
+from ai_engine.detection.patches import extract_patches
+
 #: the numbers `context_features` returns, in order
 CONTEXT_FEATURES = (
     "blob_max_3mm",
@@ -54,19 +56,6 @@ def _sphere_directions(n: int = 256) -> np.ndarray:
 
 
 _DIRECTIONS = _sphere_directions()
-
-
-def _patch(array: np.ndarray, center: np.ndarray, half: np.ndarray) -> np.ndarray:
-    """The box center +- half (voxels) of a 3D array; outside it is 0 (air, no response)."""
-    lo = center - half
-    hi = center + half + 1
-    out = np.zeros(tuple(hi - lo), dtype=np.float32)
-    src_lo = np.maximum(lo, 0)
-    src_hi = np.minimum(hi, array.shape)
-    if np.all(src_hi > src_lo):
-        dst = tuple(slice(a - b, c - b) for a, b, c in zip(src_lo, lo, src_hi, strict=True))
-        out[dst] = array[tuple(slice(a, c) for a, c in zip(src_lo, src_hi, strict=True))]
-    return out
 
 
 def _blobness(patch: np.ndarray, at: np.ndarray, sigma_mm: float, spacing: np.ndarray) -> float:
@@ -113,8 +102,12 @@ def context_features(
     radius = max(float(diameter_mm) / 2.0, _MIN_RADIUS_MM)
     reach = radius + _REACH_MM
     half = np.ceil((reach + 2.0) / spacing).astype(int)
-    center = np.rint(np.asarray(center_voxel, dtype=np.float64).reshape(3)).astype(int)
-    img = _patch(image, center, half)
+    center = np.asarray(center_voxel, dtype=np.float64).reshape(1, 3)
+
+    def patch(array: np.ndarray) -> np.ndarray:  # zero (air, no response) beyond the scan
+        return extract_patches(array, center, 2 * half + 1)[0, 0]
+
+    img = patch(image)
     grid = np.meshgrid(
         *(np.arange(-h, h + 1) * s for h, s in zip(half, spacing, strict=True)), indexing="ij"
     )
@@ -124,7 +117,7 @@ def context_features(
 
     out: dict[str, float] = {}
     near = dist <= 3.0
-    out["blob_max_3mm"] = float(_patch(blob, center, half)[near].max()) if blob is not None else 0.0
+    out["blob_max_3mm"] = float(patch(blob)[near].max()) if blob is not None else 0.0
 
     shell = half + _DIRECTIONS * (radius + _SHELL_GAP_MM) / spacing
     on_shell = ndimage.map_coordinates(img, shell.T, order=1, mode="constant")
@@ -153,6 +146,6 @@ def context_features(
     else:  # nothing dense: what a dark candidate (air, ground glass) gives
         out["log_connected"], out["elongation"] = -3.0, 0.0
 
-    mass = _patch(prob, center, half)[dist <= reach].sum() * float(np.prod(spacing))
+    mass = patch(prob)[dist <= reach].sum() * float(np.prod(spacing))
     out["prob_mass"] = float(np.log1p(mass))
     return out

@@ -10,20 +10,22 @@ import torch
 
 
 def extract_patches(
-    image: np.ndarray | torch.Tensor, centers_voxel: np.ndarray, size: int
+    image: np.ndarray | torch.Tensor, centers_voxel: np.ndarray, size: int | Sequence[int]
 ) -> np.ndarray:
-    """(N, C, size, size, size) float32 patches of a (X, Y, Z) (C = 1) or (C, X, Y, Z) image
-    centred on the rounded centers; outside the image is 0 (air after the HU window, no blob)."""
+    """(N, C, *size) float32 patches of a (X, Y, Z) (C = 1) or (C, X, Y, Z) image centred on
+    the rounded centers (voxel size // 2 of the patch); outside the image is 0 (air after the
+    HU window, no blob). `size`: one edge for a cube, or one per axis."""
     array = image.detach().cpu().numpy() if isinstance(image, torch.Tensor) else np.asarray(image)
     if array.ndim == 3:
         array = array[None]
+    edges = np.broadcast_to(np.asarray(size, dtype=int), (3,))
     centers = np.rint(np.asarray(centers_voxel, dtype=np.float64).reshape(-1, 3)).astype(int)
-    out = np.zeros((len(centers), array.shape[0], size, size, size), dtype=np.float32)
-    half = size // 2
+    out = np.zeros((len(centers), array.shape[0], *edges.tolist()), dtype=np.float32)
+    half = edges // 2
     shape = np.array(array.shape[1:])
     for n, c in enumerate(centers):
         lo = c - half
-        hi = lo + size
+        hi = lo + edges
         src_lo = np.maximum(lo, 0)
         src_hi = np.minimum(hi, shape)
         if np.any(src_hi <= src_lo):

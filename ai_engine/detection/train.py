@@ -157,10 +157,9 @@ class DetectionTrainOptions:
         fp_cutmix_prob: share of the classifier's batches mixed by 3D CutMix (0: none).
         rescore: after stage 2, fit the rescoring (`ai_engine.detection.rescore`: a logistic
             regression over both networks' logits and what the image says at and around the
-            candidate)
-            on the training scans' candidates, and use it as the final score ("rescored")
-            unless the best fixed combination beats it on validation by more than
-            `rescore_margin`.
+            candidate) on the training scans' candidates, and use it as the final score
+            ("rescored") unless the best fixed combination beats it on validation by more
+            than `rescore_margin`.
         rescore_l2: L2 penalty of the rescoring's weights (standardised features).
         rescore_margin: how much better (validation CPM) a fixed combination must be to replace
             the rescoring. The validation scans of a small datalist cannot resolve much less

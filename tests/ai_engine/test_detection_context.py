@@ -145,3 +145,19 @@ def test_the_pipeline_sets_the_context_of_every_candidate():
             np.asarray(config.spacing_mm), config.hu_range,
         )  # fmt: skip
         assert c.context == pytest.approx(expected)
+
+
+def test_patches_of_one_edge_per_axis_as_the_context_cuts_them():
+    """`extract_patches` with an edge per axis (the context's box on an anisotropic grid): the
+    rounded centre sits at edge // 2 on each axis, the scan's outside is 0, and equal edges
+    give the cube."""
+    from ai_engine.detection.patches import extract_patches
+
+    image = np.arange(10 * 12 * 8, dtype=np.float32).reshape(10, 12, 8)
+    (patch,) = extract_patches(image, np.array([[4.6, 6.2, 0.0]]), (5, 7, 3))[:, 0]
+    assert patch.shape == (5, 7, 3)
+    assert patch[2, 3, 1] == image[5, 6, 0]
+    assert np.array_equal(patch[:, :, 1:], image[3:8, 3:10, 0:2])
+    assert (patch[:, :, 0] == 0).all()  # slice -1: beyond the scan
+    cube = extract_patches(image, np.array([[5, 6, 4]]), 4)
+    assert np.array_equal(cube, extract_patches(image, np.array([[5, 6, 4]]), (4, 4, 4)))
