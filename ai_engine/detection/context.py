@@ -60,7 +60,8 @@ _DIRECTIONS = _sphere_directions()
 
 def _blobness(patch: np.ndarray, at: np.ndarray, sigma_mm: float, spacing: np.ndarray) -> float:
     """l3 / l1 (eigenvalues l1 <= l2 <= l3) of the smoothed patch's Hessian at `at`, clipped
-    to [-1, 1]; -1 where the centre is no bright extremum (l1 >= 0: a dark spot or flat)."""
+    to [-1, 1]; -1 where the centre is no bright extremum (l1 >= 0: a dark spot or flat), 0
+    on a grid too coarse for the 5-voxel stencil (voxels of ~10 mm)."""
     smooth = ndimage.gaussian_filter(patch.astype(np.float64), sigma_mm / spacing, mode="nearest")
     lo = np.maximum(at - 2, 0)
     sub = smooth[tuple(slice(a, a + 5) for a in lo)]
