@@ -365,7 +365,7 @@ def _load_component(
         net = spec.get("network") or {}
         try:
             module = build_network(net["name"], **net.get("kwargs", {}))
-        except (KeyError, TypeError) as exc:
+        except (KeyError, TypeError, ValueError) as exc:
             raise ModelFolderError(
                 f"model folder {folder}: cannot build network of {name!r}: {exc}"
             ) from exc

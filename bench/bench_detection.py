@@ -19,6 +19,7 @@ import json
 import shutil
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +32,7 @@ from ai_engine.data.datalist import load_datalist, write_datalist  # noqa: E402
 from ai_engine.data.phantoms import chest_ct_datasets, make_chest_ct  # noqa: E402
 from ai_engine.detection.cli import FLIP_CHOICES  # noqa: E402
 from ai_engine.detection.config import DetectionConfig  # noqa: E402
+from ai_engine.detection.ensemble import ensemble_detector  # noqa: E402
 from ai_engine.detection.evaluate import evaluate_detector, write_metrics  # noqa: E402
 from ai_engine.detection.explain import pointing_game_detection  # noqa: E402
 from ai_engine.detection.pipeline import NoduleDetector, findings_on_source  # noqa: E402
@@ -362,6 +364,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--roi", type=int, default=64, help="sliding-window ROI at inference")
     parser.add_argument("--overlap", type=float, default=0.125)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--ensemble",
+        type=int,
+        default=1,
+        metavar="N",
+        help="train N models (seeds --seed ... --seed + N - 1, into --work/members/seedS, each "
+        "reused when there unless --retrain) and combine them into --work/model "
+        "(`detection ensemble`); 1: one model",
+    )
     parser.add_argument("--retrain", action="store_true", help="train even if --work/model exists")
     parser.add_argument(
         "--candidates-from",
@@ -453,7 +464,18 @@ def main() -> int:
     t_train = float("nan")
     if args.retrain or not (model / "model.json").is_file():
         t0 = time.perf_counter()
-        train_detector(load_datalist(datalist), model, config, opts)
+        if args.ensemble > 1:
+            members = []
+            for seed in range(args.seed, args.seed + args.ensemble):
+                member = work / "members" / f"seed{seed}"
+                if args.retrain or not (member / "model.json").is_file():
+                    train_detector(
+                        load_datalist(datalist), member, config, replace(opts, seed=seed)
+                    )
+                members.append(member)
+            ensemble_detector(members, load_datalist(datalist), model, opts)
+        else:
+            train_detector(load_datalist(datalist), model, config, opts)
         t_train = time.perf_counter() - t0
 
     t0 = time.perf_counter()

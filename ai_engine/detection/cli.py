@@ -38,7 +38,7 @@ def _scales(text: str) -> tuple[float, ...]:
 
 
 def build_parser(prog: str) -> argparse.ArgumentParser:
-    """Sub-commands train, evaluate, predict."""
+    """Sub-commands train, ensemble, evaluate, predict."""
     parser = argparse.ArgumentParser(
         prog=prog,
         description="Lung-nodule detection on CT (3D U-Net candidates + 3D ResNet false-positive reduction).",
@@ -220,6 +220,19 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
     t.add_argument("--max-steps", type=int, help="cap on optimizer steps per stage (quick runs)")
     t.add_argument("--no-progress", action="store_true", help="no progress bars")
 
+    n = sub.add_parser(
+        "ensemble",
+        help="combine trained detection models into one (their probabilities averaged)",
+        description="Combine trained detection models (e.g. other seeds) into one model folder: "
+        "the U-Nets' and the classifiers' probabilities are averaged; the candidate threshold "
+        "is chosen again on the validation scans and the rescoring fitted again on the "
+        "training scans' candidates. Nothing is trained.",
+    )
+    n.add_argument("--models", nargs="+", required=True, metavar="MODEL_DIR", help="2 or more")
+    n.add_argument("--data", required=True, help="DATALIST json (training + validation splits)")
+    n.add_argument("--out", required=True, help="model folder to write")
+    n.add_argument("--device", default="cpu")
+
     e = sub.add_parser("evaluate", help="FROC of a model on a datalist split")
     e.add_argument("--model", required=True, help="model folder")
     e.add_argument("--data", required=True, help="DATALIST json")
@@ -262,6 +275,8 @@ def run(args: argparse.Namespace) -> int:
             return _train(args)
         if args.command == "evaluate":
             return _evaluate(args)
+        if args.command == "ensemble":
+            return _ensemble(args)
         return _predict(args)
 
 
@@ -403,6 +418,18 @@ def _train_demo(args: argparse.Namespace) -> int:
     )
     out = train_detector(load_datalist(path), args.out, config, options)
     print(f"demo model folder written to {out} (data: {path})")
+    return 0
+
+
+def _ensemble(args: argparse.Namespace) -> int:
+    from ai_engine.data.datalist import load_datalist
+    from ai_engine.detection.ensemble import ensemble_detector
+    from ai_engine.detection.train import DetectionTrainOptions
+
+    datalist = load_datalist(args.data)
+    opts = DetectionTrainOptions(device=args.device, progress=False)
+    out = ensemble_detector(args.models, datalist, args.out, opts)
+    print(f"ensemble of {len(args.models)} models written to {out}")
     return 0
 
 

@@ -50,7 +50,7 @@ from ai_engine.detection.transforms import (
 )
 from ai_engine.errors import InputError, ModelFolderError
 from ai_engine.evaluation.froc import froc
-from ai_engine.modelfolder import Component, save_model_folder
+from ai_engine.modelfolder import Component, read_manifest, save_model_folder
 from ai_engine.networks import build_network
 from ai_engine.training import (
     CutMixBatch,
@@ -914,6 +914,161 @@ def _check_options(opts: DetectionTrainOptions) -> None:
             )
 
 
+def choose_candidate_settings(
+    unet: torch.nn.Module,
+    config: DetectionConfig,
+    opts: DetectionTrainOptions,
+    val_scans: Sequence[dict[str, Any]],
+) -> dict[str, Any]:
+    """After stage 1: the candidate threshold, peak distance and U-Net test-time flips with the
+    best candidates-only CPM on `val_scans` (`opts.candidate_thresholds`,
+    `opts.candidate_peak_distances`, `opts.try_test_time_flips`), set in `config`. Returns
+    what was tried and chosen, for the model folder."""
+    info: dict[str, Any] = {"candidate_threshold": {}}
+    best: tuple[float, float, bool, float] | None = None
+    for flips in (False, True) if opts.try_test_time_flips else (config.test_time_flips,):
+        config.test_time_flips = flips
+        probe = NoduleDetector(config, unet, None, device=opts.device)
+        thr, table = choose_candidate_threshold(
+            probe, val_scans, opts.candidate_thresholds, opts.candidate_peak_distances
+        )
+        info["candidate_threshold"][f"flips={flips}"] = table
+        _log(f"[candidates] test-time flips {flips}: CPM by threshold(@peak distance) {table}")
+        cpm = max(table.values())
+        if best is None or cpm > best[1]:
+            best = (thr, cpm, flips, probe.config.candidate_peak_distance_mm)
+    assert best is not None
+    config.candidate_threshold, _cpm, config.test_time_flips = best[:3]
+    config.candidate_peak_distance_mm = best[3]
+    info["candidate_threshold"]["chosen"] = best[0]
+    info["test_time_flips"] = best[2]
+    info["candidate_peak_distance_mm"] = best[3]
+    _log(
+        f"[candidates] threshold {best[0]:g}, peak distance {best[3]:g} mm, test-time flips "
+        f"{best[2]} chosen on validation"
+    )
+    return info
+
+
+def finish_detector(
+    out: Path,
+    unet: torch.nn.Module,
+    classifier: torch.nn.Module,
+    config: DetectionConfig,
+    opts: DetectionTrainOptions,
+    train_scans: Sequence[dict[str, Any]],
+    val_scans: Sequence[dict[str, Any]],
+    networks: dict[str, tuple[str, dict[str, Any]]],
+    made_by_params: dict[str, Any],
+    training_data: dict[str, Any],
+    info: dict[str, Any],
+) -> Path:
+    """After the networks (trained, or assembled into an ensemble): fit the rescoring on the
+    training candidates (`opts.rescore`), choose the score combination, blob candidates and
+    classifier flips on validation, measure the validation CPM and write the model folder.
+
+    Args:
+        networks: the registered network name and arguments of "candidates" and
+            "fp_reduction", which the folder stores to rebuild them.
+        info: what the choices here are logged into (inside `made_by_params`).
+    """
+    trained_blob_candidates = config.blob_candidates
+    if opts.rescore:
+        try:
+            rescorer = fit_rescorer(
+                NoduleDetector(config, unet, classifier, device=opts.device),
+                train_scans,
+                opts.rescore_l2,
+            )
+        except ValueError as exc:  # no hit, or nothing but hits, among the candidates
+            info["rescore"] = {"skipped": str(exc)}
+            _log(f"[rescore] not fitted: {exc}")
+        else:
+            config.rescore = rescorer.to_dict()
+            info["rescore"] = {"fitted": config.rescore}
+            weights = dict(zip(rescorer.features, np.round(rescorer.coef, 2).tolist(), strict=True))
+            _log(
+                f"[rescore] fitted on {rescorer.n_samples} training candidates "
+                f"({rescorer.n_positive} hits): weights {weights}"
+            )
+    if val_scans and opts.combine_modes:
+        blob_counts = (
+            [n for n in opts.blob_candidate_counts if n <= config.blob_candidates]
+            if config.blob_candidates
+            else []
+        )
+        chooser = NoduleDetector(config, unet, classifier, device=opts.device)
+        fp_flips = (False, True) if opts.try_fp_test_time_flips else ()
+        mode, table = choose_combine(chooser, val_scans, opts.combine_modes, blob_counts, fp_flips)
+        config.combine = mode
+        config.blob_candidates = chooser.config.blob_candidates
+        config.fp_test_time_flips = chooser.config.fp_test_time_flips
+        if config.rescore is not None:
+            # the rescoring as fitted: on the trained blob candidates, the classifier unflipped
+            fixed = (mode, config.blob_candidates, config.fp_test_time_flips)
+            config.combine, config.blob_candidates = "rescored", trained_blob_candidates
+            config.fp_test_time_flips = False
+            table["rescored"] = detections_cpm(chooser, val_scans, use_classifier=True)["cpm"]
+            if not keeps_rescoring(table, opts.rescore_margin):
+                config.combine, config.blob_candidates, config.fp_test_time_flips = fixed
+            mode = config.combine
+        info["combine"] = {
+            "chosen": mode,
+            "blob_candidates": config.blob_candidates,
+            "fp_test_time_flips": config.fp_test_time_flips,
+            "validation_cpm": table,
+        }
+        _log(
+            f"[fp_reduction] score combination {mode!r} with {config.blob_candidates} blob "
+            f"candidates, classifier flips {config.fp_test_time_flips}, chosen on validation "
+            f"(CPM {table})"
+        )
+    elif config.rescore is not None and not val_scans:  # nothing to compare it with
+        config.combine, config.blob_candidates = "rescored", trained_blob_candidates
+        config.fp_test_time_flips = False
+    metrics: dict[str, Any] = {}
+    if val_scans:
+        det = NoduleDetector(config, unet, classifier, device=opts.device)
+        metrics["validation"] = {
+            "candidates": detections_cpm(det, val_scans, use_classifier=False),
+            "detector": detections_cpm(det, val_scans, use_classifier=True),
+            "n_images": len(val_scans),
+            "n_nodules": sum(len(s["nodules"]) for s in val_scans),
+        }
+        _log(
+            f"validation CPM: candidates {metrics['validation']['candidates']['cpm']:.3f}, "
+            f"detector {metrics['validation']['detector']['cpm']:.3f}"
+        )
+    cfg_dict = config.to_dict()
+    pre_keys = ("spacing_mm", "hu_range", "body_threshold_hu")
+    extras = {
+        "candidates": {"output": "2-class softmax logits", "roi_size": list(config.patch_size)},
+        "fp_reduction": {"output": "nodule logit", "patch_size": config.fp_patch_size},
+    }
+    components = {}
+    for name, (network, kwargs) in networks.items():
+        module = unet if name == "candidates" else classifier
+        components[name] = Component(
+            network=network, network_kwargs=kwargs, module=module, extra=extras[name]
+        )
+    save_model_folder(
+        out,
+        task=TASK,
+        made_by="trained",
+        made_by_params=made_by_params,
+        components=components,
+        preprocessing={"orientation": "RAS", **{k: cfg_dict[k] for k in pre_keys}},
+        postprocessing={k: v for k, v in cfg_dict.items() if k not in pre_keys},
+        training_data=training_data,
+        metrics=metrics,
+        extra_files={
+            "log_candidates.jsonl": out / "work" / "candidates" / "log.jsonl",
+            "log_fp_reduction.jsonl": out / "work" / "fp_reduction" / "log.jsonl",
+        },
+    )
+    return out
+
+
 def train_detector(
     datalist: dict[str, list[dict[str, Any]]],
     out: str | Path,
@@ -941,6 +1096,9 @@ def train_detector(
         raise InputError("candidates_from is the output folder: write the new model elsewhere")
     kept_stage = (
         _load_candidate_stage(opts.candidates_from, opts.device) if opts.candidates_from else None
+    )
+    kept_network = (
+        component_network(opts.candidates_from, "candidates") if opts.candidates_from else {}
     )
     if kept_stage is not None:  # its preprocessing too: the scans below are prepared for it
         config = config.with_candidate_stage_of(kept_stage[1])
@@ -974,142 +1132,64 @@ def train_detector(
     else:
         unet, info1 = _candidate_stage(train_items, val_scans, config, opts, out, train_scans)
     if val_scans and opts.candidate_thresholds and not opts.candidates_from:
-        best: tuple[float, float, bool, float] | None = None
-        for flips in (False, True) if opts.try_test_time_flips else (config.test_time_flips,):
-            config.test_time_flips = flips
-            probe = NoduleDetector(config, unet, None, device=opts.device)
-            thr, table = choose_candidate_threshold(
-                probe, val_scans, opts.candidate_thresholds, opts.candidate_peak_distances
-            )
-            info1.setdefault("candidate_threshold", {})[f"flips={flips}"] = table
-            _log(f"[candidates] test-time flips {flips}: CPM by threshold(@peak distance) {table}")
-            cpm = max(table.values())
-            if best is None or cpm > best[1]:
-                best = (thr, cpm, flips, probe.config.candidate_peak_distance_mm)
-        assert best is not None
-        config.candidate_threshold, _cpm, config.test_time_flips = best[:3]
-        config.candidate_peak_distance_mm = best[3]
-        info1["candidate_threshold"]["chosen"] = best[0]
-        info1["test_time_flips"] = best[2]
-        info1["candidate_peak_distance_mm"] = best[3]
-        _log(
-            f"[candidates] threshold {best[0]:g}, peak distance {best[3]:g} mm, test-time flips "
-            f"{best[2]} chosen on validation"
-        )
+        info1.update(choose_candidate_settings(unet, config, opts, val_scans))
     if train_scans is None:
         _log(f"preprocessing {len(train_items)} training scans for candidate mining")
         train_scans = _preprocess_items(train_items, config)
     classifier, info2 = _fp_stage(unet, train_scans, val_scans, config, opts, out)
-    trained_blob_candidates = config.blob_candidates
-    if opts.rescore:
-        try:
-            rescorer = fit_rescorer(
-                NoduleDetector(config, unet, classifier, device=opts.device),
-                train_scans,
-                opts.rescore_l2,
-            )
-        except ValueError as exc:  # no hit, or nothing but hits, among the candidates
-            info2["rescore"] = {"skipped": str(exc)}
-            _log(f"[rescore] not fitted: {exc}")
-        else:
-            config.rescore = rescorer.to_dict()
-            info2["rescore"] = {"fitted": config.rescore}
-            weights = dict(zip(rescorer.features, np.round(rescorer.coef, 2).tolist(), strict=True))
-            _log(
-                f"[rescore] fitted on {rescorer.n_samples} training candidates "
-                f"({rescorer.n_positive} hits): weights {weights}"
-            )
-    if val_scans and opts.combine_modes:
-        blob_counts = (
-            [n for n in opts.blob_candidate_counts if n <= config.blob_candidates]
-            if config.blob_candidates
-            else []
-        )
-        chooser = NoduleDetector(config, unet, classifier, device=opts.device)
-        fp_flips = (False, True) if opts.try_fp_test_time_flips else ()
-        mode, table = choose_combine(chooser, val_scans, opts.combine_modes, blob_counts, fp_flips)
-        config.combine = mode
-        config.blob_candidates = chooser.config.blob_candidates
-        config.fp_test_time_flips = chooser.config.fp_test_time_flips
-        if config.rescore is not None:
-            # the rescoring as fitted: on the trained blob candidates, the classifier unflipped
-            fixed = (mode, config.blob_candidates, config.fp_test_time_flips)
-            config.combine, config.blob_candidates = "rescored", trained_blob_candidates
-            config.fp_test_time_flips = False
-            table["rescored"] = detections_cpm(chooser, val_scans, use_classifier=True)["cpm"]
-            if not keeps_rescoring(table, opts.rescore_margin):
-                config.combine, config.blob_candidates, config.fp_test_time_flips = fixed
-            mode = config.combine
-        info2["combine"] = {
-            "chosen": mode,
-            "blob_candidates": config.blob_candidates,
-            "fp_test_time_flips": config.fp_test_time_flips,
-            "validation_cpm": table,
-        }
-        _log(
-            f"[fp_reduction] score combination {mode!r} with {config.blob_candidates} blob "
-            f"candidates, classifier flips {config.fp_test_time_flips}, chosen on validation "
-            f"(CPM {table})"
-        )
-    elif config.rescore is not None and not val_scans:  # nothing to compare it with
-        config.combine, config.blob_candidates = "rescored", trained_blob_candidates
-        config.fp_test_time_flips = False
-    metrics: dict[str, Any] = {}
-    if val_scans:
-        det = NoduleDetector(config, unet, classifier, device=opts.device)
-        metrics["validation"] = {
-            "candidates": detections_cpm(det, val_scans, use_classifier=False),
-            "detector": detections_cpm(det, val_scans, use_classifier=True),
-            "n_images": len(val_scans),
-            "n_nodules": sum(len(s["nodules"]) for s in val_scans),
-        }
-        _log(
-            f"validation CPM: candidates {metrics['validation']['candidates']['cpm']:.3f}, "
-            f"detector {metrics['validation']['detector']['cpm']:.3f}"
-        )
-    cfg_dict = config.to_dict()
-    pre_keys = ("spacing_mm", "hu_range", "body_threshold_hu")
-    save_model_folder(
+    return finish_detector(
         out,
-        task=TASK,
-        made_by="trained",
+        unet,
+        classifier,
+        config,
+        opts,
+        train_scans,
+        val_scans,
+        networks={
+            # a kept U-Net may be another network than this config builds (an ensemble's)
+            "candidates": (
+                (kept_network["name"], kept_network["kwargs"])
+                if opts.candidates_from
+                else ("unet3d", config.unet_kwargs)
+            ),
+            "fp_reduction": ("resnet3d", config.fp_kwargs),
+        },
         made_by_params={"options": asdict(opts), "candidates": info1, "fp_reduction": info2},
-        components={
-            "candidates": Component(
-                network="unet3d",
-                network_kwargs=config.unet_kwargs,
-                module=unet,
-                extra={"output": "2-class softmax logits", "roi_size": list(config.patch_size)},
-            ),
-            "fp_reduction": Component(
-                network="resnet3d",
-                network_kwargs=config.fp_kwargs,
-                module=classifier,
-                extra={"output": "nodule logit", "patch_size": config.fp_patch_size},
-            ),
-        },
-        preprocessing={"orientation": "RAS", **{k: cfg_dict[k] for k in pre_keys}},
-        postprocessing={k: v for k, v in cfg_dict.items() if k not in pre_keys},
         training_data=training_data_hash({"training": given_items, "validation": val_items}),
-        metrics=metrics,
-        extra_files={
-            "log_candidates.jsonl": out / "work" / "candidates" / "log.jsonl",
-            "log_fp_reduction.jsonl": out / "work" / "fp_reduction" / "log.jsonl",
-        },
+        info=info2,
     )
-    return out
 
 
 __all__ = [
     "BEST_WEIGHTS",
     "DetectionTrainOptions",
+    "choose_candidate_settings",
+    "component_network",
     "detections_cpm",
+    "finish_detector",
     "fit_rescorer",
     "keeps_rescoring",
     "mine_classifier_samples",
     "mine_false_positives",
     "train_detector",
 ]
+
+
+def component_network(path: str | Path, component: str) -> dict[str, Any]:
+    """The network name and arguments of a model folder's component, as its manifest stores
+    them (`{"name": ..., "kwargs": ...}`), to store it again in a folder that keeps it.
+
+    Raises:
+        InputError: the component is not a network the registry rebuilds (e.g. exported).
+    """
+    try:
+        spec = read_manifest(path)["components"].get(component) or {}
+    except (ModelFolderError, FileNotFoundError) as exc:
+        raise InputError(str(exc)) from None
+    network = spec.get("network")
+    if not network or "name" not in network:
+        raise InputError(f"{path}: its {component!r} is not a network to rebuild")
+    return {"name": network["name"], "kwargs": network.get("kwargs", {})}
 
 
 def _load_candidate_stage(path: str | Path, device: str) -> tuple[torch.nn.Module, DetectionConfig]:

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from monai.visualize import GradCAM, GradCAMpp, OcclusionSensitivity
 
+from ai_engine.networks.ensemble import MeanEnsemble
 from ai_engine.networks.probe import probe_outputs
 
 __all__ = [
@@ -171,6 +172,8 @@ def explain(
     """
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    if isinstance(model, MeanEnsemble) and method != "occlusion":
+        return _ensemble_cam(model, image, method, class_idx, target_layer)
     x = torch.as_tensor(np.asarray(image) if not torch.is_tensor(image) else image)
     x = x.float().unsqueeze(0)
     was_training = model.training
@@ -213,6 +216,31 @@ def explain(
         model.train(was_training)
     heat = np.nan_to_num(np.asarray(heat, dtype=np.float32))
     return heat, int(class_idx)
+
+
+def _ensemble_cam(
+    model: MeanEnsemble,
+    image: np.ndarray | torch.Tensor,
+    method: Method,
+    class_idx: int | None,
+    target_layer: str | None,
+) -> tuple[np.ndarray, int]:
+    """An ensemble's CAM: the mean of its members' maps for the ensemble's class (each member
+    has its own layers; the ensemble's output is the mean of theirs), scaled to [0, 1]."""
+    if class_idx is None:
+        x = torch.as_tensor(np.asarray(image) if not torch.is_tensor(image) else image)
+        device = next(model.parameters()).device
+        was_training = model.training
+        try:
+            with torch.no_grad():
+                probe = model.eval()(x.float().unsqueeze(0).to(device))
+        finally:
+            model.train(was_training)
+        class_idx = int(probe.argmax(dim=1)[0])
+    heats = [explain(m, image, method, class_idx, target_layer)[0] for m in model.members]
+    heat = np.mean(heats, axis=0)
+    peak = float(heat.max())
+    return (heat / peak if peak > 0 else heat).astype(np.float32), int(class_idx)
 
 
 def _occlusion(

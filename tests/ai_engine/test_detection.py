@@ -20,62 +20,30 @@ from scipy import ndimage
 
 from ai_engine.cli import main
 from ai_engine.data.datalist import write_datalist
-from ai_engine.data.phantoms import write_brain_mri, write_chest_ct
+from ai_engine.data.phantoms import write_brain_mri
 from ai_engine.detection.candidates import add_blob_candidates, extract_candidates, merge_close
 from ai_engine.detection.config import DetectionConfig
 from ai_engine.detection.train import DetectionTrainOptions, train_detector
 from ai_engine.detection.transforms import preprocessing
 from ai_engine.modelfolder import load_model_folder
-from tests.ai_engine.detection_support import TINY
+from tests.ai_engine.detection_support import SHAPE, TINY, tiny_chest_datalist, tiny_train_options
 
 torch.set_num_threads(2)
 REPO = Path(__file__).resolve().parents[2]
-SHAPE = (64, 64, 24)
 
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
     root = tmp_path_factory.mktemp("detection")
-    items = []
-    for seed in (11, 12, 13):
-        nodules = write_chest_ct(root / f"ct_{seed}", seed, shape=SHAPE)
-        items.append(
-            {
-                "image": f"ct_{seed}",
-                "nodules": [{k: n[k] for k in ("center_lps_mm", "diameter_mm")} for n in nodules],
-            }
-        )
-    assert any(it["nodules"] for it in items[:2]), "the fixture seeds must give nodules"
-    datalist = write_datalist(
-        {"training": items[:2], "validation": items[2:], "testing": items[2:]},
-        root / "datalist.json",
-    )
-    return root, datalist
+    return root, tiny_chest_datalist(root)
 
 
 @pytest.fixture(scope="module")
 def model(data):
-    root, datalist = data
     from ai_engine.data.datalist import load_datalist
 
-    opts = DetectionTrainOptions(
-        epochs=3,
-        steps_per_epoch=4,
-        batch_size=2,
-        lr=1e-2,
-        fp_epochs=3,
-        fp_steps_per_epoch=6,
-        fp_batch_size=16,
-        fp_lr=1e-2,
-        warmup_steps=2,
-        early_stopping_patience=None,
-        seed=0,
-        random_negatives=6,
-        elastic_prob=0.0,
-        progress=False,
-    )
-    out = train_detector(load_datalist(datalist), root / "model", TINY, opts)
-    return out
+    root, datalist = data
+    return train_detector(load_datalist(datalist), root / "model", TINY, tiny_train_options())
 
 
 def _losses(path: Path) -> list[float]:
