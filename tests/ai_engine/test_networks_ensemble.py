@@ -12,7 +12,13 @@ from ai_engine.networks import build_network
 from ai_engine.networks.ensemble import MeanEnsemble
 
 torch.set_num_threads(2)
-UNET = {"in_channels": 1, "out_channels": 2, "channels": (4, 8), "strides": (2,), "norm": "instance"}
+UNET = {
+    "in_channels": 1,
+    "out_channels": 2,
+    "channels": (4, 8),
+    "strides": (2,),
+    "norm": "instance",
+}
 RESNET = {"num_classes": 1, "block_inplanes": (4, 4, 8, 8)}
 
 
