@@ -438,7 +438,10 @@ def training_setup(args: argparse.Namespace) -> tuple[DetectionConfig, Detection
 
 
 def main() -> int:
-    args = build_parser().parse_args()
+    parser = build_parser()
+    args = parser.parse_args()
+    if args.ensemble < 1:
+        parser.error(f"--ensemble must be 1 (one model) or more, got {args.ensemble}")
     torch.set_num_threads(args.threads)
     work = Path(args.work)
     shape = tuple(int(v) for v in args.shape.split(","))

@@ -105,7 +105,6 @@ def ensemble_detector(
         )
         for name, output in (("candidates", "softmax"), ("fp_reduction", "sigmoid"))
     }
-    out.mkdir(parents=True, exist_ok=True)
     _log(f"[ensemble] {len(loaded)} members; preprocessing {len(val_items)} validation scans")
     val_scans = _preprocess_items(val_items, config)
     info1: dict[str, Any] = {}
@@ -113,7 +112,6 @@ def ensemble_detector(
         info1 = choose_candidate_settings(unet, config, opts, val_scans)
     _log(f"[ensemble] preprocessing {len(train_items)} training scans for the rescoring")
     train_scans = _preprocess_items(train_items, config)
-    info2: dict[str, Any] = {}
     return finish_detector(
         out,
         unet,
@@ -130,8 +128,7 @@ def ensemble_detector(
             ],
             "options": asdict(opts),
             "candidates": info1,
-            "fp_reduction": info2,
+            "fp_reduction": {},
         },
         training_data=training_data_hash({"training": train_items, "validation": val_items}),
-        info=info2,
     )

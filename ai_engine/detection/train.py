@@ -961,7 +961,6 @@ def finish_detector(
     networks: dict[str, tuple[str, dict[str, Any]]],
     made_by_params: dict[str, Any],
     training_data: dict[str, Any],
-    info: dict[str, Any],
 ) -> Path:
     """After the networks (trained, or assembled into an ensemble): fit the rescoring on the
     training candidates (`opts.rescore`), choose the score combination, blob candidates and
@@ -970,8 +969,10 @@ def finish_detector(
     Args:
         networks: the registered network name and arguments of "candidates" and
             "fp_reduction", which the folder stores to rebuild them.
-        info: what the choices here are logged into (inside `made_by_params`).
+        made_by_params: how the networks were made; the choices made here are added to its
+            "fp_reduction" entry.
     """
+    info = made_by_params.setdefault("fp_reduction", {})
     trained_blob_candidates = config.blob_candidates
     if opts.rescore:
         try:
@@ -1156,7 +1157,6 @@ def train_detector(
         },
         made_by_params={"options": asdict(opts), "candidates": info1, "fp_reduction": info2},
         training_data=training_data_hash({"training": given_items, "validation": val_items}),
-        info=info2,
     )
 
 

@@ -145,11 +145,17 @@ def test_bad_ensembles_are_refused_and_write_nothing(members, tmp_path):
     manifest = json.loads((other / "model.json").read_text())
     manifest["preprocessing"]["spacing_mm"] = [2.0, 2.0, 2.0]
     (other / "model.json").write_text(json.dumps(manifest))
+    no_classifier = tmp_path / "no-classifier"
+    shutil.copytree(folders[1], no_classifier)
+    manifest = json.loads((no_classifier / "model.json").read_text())
+    del manifest["components"]["fp_reduction"]
+    (no_classifier / "model.json").write_text(json.dumps(manifest))
     cases = [
         ([folders[0]], data, "at least 2 detection models"),
         ([folders[0], folders[0]], data, "named twice"),
         ([folders[0], tmp_path / "nowhere"], data, "ensemble member .*nowhere"),
         ([folders[0], other], data, r"differs from .* in \['spacing_mm'\]"),
+        ([folders[0], no_classifier], data, "has no false-positive classifier"),
         (folders, {"validation": data["validation"]}, "no 'training' items"),
     ]
     for paths, datalist_, message in cases:
@@ -169,3 +175,57 @@ def test_the_cli_says_what_is_wrong_and_exits_2(members, tmp_path, capsys):
     assert main(argv) == 2
     assert "at least 2 detection models" in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_a_scan_the_ensemble_cannot_read_exits_2_and_writes_nothing(members, tmp_path, capsys):
+    """The scans are read after the members: an MR series among the training scans is refused
+    with its reason, and no half-made folder is left."""
+    from ai_engine.data.datalist import write_datalist
+    from ai_engine.data.phantoms import write_brain_mri
+
+    _, datalist, folders = members
+    write_brain_mri(tmp_path / "mr", seed=1, grade=2, shape=(64, 64, 24))
+    data = load_datalist(datalist)
+    bad = write_datalist(
+        {"training": [{"image": str(tmp_path / "mr" / "T1"), "nodules": []}],
+         "validation": data["validation"]},
+        tmp_path / "bad.json",
+    )  # fmt: skip
+    out = tmp_path / "e"
+    argv = ["detection", "ensemble", "--models", *map(str, folders), "--data", str(bad),
+            "--out", str(out)]  # fmt: skip
+    assert main(argv) == 2
+    assert "needs a CT" in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_classifier_only_training_keeps_an_ensembles_unets(members, ensemble, tmp_path):
+    """`candidates_from` an ensemble: the new folder stores its U-Net as the ensemble it is
+    (a `unet3d` entry would not load its weights) and scores as the ensemble does."""
+    _, datalist, _ = members
+    opts = tiny_train_options(
+        fp_epochs=1, fp_steps_per_epoch=2, candidates_from=str(ensemble), combine_modes=()
+    )
+    out = train_detector(load_datalist(datalist), tmp_path / "cls", TINY, opts)
+    network = load_model_folder(out).manifest["components"]["candidates"]["network"]
+    assert network["name"] == "mean_ensemble" and len(network["kwargs"]["members"]) == 2
+    kept, new = NoduleDetector.from_model_folder(ensemble), NoduleDetector.from_model_folder(out)
+    assert isinstance(new.unet, MeanEnsemble)
+    for key, value in kept.unet.state_dict().items():
+        torch.testing.assert_close(new.unet.state_dict()[key], value)
+
+
+def test_component_network_names_what_it_cannot_rebuild(members, tmp_path):
+    from ai_engine.detection.train import component_network
+
+    _, _, folders = members
+    assert component_network(folders[0], "candidates")["name"] == "unet3d"
+    copy = tmp_path / "copy"
+    shutil.copytree(folders[0], copy)
+    manifest = json.loads((copy / "model.json").read_text())
+    del manifest["components"]["candidates"]["network"]
+    (copy / "model.json").write_text(json.dumps(manifest))
+    with pytest.raises(InputError, match="'candidates' is not a network to rebuild"):
+        component_network(copy, "candidates")
+    with pytest.raises(InputError, match="nowhere"):
+        component_network(tmp_path / "nowhere", "candidates")
