@@ -235,6 +235,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--fp-steps-per-epoch", type=int, default=40)
     parser.add_argument("--fp-batch-size", type=int, default=16)
     parser.add_argument("--fp-channels", default="8,16,32,32", help="classifier stage widths")
+    parser.add_argument(
+        "--unet-channels", default="8,16,32,64", help="U-Net feature maps per level"
+    )
     parser.add_argument("--lr", type=float, default=1e-2, help="U-Net peak learning rate")
     parser.add_argument("--fp-lr", type=float, default=1e-3, help="classifier peak learning rate")
     parser.add_argument(
@@ -395,6 +398,7 @@ def training_setup(args: argparse.Namespace) -> tuple[DetectionConfig, Detection
         sw_overlap=args.overlap,
         fp_patch_size=args.fp_patch,
         fp_channels=tuple(int(v) for v in args.fp_channels.split(",")),
+        unet_channels=tuple(int(v) for v in args.unet_channels.split(",")),
         candidate_peak_distance_mm=args.peak_distance,
         blob_candidates=args.blob_candidates,
         fp_gate=not args.plain_classifier,

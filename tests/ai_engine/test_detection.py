@@ -1585,8 +1585,10 @@ def test_bench_flags_reach_the_config_and_the_training_options():
     assert config.spacing_mm == (1.0, 1.0, 1.0) and not config.test_time_flips
     assert opts.ema_decay is None and not opts.try_test_time_flips
     assert opts.paste_copies == 0 and opts.rescore is True
+    assert config.unet_channels == DetectionConfig().unet_channels  # the library's
     argv = ["--spacing", "1.5", "--patch", "48", "--norm", "batch", "--roi", "96",
             "--overlap", "0.25", "--fp-patch", "32", "--fp-channels", "16,32,64,64",
+            "--unet-channels", "16,32,64,128",
             "--peak-distance", "3", "--blob-candidates", "8", "--plain-classifier",
             "--test-time-flips", "search", "--epochs", "3", "--steps-per-epoch", "7",
             "--fp-epochs", "5", "--fp-steps-per-epoch", "9", "--batch-size", "6",
@@ -1603,6 +1605,7 @@ def test_bench_flags_reach_the_config_and_the_training_options():
     assert config.spacing_mm == (1.5,) * 3 and config.patch_size == (48,) * 3
     assert (config.unet_norm, config.sw_roi_size, config.sw_overlap) == ("batch", (96,) * 3, 0.25)
     assert (config.fp_patch_size, config.fp_channels) == (32, (16, 32, 64, 64))
+    assert config.unet_channels == (16, 32, 64, 128)
     assert (config.candidate_peak_distance_mm, config.blob_candidates) == (3.0, 8)
     assert config.fp_gate is False and config.test_time_flips is False
     assert opts.try_test_time_flips is True
