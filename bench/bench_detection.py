@@ -236,7 +236,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--fp-batch-size", type=int, default=16)
     parser.add_argument("--fp-channels", default="8,16,32,32", help="classifier stage widths")
     parser.add_argument(
-        "--unet-channels", default="8,16,32,64", help="U-Net feature maps per level"
+        "--unet-channels",
+        default=",".join(str(c) for c in DetectionConfig().unet_channels),
+        help="U-Net feature maps per level (default: the library's)",
     )
     parser.add_argument("--lr", type=float, default=1e-2, help="U-Net peak learning rate")
     parser.add_argument("--fp-lr", type=float, default=1e-3, help="classifier peak learning rate")

@@ -99,3 +99,27 @@ def test_a_folder_whose_ensemble_cannot_be_built_says_so(tmp_path):
     )
     with pytest.raises(ModelFolderError, match=r"cannot build network.*not one of"):
         load_model_folder(tmp_path / "m")
+
+
+@pytest.mark.parametrize("fmt", ["torchscript", "onnx"])
+def test_an_ensemble_exports_with_its_own_output(tmp_path, fmt):
+    """The module docstring's promise: export takes an ensemble as it takes one network."""
+    from ai_engine.deploy.export import (
+        export_onnx,
+        export_torchscript,
+        load_torchscript,
+        max_abs_diff,
+        onnx_session,
+        run_onnx,
+    )
+
+    ens = MeanEnsemble(_members("resnet3d", RESNET), "sigmoid").eval()
+    x = torch.randn(2, 1, 16, 16, 16)
+    with torch.no_grad():
+        want = ens(x)
+    if fmt == "torchscript":
+        got = load_torchscript(export_torchscript(ens, x, tmp_path / "m.pt"))(x)
+    else:
+        path, _ = export_onnx(ens, x, tmp_path / "m.onnx")
+        got = run_onnx(onnx_session(path), x.numpy())
+    assert max_abs_diff(want, got) < 1e-4
