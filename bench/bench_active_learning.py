@@ -135,10 +135,17 @@ VARIANTS = {
     "diversity-1": {"diversity_weight": 1.0},
     "margin": {"tta": False},
     "class-balance": {},
+    "labeled-diversity-0.2": {"diversity_weight": 0.2},
+    "labeled-diversity-0.5": {"diversity_weight": 0.5},
+    "tta-16": {"tta_weight": 16.0},
+    "tta-64": {"tta_weight": 64.0},
 }
 #: variants that pass the labelled set's grade counts (`labeled_counts`: class-balanced
 #: uncertainty)
 COUNTED = {"class-balance"}
+#: variants that pass the labelled studies (`labeled`: diversity counted from the labelled
+#: set, so that it acts on the first pick too)
+WITH_LABELED = {"labeled-diversity-0.2", "labeled-diversity-0.5"}
 #: variants that re-rank the library's queue by one of its components (a signal under test
 #: that `score_studies` reports but does not rank by): foreground studies first, then by it
 RERANK = {"margin": "margin"}
@@ -383,6 +390,8 @@ def run_seed(
                 kwargs["diversity_weight"] = args.diversity
             if strategy.removeprefix("uncertainty-") in COUNTED:
                 kwargs["labeled_counts"] = grade_counts(labeled, by_key)
+            if strategy.removeprefix("uncertainty-") in WITH_LABELED:
+                kwargs["labeled"] = [(k, by_key[k]["volume"]) for k in labeled]
             ranking = score_studies(
                 folder, unlabeled, strategy="random" if strategy == "random" else "uncertainty",
                 mc_samples=args.mc_samples, seed=derive_seed(rep, "score", r), **kwargs,

@@ -10,7 +10,12 @@ and the study with the largest objective is queued next (ties: the earlier input
 study's uncertainty, `u_max` the pool's largest (so both terms share one scale), `w` the
 diversity weight. With w = 0 the order is plain uncertainty; with w = 1 it is the k-center
 greedy order of Sener & Savarese (2018) seeded with the most uncertain study. The first pick
-is always the most uncertain study (nothing is queued yet, every d_i counts as maximal).
+is the most uncertain study (nothing is queued yet, every d_i counts as maximal), unless
+`reference` embeddings are given: the studies already labelled. Then d_i starts as the
+distance to the nearest labelled study, so the first pick (the only one when an annotator
+takes the queue one study at a time) already weighs how unlike the labelled set a study is:
+the core-set criterion of Sener & Savarese, where a repeat scan of a labelled patient is
+close to its sibling and moves down.
 """
 
 from __future__ import annotations
@@ -51,7 +56,8 @@ class DiverseOrder:
         order: study indices, label first.
         objective: the objective of each study when it was picked (indexed like the input).
         diversity: its normalised distance d_i / max_j d_j at that moment (1 for the first).
-        min_distance: its raw cosine distance to the nearest study queued before it.
+        min_distance: its raw cosine distance to the nearest study queued before it (or
+            reference study); NaN for the first pick without reference.
     """
 
     order: list[int]
@@ -60,11 +66,23 @@ class DiverseOrder:
     min_distance: np.ndarray
 
 
-def diverse_order(uncertainty: np.ndarray, embeddings: np.ndarray, weight: float) -> DiverseOrder:
+def diverse_order(
+    uncertainty: np.ndarray,
+    embeddings: np.ndarray,
+    weight: float,
+    reference: np.ndarray | None = None,
+) -> DiverseOrder:
     """Greedy uncertainty + max-min-distance order of all studies (see the module docstring).
 
+    Args:
+        uncertainty: (n,) u of each study.
+        embeddings: (n, d) features of each study.
+        weight: w in [0, 1].
+        reference: optional (m, d) features of the studies already labelled: distances
+            count from them as from studies queued before.
+
     Raises:
-        ValueError: `weight` outside [0, 1] or mismatched lengths.
+        ValueError: `weight` outside [0, 1] or mismatched shapes.
     """
     u = np.asarray(uncertainty, dtype=np.float64)
     e = np.asarray(embeddings, dtype=np.float64)
@@ -73,15 +91,20 @@ def diverse_order(uncertainty: np.ndarray, embeddings: np.ndarray, weight: float
         raise ValueError(f"diversity weight must be in [0, 1], got {weight}")
     if e.ndim != 2 or e.shape[0] != n:
         raise ValueError(f"expected ({n}, d) embeddings, got {e.shape}")
+    ref = None if reference is None else np.asarray(reference, dtype=np.float64)
+    if ref is not None and ref.size == 0:
+        ref = None
+    if ref is not None and (ref.ndim != 2 or ref.shape[1] != e.shape[1]):
+        raise ValueError(f"expected (m, {e.shape[1]}) reference embeddings, got {ref.shape}")
     u_max = float(u.max()) if n and u.max() > 0 else 1.0
     remaining = np.ones(n, dtype=bool)
-    nearest = np.full(n, np.inf)
+    nearest = np.full(n, np.inf) if ref is None else cosine_distances(e, ref).min(axis=1)
     objective = np.zeros(n)
     diversity = np.ones(n)
     min_distance = np.full(n, np.nan)
     order: list[int] = []
     for _ in range(n):
-        if order:
+        if order or ref is not None:
             d = nearest.copy()
             d_max = float(d[remaining].max())
             d_norm = d / d_max if d_max > 0 else np.zeros(n)
@@ -93,7 +116,7 @@ def diverse_order(uncertainty: np.ndarray, embeddings: np.ndarray, weight: float
         order.append(pick)
         objective[pick] = obj[pick]
         diversity[pick] = d_norm[pick]
-        min_distance[pick] = nearest[pick] if order[:-1] else np.nan
+        min_distance[pick] = nearest[pick] if order[:-1] or ref is not None else np.nan
         remaining[pick] = False
         nearest = np.minimum(nearest, cosine_distances(e, e[pick : pick + 1])[:, 0])
     return DiverseOrder(order, objective, diversity, min_distance)

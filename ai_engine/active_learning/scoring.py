@@ -5,8 +5,8 @@ Strategies:
 * "uncertainty": per study, `mc_samples` MC-dropout passes (`ai_engine.active_learning.
   mc_dropout`) give the predictive entropy (the ranking signal), the mutual information
   (BALD) and for grading the margin of the two likeliest grades (both reported); with `tta`, flipped / intensity-shifted copies give the TTA variance.
-  The study's uncertainty is `u = entropy` without TTA and `u = (entropy + 4 * tta_variance)
-  / 2` with it (both terms in [0, 1]); with `labeled_counts` (grading, optional) it is
+  The study's uncertainty is `u = entropy` without TTA and `u = (entropy + min(c *
+  tta_variance, 1)) / 2` with it (both terms in [0, 1]; c = `tta_weight`, default 4); with `labeled_counts` (grading, optional) it is
   multiplied by the class-balance weight of the study's predicted grades. The queue is then built greedily, trading `u`
   against the cosine distance of the network's penultimate features to the studies queued
   before (`ai_engine.active_learning.diversity`, weight `diversity_weight`, default 0:
@@ -48,8 +48,10 @@ from ai_engine.active_learning.mc_dropout import (
     penultimate_features,
 )
 from ai_engine.active_learning.uncertainty import (
+    DEFAULT_TTA_WEIGHT,
     class_balance_weight,
     class_uncertainty,
+    combined_uncertainty,
     tta_transforms,
     voxel_uncertainty,
 )
@@ -149,6 +151,17 @@ class _GradingScorer:
             logits = network(x.to(self.device)).detach().cpu().numpy().astype(np.float64)
         return self.model.probabilities(logits)
 
+    def embed(self, volume: Volume) -> np.ndarray:
+        """The network's penultimate features of a study (what `measure` embeds it by)."""
+        from ai_engine.grading.data import preprocess
+
+        assert self.network is not None
+        self._check(volume)
+        study = preprocess(volume, self.model.spatial_size, self.model.channels)
+        with penultimate_features(self.network) as feats:
+            self._probs(self.network, torch.from_numpy(study.image)[None])
+        return feats[-1][0].cpu().numpy()
+
     def measure(
         self,
         volume: Volume,
@@ -157,6 +170,7 @@ class _GradingScorer:
         injected_p: float,
         seed: int,
         labeled_counts: np.ndarray | None = None,
+        tta_weight: float = DEFAULT_TTA_WEIGHT,
     ) -> tuple[dict[str, Any], np.ndarray, float]:
         from ai_engine.grading.data import GRADES, preprocess
 
@@ -190,7 +204,7 @@ class _GradingScorer:
             variance = float(probs.var(axis=0).mean())
             comps["tta_variance"] = variance
             comps["tta"] = [op.name for op in ops]
-            u = (u + min(4.0 * variance, 1.0)) / 2.0
+            u = combined_uncertainty(u, variance, tta_weight)
         if labeled_counts is not None:
             weight = class_balance_weight(np.asarray(unc["mean_probabilities"]), labeled_counts)
             comps["unweighted_uncertainty"] = u
@@ -231,8 +245,21 @@ class _DetectionScorer:
         comps = {"body_fraction": round(fraction, 4), "candidates": n_cands}
         return fraction >= MIN_FOREGROUND_FRACTION and n_cands > 0, comps
 
+    def embed(self, volume: Volume) -> np.ndarray:
+        """The U-Net's penultimate features averaged over its sliding windows."""
+        image = self._prepare(volume)
+        with penultimate_features(self.detector.unet) as feats:
+            self.detector.probability(image)
+        return torch.cat(feats).mean(dim=0).cpu().numpy()
+
     def measure(
-        self, volume: Volume, mc_samples: int, tta: bool, injected_p: float, seed: int
+        self,
+        volume: Volume,
+        mc_samples: int,
+        tta: bool,
+        injected_p: float,
+        seed: int,
+        tta_weight: float = DEFAULT_TTA_WEIGHT,
     ) -> tuple[dict[str, Any], np.ndarray, float, bool, dict[str, Any]]:
         det = self.detector
         image = self._prepare(volume)
@@ -270,7 +297,7 @@ class _DetectionScorer:
             variance = float(stack[:, region].var(axis=0).mean()) if region.any() else 0.0
             comps["tta_variance"] = variance
             comps["tta"] = [op.name for op in ops]
-            u = (u + min(4.0 * variance, 1.0)) / 2.0
+            u = combined_uncertainty(u, variance, tta_weight)
         fraction = body_fraction(volume.array, self.config.body_threshold_hu)
         n_cands = self._candidates(image, base)
         fg = {"body_fraction": round(fraction, 4), "candidates": n_cands}
@@ -324,7 +351,9 @@ def _class_counts(
     return counts
 
 
-def _check_arguments(strategy: str, mc_samples: int, diversity_weight: float, p: float) -> None:
+def _check_arguments(
+    strategy: str, mc_samples: int, diversity_weight: float, p: float, tta_weight: float
+) -> None:
     if strategy not in STRATEGIES:
         raise ActiveLearningInputError(
             f"unknown strategy {strategy!r}; choose one of {', '.join(STRATEGIES)}"
@@ -339,6 +368,12 @@ def _check_arguments(strategy: str, mc_samples: int, diversity_weight: float, p:
         )
     if not 0.0 < float(p) < 1.0:
         raise ActiveLearningInputError(f"injected_dropout must be in (0, 1), got {p!r}")
+    if (
+        isinstance(tta_weight, bool)
+        or not isinstance(tta_weight, int | float)
+        or not (0.0 <= float(tta_weight) < float("inf"))
+    ):
+        raise ActiveLearningInputError(f"tta_weight must be a number >= 0, got {tta_weight!r}")
 
 
 def score_studies(
@@ -355,6 +390,8 @@ def score_studies(
     device: str = "cpu",
     total: int | None = None,
     labeled_counts: Mapping[str | int, int] | None = None,
+    labeled: Iterable[tuple[str, Volume]] | None = None,
+    tta_weight: float = DEFAULT_TTA_WEIGHT,
 ) -> list[StudyScore]:
     """Rank unlabeled studies for labelling (see the module docstring for the strategies).
 
@@ -381,18 +418,25 @@ def score_studies(
             in the grades with the fewest labels come first among equally uncertain ones
             (components `class_balance_weight`, `unweighted_uncertainty`). The random
             baseline checks it and does not use it.
+        labeled: optional (key, Volume) pairs of the studies already labelled (read one at
+            a time, like `inputs`). "uncertainty" embeds each (one forward pass) and the
+            diversity term counts distances from them as from studies queued before: a
+            study like a labelled one (a repeat scan of a labelled patient) moves down even
+            at the head of the queue. Without a diversity weight they only set the reported
+            `min_cosine_distance`. The random baseline ignores them.
+        tta_weight: c in u = (entropy + min(c * tta_variance, 1)) / 2 (>= 0; default 4).
 
     Returns:
         One `StudyScore` per study, sorted by rank (1 first).
 
     Raises:
         ActiveLearningInputError (an `InputError` and a `ValueError`): unknown strategy, bad
-            numbers, no studies, duplicate keys.
+            numbers, no studies, duplicate keys (also a study both labelled and to score).
         ModelFolderError: missing folder, or a folder of another task (or, for "uncertainty"
             on grading, one without PyTorch weights).
         InputError: a study of the wrong kind (the message names its key).
     """
-    _check_arguments(strategy, mc_samples, diversity_weight, injected_dropout)
+    _check_arguments(strategy, mc_samples, diversity_weight, injected_dropout, tta_weight)
     model_dir = Path(model_dir)
     scorer = _scorer(model_dir, strategy, device)
     counts = _class_counts(scorer, labeled_counts)  # checked for every strategy
@@ -419,14 +463,18 @@ def score_studies(
             )
         try:
             measure = _measure(
-                scorer, key, volume, strategy, mc_samples, tta, injected_dropout, seed, counts
-            )
+                scorer, key, volume, strategy, mc_samples, tta, injected_dropout, seed, counts,
+                float(tta_weight),
+            )  # fmt: skip
         except AIEngineError as exc:
             raise type(exc)(f"study {key!r}: {exc}") from exc
         measures.append(measure)
     if not measures:
         raise ActiveLearningInputError("no studies to score: the input is empty")
-    ranked = _rank(measures, strategy, diversity_weight, seed)
+    reference = None
+    if labeled is not None and strategy == "uncertainty":
+        reference = _labeled_embeddings(scorer, labeled, seen)
+    ranked = _rank(measures, strategy, diversity_weight, seed, reference)
     if progress is not None:
         progress(1.0, f"Ranked {len(ranked)} studies ({strategy})")
     return ranked
@@ -442,6 +490,7 @@ def _measure(
     injected_p: float,
     seed: int,
     labeled_counts: np.ndarray | None = None,
+    tta_weight: float = DEFAULT_TTA_WEIGHT,
 ) -> _Measure:
     if strategy == "random":
         fg, comps = scorer.foreground(volume)
@@ -449,18 +498,51 @@ def _measure(
     study_seed = derive_seed(seed, "mc-dropout", key)
     if isinstance(scorer, _DetectionScorer):
         comps, emb, u, fg, fg_comps = scorer.measure(
-            volume, mc_samples, tta, injected_p, study_seed
+            volume, mc_samples, tta, injected_p, study_seed, tta_weight
         )
     else:
         fg, fg_comps = scorer.foreground(volume)
         comps, emb, u = scorer.measure(
-            volume, mc_samples, tta, injected_p, study_seed, labeled_counts
+            volume, mc_samples, tta, injected_p, study_seed, labeled_counts, tta_weight
         )
     return _Measure(key, fg, u, emb, {**comps, **fg_comps})
 
 
+def _labeled_embeddings(
+    scorer: _GradingScorer | _DetectionScorer,
+    labeled: Iterable[tuple[str, Volume]],
+    scored: set[str],
+) -> np.ndarray | None:
+    """(m, d) embeddings of the labelled studies (None when there are none)."""
+    rows: list[np.ndarray] = []
+    seen: set[str] = set()
+    for key, volume in labeled:
+        key = str(key)
+        if key in scored:
+            raise ActiveLearningInputError(
+                f"study {key!r} is both labelled and to be scored: leave it out of one"
+            )
+        if key in seen:
+            raise ActiveLearningInputError(f"labelled study key {key!r} is given twice")
+        seen.add(key)
+        if not isinstance(volume, Volume):
+            raise ActiveLearningInputError(
+                f"labelled study {key!r}: expected an ai_engine.io.Volume, "
+                f"got {type(volume).__name__}"
+            )
+        try:
+            rows.append(np.asarray(scorer.embed(volume), dtype=np.float64))
+        except AIEngineError as exc:
+            raise type(exc)(f"labelled study {key!r}: {exc}") from exc
+    return np.stack(rows) if rows else None
+
+
 def _rank(
-    measures: list[_Measure], strategy: str, diversity_weight: float, seed: int
+    measures: list[_Measure],
+    strategy: str,
+    diversity_weight: float,
+    seed: int,
+    reference: np.ndarray | None = None,
 ) -> list[StudyScore]:
     n = len(measures)
     if strategy == "random":
@@ -483,7 +565,7 @@ def _rank(
                 continue
             u = np.array([measures[i].uncertainty for i in idx])
             emb = np.stack([np.asarray(measures[i].embedding, dtype=np.float64) for i in idx])
-            result = diverse_order(u, emb, float(diversity_weight))
+            result = diverse_order(u, emb, float(diversity_weight), reference)
             for j in result.order:
                 m = measures[idx[j]]
                 m.components["uncertainty"] = float(u[j])

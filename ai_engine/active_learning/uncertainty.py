@@ -28,16 +28,29 @@ import torch
 from monai.transforms import Flip, ScaleIntensity, ShiftIntensity
 
 __all__ = [
+    "DEFAULT_TTA_WEIGHT",
     "TTA",
     "binary_entropy",
     "class_balance_weight",
     "class_uncertainty",
+    "combined_uncertainty",
     "entropy",
     "tta_transforms",
     "voxel_uncertainty",
 ]
 
 _EPS = 1e-12
+
+#: c in a study's u = (entropy + min(c * tta_variance, 1)) / 2: 4 maps the largest possible
+#: variance (1/4) to 1. docs/active_learning.md has what other weights measured.
+DEFAULT_TTA_WEIGHT = 4.0
+
+
+def combined_uncertainty(entropy: float, tta_variance: float | None, tta_weight: float) -> float:
+    """A study's u: its entropy, averaged with min(tta_weight * tta_variance, 1) when TTA ran."""
+    if tta_variance is None:
+        return float(entropy)
+    return (float(entropy) + min(tta_weight * float(tta_variance), 1.0)) / 2.0
 
 
 def entropy(p: np.ndarray, axis: int = -1) -> np.ndarray:

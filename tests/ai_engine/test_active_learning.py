@@ -138,6 +138,23 @@ def test_diverse_order_is_plain_uncertainty_at_weight_zero_and_k_center_at_one()
         diverse_order(u, emb, 1.5)
 
 
+def test_diverse_order_counts_distances_from_the_labelled_reference():
+    """Labelled studies act as if queued before: a copy of one loses the head of the queue."""
+    u = np.array([0.9, 0.8, 0.7])
+    emb = np.array([[1.0, 0.0], [0.0, 1.0], [0.7, 0.7]])
+    labelled = np.array([[1.0, 0.001]])  # a near-copy of study 0 is labelled already
+    assert diverse_order(u, emb, 0.5).order[0] == 0  # without it, 0 heads the queue
+    with_ref = diverse_order(u, emb, 0.5, reference=labelled)
+    assert with_ref.order[0] == 1
+    assert with_ref.min_distance[0] == pytest.approx(0.0, abs=1e-5)
+    assert with_ref.min_distance[1] == pytest.approx(1.0, abs=1e-3)  # the first pick's too
+    # weight 0: the reference changes no order, only the reported distances
+    assert diverse_order(u, emb, 0.0, reference=labelled).order == [0, 1, 2]
+    assert diverse_order(u, emb, 0.5, reference=np.zeros((0, 2))).order[0] == 0  # none labelled
+    with pytest.raises(ValueError, match=r"\(m, 2\) reference"):
+        diverse_order(u, emb, 0.5, reference=np.ones((1, 3)))
+
+
 def test_class_uncertainty_entropy_bald_and_margin_on_known_distributions():
     confident = class_uncertainty(np.array([[1.0, 0.0, 0.0]] * 4))
     assert confident["entropy"] < 1e-9 and confident["bald"] < 1e-9
@@ -231,6 +248,30 @@ def test_diversity_puts_a_near_duplicate_of_the_top_study_lower(grading):
     assert diverse["twin"].components["min_cosine_distance"] < 0.01
 
 
+def test_labelled_studies_push_their_repeats_down_from_the_head_of_the_queue(grading):
+    """`labeled`: a re-acquisition of a labelled study is close to it in feature space, so
+    with a diversity weight it leaves the head of the queue, where one-at-a-time labelling
+    takes from; without a weight the order stays and the distance is reported."""
+    pool = [*_training_like()[:5], ("noise", _noise(3))]
+    plain = score_studies(grading["model"], pool, diversity_weight=0.5)
+    top_key = plain[0].key
+    top = dict(pool)[top_key]
+    rng = np.random.default_rng(1)
+    sibling = Volume(top.array * (1 + 1e-3 * rng.standard_normal(top.array.shape)), top.affine)
+    labelled = [("labelled-sibling", sibling)]
+    pushed = _by_key(score_studies(grading["model"], pool, diversity_weight=0.5, labeled=labelled))
+    assert pushed[top_key].rank > 1
+    assert pushed[top_key].components["min_cosine_distance"] < 0.01
+    kept = score_studies(grading["model"], pool, diversity_weight=0.0, labeled=labelled)
+    assert [s.key for s in kept] == [s.key for s in score_studies(grading["model"], pool)]
+    assert kept[0].components["min_cosine_distance"] < 0.01  # reported for the first pick too
+    # the random baseline ignores them
+    random = score_studies(grading["model"], pool, strategy="random", labeled=labelled)
+    assert [s.key for s in random] == [
+        s.key for s in score_studies(grading["model"], pool, strategy="random")
+    ]
+
+
 def test_default_queue_is_the_uncertainty_order(grading):
     """The default diversity weight is 0 (measured by bench/bench_active_learning.py): the
     queue follows `uncertainty` alone, and the diversity components are still reported."""
@@ -245,6 +286,22 @@ def test_default_queue_is_the_uncertainty_order(grading):
     assert all(s.components["min_cosine_distance"] is not None for s in default[1:])
     diverse = score_studies(grading["model"], pool, mc_samples=4, diversity_weight=1.0)
     assert [s.score for s in diverse] != u  # a weight > 0 does change the scores
+
+
+def test_tta_weight_scales_the_variance_term_of_the_uncertainty(grading):
+    """u = (entropy + min(c * tta_variance, 1)) / 2 with c = `tta_weight` (4 by default)."""
+    pool = [*_training_like()[:4], ("noise", _noise(4))]
+    for c in (4.0, 64.0):
+        scores = score_studies(grading["model"], pool, mc_samples=4, seed=3, tta_weight=c)
+        for s in scores:
+            comps = s.components
+            expected = (comps["entropy"] + min(c * comps["tta_variance"], 1.0)) / 2.0
+            assert comps["uncertainty"] == pytest.approx(expected)
+    default = score_studies(grading["model"], pool, mc_samples=4, seed=3)
+    assert [s.components["uncertainty"] for s in default] == [
+        s.components["uncertainty"]
+        for s in score_studies(grading["model"], pool, mc_samples=4, seed=3, tta_weight=4.0)
+    ]
 
 
 def test_labeled_counts_weight_each_study_by_its_predicted_grades_rarity(grading):
@@ -354,6 +411,12 @@ BAD_LIBRARY_CALLS = [
     ("labeled_counts: grade twice", {"labeled_counts": {1: 2, "1": 3}}, lambda: _training_like()[:1], ActiveLearningInputError, "grade 1 is given twice"),
     ("labeled_counts: checked for random too", {"strategy": "random", "labeled_counts": {5: 1}}, lambda: _training_like()[:1], ActiveLearningInputError, "unknown grade 5"),
     ("labeled_counts: a list", {"labeled_counts": [3, 2, 1]}, lambda: _training_like()[:1], ActiveLearningInputError, "must map grades to counts, got list"),
+    ("tta_weight negative", {"tta_weight": -1.0}, lambda: _training_like()[:1], ActiveLearningInputError, "tta_weight must be a number >= 0, got -1.0"),
+    ("tta_weight not a number", {"tta_weight": "4"}, lambda: _training_like()[:1], ActiveLearningInputError, "tta_weight must be a number >= 0, got '4'"),
+    ("labeled: also to be scored", {"labeled": [("train-300", make_brain_mri(300, shape=SHAPE)[0])]}, lambda: _training_like()[:1], ActiveLearningInputError, "study 'train-300' is both labelled and to be scored"),
+    ("labeled: key twice", {"labeled": [("l", make_brain_mri(1, shape=SHAPE)[0])] * 2}, lambda: _training_like()[:1], ActiveLearningInputError, "labelled study key 'l' is given twice"),
+    ("labeled: not a Volume", {"labeled": [("l", np.zeros((4, *SHAPE)))]}, lambda: _training_like()[:1], ActiveLearningInputError, "labelled study 'l': expected an ai_engine.io.Volume"),
+    ("labeled: a CT for grading", {"labeled": [("ct", Volume(np.zeros(SHAPE), np.eye(4)))]}, lambda: _training_like()[:1], InputError, "labelled study 'ct': a grading study must be a (4, X, Y, Z)"),
 ]  # fmt: skip
 
 
@@ -424,6 +487,15 @@ def test_detection_scores_the_candidate_map_and_random_puts_air_last(detector_fo
         score_studies(detector_folder, [("mri", make_brain_mri(1, shape=SHAPE)[0])])
     with pytest.raises(ActiveLearningInputError, match="a nodule-detection model has none"):
         score_studies(detector_folder, studies, mc_samples=3, labeled_counts={1: 2})
+    # a labelled CT is embedded by the same U-Net: the chest study's own copy is at distance 0
+    labelled = _by_key(
+        score_studies(detector_folder, studies[:1], mc_samples=3, seed=1, labeled=[("copy", ct)])
+    )
+    assert labelled["chest"].components["min_cosine_distance"] == pytest.approx(0.0, abs=1e-6)
+    with pytest.raises(InputError, match="labelled study 'mri'"):
+        score_studies(
+            detector_folder, studies, labeled=[("mri", make_brain_mri(1, shape=SHAPE)[0])]
+        )
 
 
 # ---------------------------------------------------------------- CLI
