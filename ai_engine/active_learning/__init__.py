@@ -28,6 +28,7 @@ from ai_engine.active_learning.scoring import (
     score_studies,
 )
 from ai_engine.active_learning.uncertainty import (
+    DEFAULT_TTA_WEIGHT,
     class_balance_weight,
     class_uncertainty,
     voxel_uncertainty,
@@ -36,6 +37,7 @@ from ai_engine.active_learning.uncertainty import (
 __all__ = [
     "DEFAULT_DIVERSITY_WEIGHT",
     "DEFAULT_INJECTED_P",
+    "DEFAULT_TTA_WEIGHT",
     "STRATEGIES",
     "TASKS",
     "ActiveLearningInputError",
