@@ -151,16 +151,24 @@ class _GradingScorer:
             logits = network(x.to(self.device)).detach().cpu().numpy().astype(np.float64)
         return self.model.probabilities(logits)
 
-    def embed(self, volume: Volume) -> np.ndarray:
-        """The network's penultimate features of a study (what `measure` embeds it by)."""
+    def _input(self, volume: Volume) -> torch.Tensor:
+        """The study as the network's (1, C, X, Y, Z) input (the model's preprocessing)."""
         from ai_engine.grading.data import preprocess
 
-        assert self.network is not None
         self._check(volume)
         study = preprocess(volume, self.model.spatial_size, self.model.channels)
+        return torch.from_numpy(study.image)[None]
+
+    def _plain_pass(self, x: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+        """(class probabilities, penultimate features) of one deterministic pass."""
+        assert self.network is not None
         with penultimate_features(self.network) as feats:
-            self._probs(self.network, torch.from_numpy(study.image)[None])
-        return feats[-1][0].cpu().numpy()
+            base = self._probs(self.network, x)[0]
+        return base, feats[-1][0].cpu().numpy()
+
+    def embed(self, volume: Volume) -> np.ndarray:
+        """The network's penultimate features of a study (what `measure` embeds it by)."""
+        return self._plain_pass(self._input(volume))[1]
 
     def measure(
         self,
@@ -172,16 +180,12 @@ class _GradingScorer:
         labeled_counts: np.ndarray | None = None,
         tta_weight: float = DEFAULT_TTA_WEIGHT,
     ) -> tuple[dict[str, Any], np.ndarray, float]:
-        from ai_engine.grading.data import GRADES, preprocess
+        from ai_engine.grading.data import GRADES
 
         assert self.network is not None
-        self._check(volume)
-        study = preprocess(volume, self.model.spatial_size, self.model.channels)
-        x = torch.from_numpy(study.image)[None]
+        x = self._input(volume)
         net = self.network
-        with penultimate_features(net) as feats:
-            base = self._probs(net, x)[0]
-        embedding = feats[-1][0].cpu().numpy()
+        base, embedding = self._plain_pass(x)
         with torch.random.fork_rng(devices=[]), mc_dropout(net, injected_p) as info:
             torch.manual_seed(seed)
             samples = self._probs(net, _batched(x, mc_samples))
@@ -245,12 +249,16 @@ class _DetectionScorer:
         comps = {"body_fraction": round(fraction, 4), "candidates": n_cands}
         return fraction >= MIN_FOREGROUND_FRACTION and n_cands > 0, comps
 
-    def embed(self, volume: Volume) -> np.ndarray:
-        """The U-Net's penultimate features averaged over its sliding windows."""
-        image = self._prepare(volume)
+    def _plain_pass(self, image: Any) -> tuple[np.ndarray, np.ndarray]:
+        """(foreground probability, penultimate features averaged over the sliding windows:
+        one study embedding) of one deterministic pass."""
         with penultimate_features(self.detector.unet) as feats:
-            self.detector.probability(image)
-        return torch.cat(feats).mean(dim=0).cpu().numpy()
+            prob = self.detector.probability(image)
+        return prob, torch.cat(feats).mean(dim=0).cpu().numpy()
+
+    def embed(self, volume: Volume) -> np.ndarray:
+        """The U-Net's penultimate features of a study (what `measure` embeds it by)."""
+        return self._plain_pass(self._prepare(volume))[1]
 
     def measure(
         self,
@@ -264,10 +272,7 @@ class _DetectionScorer:
         det = self.detector
         image = self._prepare(volume)
         plain = torch.as_tensor(image).as_subclass(torch.Tensor)
-        with penultimate_features(det.unet) as feats:
-            base = det.probability(image)
-        # one entry per sliding window: average them into one study embedding
-        embedding = torch.cat(feats).mean(dim=0).cpu().numpy()
+        base, embedding = self._plain_pass(image)
         with torch.random.fork_rng(devices=[]), mc_dropout(det.unet, injected_p) as info:
             torch.manual_seed(seed)
             samples = np.stack([det.probability(image) for _ in range(mc_samples)])
