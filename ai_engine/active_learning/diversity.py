@@ -55,7 +55,8 @@ class DiverseOrder:
     Attributes:
         order: study indices, label first.
         objective: the objective of each study when it was picked (indexed like the input).
-        diversity: its normalised distance d_i / max_j d_j at that moment (1 for the first).
+        diversity: its normalised distance d_i / max_j d_j at that moment (1 for the first
+            without reference).
         min_distance: its raw cosine distance to the nearest study queued before it (or
             reference study); NaN for the first pick without reference.
     """

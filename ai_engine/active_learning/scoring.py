@@ -4,14 +4,16 @@ Strategies:
 
 * "uncertainty": per study, `mc_samples` MC-dropout passes (`ai_engine.active_learning.
   mc_dropout`) give the predictive entropy (the ranking signal), the mutual information
-  (BALD) and for grading the margin of the two likeliest grades (both reported); with `tta`, flipped / intensity-shifted copies give the TTA variance.
-  The study's uncertainty is `u = entropy` without TTA and `u = (entropy + min(c *
-  tta_variance, 1)) / 2` with it (both terms in [0, 1]; c = `tta_weight`, default 4); with `labeled_counts` (grading, optional) it is
-  multiplied by the class-balance weight of the study's predicted grades. The queue is then built greedily, trading `u`
-  against the cosine distance of the network's penultimate features to the studies queued
-  before (`ai_engine.active_learning.diversity`, weight `diversity_weight`, default 0:
-  plain uncertainty order, which the active-learning benchmark measured best for labelling
-  batches of a few studies; see docs/active_learning.md).
+  (BALD) and for grading the margin of the two likeliest grades (both reported); with
+  `tta`, flipped / intensity-shifted copies give the TTA variance. The study's uncertainty
+  is `u = entropy` without TTA and `u = (entropy + min(c * tta_variance, 1)) / 2` with it
+  (both terms in [0, 1]; c = `tta_weight`, default 4); with `labeled_counts` (grading,
+  optional) it is multiplied by the class-balance weight of the study's predicted grades.
+  The queue is then built greedily, trading `u` against the cosine distance of the
+  network's penultimate features to the studies queued before and, when given, to the
+  `labeled` studies (`ai_engine.active_learning.diversity`, weight `diversity_weight`,
+  default 0: plain uncertainty order, which the active-learning benchmark measured best for
+  labelling a few studies at a time; see docs/active_learning.md).
 * "random": the baseline. Each study draws a seeded uniform number (seeded by `seed` and its
   key, so the draw does not depend on the input order) and studies are queued by it; the
   score is `(draw + 1) / 2` with foreground and `draw / 2` without.
