@@ -145,7 +145,7 @@ VARIANTS = {
 COUNTED = {"class-balance"}
 #: variants that pass the labelled studies (`labeled`: diversity counted from the labelled
 #: set, so that it acts on the first pick too)
-WITH_LABELED = {"labeled-diversity-0.2", "labeled-diversity-0.5"}
+WITH_LABELED = {name for name in VARIANTS if name.startswith("labeled-")}
 #: variants that re-rank the library's queue by one of its components (a signal under test
 #: that `score_studies` reports but does not rank by): foreground studies first, then by it
 RERANK = {"margin": "margin"}

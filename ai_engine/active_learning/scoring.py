@@ -426,7 +426,9 @@ def score_studies(
             (components `class_balance_weight`, `unweighted_uncertainty`). The random
             baseline checks it and does not use it.
         labeled: optional (key, Volume) pairs of the studies already labelled (read one at
-            a time, like `inputs`). "uncertainty" embeds each (one forward pass) and the
+            a time, like `inputs`, and before them, so that a bad one fails before any
+            scoring; `progress` is called at 0 before each). "uncertainty" embeds each (one
+            forward pass) and the
             diversity term counts distances from them as from studies queued before: a
             study like a labelled one (a repeat scan of a labelled patient) moves down even
             at the head of the queue. Without a diversity weight they only set the reported
@@ -451,10 +453,18 @@ def score_studies(
         counts = None
     if total is None and hasattr(inputs, "__len__"):
         total = len(inputs)  # type: ignore[arg-type]
+    # the labelled studies first: a bad one fails before hours of scoring, not after
+    reference, labeled_keys = None, set()
+    if labeled is not None and strategy == "uncertainty":
+        reference, labeled_keys = _labeled_embeddings(scorer, labeled, progress)
     measures: list[_Measure] = []
     seen: set[str] = set()
     for index, (key, volume) in enumerate(inputs):
         key = str(key)
+        if key in labeled_keys:
+            raise ActiveLearningInputError(
+                f"study {key!r} is both labelled and to be scored: leave it out of one"
+            )
         if progress is not None:
             fraction = index / total if total else 0.0
             progress(
@@ -478,9 +488,6 @@ def score_studies(
         measures.append(measure)
     if not measures:
         raise ActiveLearningInputError("no studies to score: the input is empty")
-    reference = None
-    if labeled is not None and strategy == "uncertainty":
-        reference = _labeled_embeddings(scorer, labeled, seen)
     ranked = _rank(measures, strategy, diversity_weight, seed, reference)
     if progress is not None:
         progress(1.0, f"Ranked {len(ranked)} studies ({strategy})")
@@ -518,17 +525,16 @@ def _measure(
 def _labeled_embeddings(
     scorer: _GradingScorer | _DetectionScorer,
     labeled: Iterable[tuple[str, Volume]],
-    scored: set[str],
-) -> np.ndarray | None:
-    """(m, d) embeddings of the labelled studies (None when there are none)."""
+    progress: Progress | None,
+) -> tuple[np.ndarray | None, set[str]]:
+    """(m, d) embeddings of the labelled studies (None when there are none) and their keys.
+    `progress` is called (at 0: scoring has not started) before each, and may cancel."""
     rows: list[np.ndarray] = []
     seen: set[str] = set()
-    for key, volume in labeled:
+    for index, (key, volume) in enumerate(labeled):
         key = str(key)
-        if key in scored:
-            raise ActiveLearningInputError(
-                f"study {key!r} is both labelled and to be scored: leave it out of one"
-            )
+        if progress is not None:
+            progress(0.0, f"Embedding labelled study {index + 1}: {key}")
         if key in seen:
             raise ActiveLearningInputError(f"labelled study key {key!r} is given twice")
         seen.add(key)
@@ -541,7 +547,7 @@ def _labeled_embeddings(
             rows.append(np.asarray(scorer.embed(volume), dtype=np.float64))
         except AIEngineError as exc:
             raise type(exc)(f"labelled study {key!r}: {exc}") from exc
-    return np.stack(rows) if rows else None
+    return (np.stack(rows) if rows else None), seen
 
 
 def _rank(

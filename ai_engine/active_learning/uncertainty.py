@@ -46,10 +46,8 @@ _EPS = 1e-12
 DEFAULT_TTA_WEIGHT = 4.0
 
 
-def combined_uncertainty(entropy: float, tta_variance: float | None, tta_weight: float) -> float:
-    """A study's u: its entropy, averaged with min(tta_weight * tta_variance, 1) when TTA ran."""
-    if tta_variance is None:
-        return float(entropy)
+def combined_uncertainty(entropy: float, tta_variance: float, tta_weight: float) -> float:
+    """A study's u when TTA ran: its entropy averaged with min(tta_weight * tta_variance, 1)."""
     return (float(entropy) + min(tta_weight * float(tta_variance), 1.0)) / 2.0
 
 

@@ -272,6 +272,53 @@ def test_labelled_studies_push_their_repeats_down_from_the_head_of_the_queue(gra
     ]
 
 
+def test_labelled_studies_are_read_first_so_a_bad_one_fails_before_any_scoring(grading):
+    """The labelled studies are embedded before the studies to score are read: a labelled
+    study of the wrong kind stops the call before hours of scoring, and each labelled study
+    reports progress (at 0) that may cancel."""
+    read: list[str] = []
+
+    def pool():
+        for key, volume in _training_like()[:3]:
+            read.append(key)
+            yield key, volume
+
+    bad = [("ct", Volume(np.zeros(SHAPE), np.eye(4)))]
+    with pytest.raises(InputError, match="labelled study 'ct'"):
+        score_studies(grading["model"], pool(), labeled=bad)
+    assert read == []
+    calls: list[tuple[float, str]] = []
+    labelled = [
+        ("l1", make_brain_mri(1, shape=SHAPE)[0]),
+        ("l2", make_brain_mri(2, shape=SHAPE)[0]),
+    ]
+    score_studies(
+        grading["model"], pool(), mc_samples=2, labeled=labelled,
+        progress=lambda f, m: calls.append((f, m)),
+    )  # fmt: skip
+    assert calls[:2] == [
+        (0.0, "Embedding labelled study 1: l1"),
+        (0.0, "Embedding labelled study 2: l2"),
+    ]
+    assert calls[2][1].startswith("Scoring study 1")
+
+
+def test_bench_variants_pass_only_parameters_the_library_takes():
+    """The bench's uncertainty variants are keyword overrides of `score_studies`: a renamed
+    parameter must fail here, not an hour into a run."""
+    import inspect
+
+    bench = _bench()
+    params = set(inspect.signature(score_studies).parameters)
+    for name, kwargs in bench.VARIANTS.items():
+        assert set(kwargs) <= params, name
+    variants = set(bench.VARIANTS)
+    labelled = {"labeled-diversity-0.2", "labeled-diversity-0.5"}
+    assert labelled == bench.WITH_LABELED
+    for subset in (bench.COUNTED, set(bench.RERANK)):
+        assert subset.issubset(variants)
+
+
 def test_default_queue_is_the_uncertainty_order(grading):
     """The default diversity weight is 0 (measured by bench/bench_active_learning.py): the
     queue follows `uncertainty` alone, and the diversity components are still reported."""
