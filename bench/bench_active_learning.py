@@ -286,7 +286,10 @@ def macro_f1(model: torch.nn.Module, test: list[dict]) -> float:
 
 
 def strategies(args: argparse.Namespace) -> list[str]:
-    """ "uncertainty" (the library's defaults), "random", then `--variants` of uncertainty."""
+    """ "uncertainty" (the library's defaults), "random", then `--variants` of uncertainty;
+    none with `--reference-only`."""
+    if args.reference_only:
+        return []
     default = ["random"] if args.variants_only else list(STRATEGIES)
     return [*default, *(f"uncertainty-{v}" for v in args.variants)]
 
@@ -417,7 +420,7 @@ def run_seed(
     full_curve = []
     for r in range(1 if not args.from_scratch else rounds, rounds + 1):
         reference = next_model(reference, pool, r)
-        if not args.from_scratch and r < rounds and args.full_curve:
+        if not args.from_scratch and r < rounds and (args.full_curve or args.reference_only):
             full_curve.append((args.init + args.k * r, evaluate(reference)))
     full_f1 = evaluate(reference)
     full_curve.append((args.init + args.k * rounds, full_f1))
@@ -542,6 +545,38 @@ def report(setting: str, results: list[dict], args) -> dict:
             "curve_mean_f1": aulc, "signals": signals}  # fmt: skip
 
 
+#: rounds of the whole-pool model after which it counts as trained (`reference_report`)
+SETTLED_FROM = 5
+
+
+def reference_report(setting: str, results: list[dict], args) -> dict:
+    """How steady the whole-pool model is from round to round (`--reference-only`): with the
+    same labels every round, any change of its macro-F1 is the fine-tuning schedule's noise,
+    and a strategy's curve carries that noise too. Per seed: the first round within 95 % of
+    its settled level, the settled level (mean from round `SETTLED_FROM`) and the spread
+    around it (sd, and the mean absolute change between consecutive rounds)."""
+    rows = []
+    print(f"\n-- {setting}: the whole-pool model, round by round (ft-lr {args.ft_lr}, "
+          f"{args.round_steps} steps per round) --")  # fmt: skip
+    for r in results:
+        f1 = np.array([v for _, v in r["full_curve"]])
+        settled = f1[SETTLED_FROM - 1 :]
+        level = float(settled.mean())
+        first = int(np.argmax(f1 >= 0.95 * level)) + 1
+        rows.append({"seed": r["seed"], "first_round": first, "level": level,
+                     "sd": float(settled.std()), "step": float(np.abs(np.diff(settled)).mean()),
+                     "min": float(settled.min())})  # fmt: skip
+        print(f"seed {r['seed']}: within 95 % of its level at round {first}, level "
+              f"{level:.3f}, sd {rows[-1]['sd']:.3f}, mean change {rows[-1]['step']:.3f}, "
+              f"lowest {rows[-1]['min']:.3f}; " + " ".join(f"{v:.2f}" for v in f1))  # fmt: skip
+    mean = {k: float(np.mean([row[k] for row in rows])) for k in
+            ("first_round", "level", "sd", "step", "min")}  # fmt: skip
+    print(f"mean over {len(rows)} seeds: round {mean['first_round']:.1f}, level "
+          f"{mean['level']:.3f}, sd {mean['sd']:.3f}, mean change {mean['step']:.3f}, lowest "
+          f"{mean['min']:.3f}")  # fmt: skip
+    return {"seeds": rows, "mean": mean}
+
+
 def _ratio_interval(
     needed: list[int], baseline: list[int], draws: int = 10_000
 ) -> tuple[float, float]:
@@ -641,6 +676,11 @@ def main() -> int:
     parser.add_argument(
         "--full-curve", action="store_true", help="evaluate the full-pool model every round"
     )
+    parser.add_argument(
+        "--reference-only", action="store_true",
+        help="no strategies: train the whole-pool model round after round and report how steady "
+        "it is (choosing a fine-tuning schedule without looking at the strategies)",
+    )  # fmt: skip
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument(
         "--merge",
@@ -661,6 +701,8 @@ def main() -> int:
         parser.error(f"--variants: choose among {', '.join(VARIANTS)}, got {args.variants}")
     if not 0 < args.init < args.budget <= args.pool or args.k < 1:
         parser.error("need 0 < --init < --budget <= --pool and --k >= 1")
+    if args.reference_only and args.from_scratch:
+        parser.error("--reference-only measures the warm-start schedule; drop --from-scratch")
     torch.set_num_threads(args.threads)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -694,7 +736,8 @@ def main() -> int:
     print("clinical (primary): grades 60/30/10 %, 1-3 studies per patient (0.60/0.25/0.15; "
           "repeats re-acquired), 8 % degraded (heavy noise); balanced: distinct phantoms, grades "
           "in turn, clean")  # fmt: skip
-    summary = {s: report(s, results[s], args) for s in settings}
+    report_fn = reference_report if args.reference_only else report
+    summary = {s: report_fn(s, results[s], args) for s in settings}
     total = time.perf_counter() - t_start
     print(f"\ntotal {total:.0f} s (" + ", ".join(
         f"{k} {sum(r['timings'][k] for rs in results.values() for r in rs):.0f} s"
@@ -710,7 +753,8 @@ def main() -> int:
 # flags that change what a seed's figures mean: merged runs must agree on them
 _SAME = ("pool", "test", "init", "k", "budget", "eval_set", "shape", "spatial_size",
          "block_inplanes", "init_steps", "round_steps", "from_scratch", "steps_per_epoch",
-         "batch_size", "lr", "ft_lr", "focal_gamma", "mc_samples", "diversity", "variants")  # fmt: skip
+         "batch_size", "lr", "ft_lr", "focal_gamma", "mc_samples", "diversity", "variants",
+         "reference_only")  # fmt: skip
 
 
 def merge_reports(paths: list[str]) -> int:
@@ -746,8 +790,9 @@ def merge_reports(paths: list[str]) -> int:
     args.seeds = max(len(v) for v in merged.values())
     print(f"== merged: {len(runs)} runs, seeds " + ", ".join(
         f"{s} {[r['seed'] for r in v]}" for s, v in merged.items()) + " ==")  # fmt: skip
+    report_fn = reference_report if getattr(args, "reference_only", False) else report
     for setting, results in merged.items():
-        report(setting, results, args)
+        report_fn(setting, results, args)
     return 0
 
 

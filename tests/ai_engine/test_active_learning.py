@@ -709,3 +709,36 @@ def test_bench_refuses_a_budget_beyond_the_pool(monkeypatch, capsys, tmp_path):
     assert exc.value.code == 2
     assert "need 0 < --init < --budget <= --pool" in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_bench_reference_report_measures_the_whole_pool_models_spread(capsys):
+    """`--reference-only` reports, per seed, the first round within 95 % of the settled level
+    (mean from round 5), the spread around it and the mean change between rounds, computed
+    here by hand."""
+    bench = _bench()
+    f1 = [0.5, 0.8, 0.92, 0.9, 0.9, 1.0, 0.8, 0.9]
+    results = [{"seed": 7, "full_curve": [[4 + i, v] for i, v in enumerate(f1)]}]
+    args = argparse.Namespace(ft_lr=1e-3, round_steps=40)
+    summary = bench.reference_report("clinical", results, args)
+    (row,) = summary["seeds"]
+    assert row["level"] == pytest.approx(0.9)  # mean of 0.9, 1.0, 0.8, 0.9
+    assert row["first_round"] == 3  # 0.92 >= 0.95 * 0.9 = 0.855; 0.8 is not
+    assert row["sd"] == pytest.approx(np.std([0.9, 1.0, 0.8, 0.9]))
+    assert row["step"] == pytest.approx((0.1 + 0.2 + 0.1) / 3)
+    assert row["min"] == pytest.approx(0.8)
+    assert summary["mean"]["sd"] == pytest.approx(row["sd"])
+    assert "seed 7: within 95 % of its level at round 3" in capsys.readouterr().out
+
+
+def test_bench_reference_only_refuses_from_scratch(monkeypatch, capsys, tmp_path):
+    """The whole-pool model's round-to-round spread is a property of the warm-start schedule:
+    `--reference-only --from-scratch` is refused before anything runs (exit 2)."""
+    bench = _bench()
+    out = tmp_path / "run"
+    argv = ["bench_active_learning.py", "--reference-only", "--from-scratch", "--out", str(out)]
+    monkeypatch.setattr("sys.argv", argv)
+    with pytest.raises(SystemExit) as exc:
+        bench.main()
+    assert exc.value.code == 2
+    assert "drop --from-scratch" in capsys.readouterr().err
+    assert not out.exists()
