@@ -52,6 +52,10 @@ WHOLE pool after round 0 still scored macro-F1 0.45-0.54 after one round and nee
 default (40 steps at lr 3e-3) brings the whole-pool model to its plateau in one round
 (0.91-0.97, development seeds, validation set). `--full-curve` evaluates the whole-pool
 model after every round (the `full` column), to check this for other settings.
+`--reference-only` runs no strategy and reports how steady the whole-pool model is from round
+to round (its labels never change, so every move of its macro-F1 is the schedule's noise,
+which the strategies' curves carry too): a fine-tuning schedule is chosen on it, blind to the
+strategies.
 
 Method choices are made with `--eval-set validation` (phantom seeds 800000+) on the
 development seeds (`--seed-offset 100`); the held-out test set only gives the reported figures.
