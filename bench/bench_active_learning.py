@@ -770,7 +770,10 @@ def merge_reports(paths: list[str]) -> int:
         if not p.is_file():
             print(f"error: {path}: no such results file", file=sys.stderr)
             return 2
-        runs.append(json.loads(p.read_text()))
+        run = json.loads(p.read_text())
+        # results written before a flag existed ran with its default
+        run["args"].setdefault("reference_only", False)
+        runs.append(run)
     first = runs[0]["args"]
     for path, run in zip(paths[1:], runs[1:], strict=True):
         differ = [k for k in _SAME if run["args"].get(k) != first.get(k)]
@@ -794,7 +797,7 @@ def merge_reports(paths: list[str]) -> int:
     args.seeds = max(len(v) for v in merged.values())
     print(f"== merged: {len(runs)} runs, seeds " + ", ".join(
         f"{s} {[r['seed'] for r in v]}" for s, v in merged.items()) + " ==")  # fmt: skip
-    report_fn = reference_report if getattr(args, "reference_only", False) else report
+    report_fn = reference_report if args.reference_only else report
     for setting, results in merged.items():
         report_fn(setting, results, args)
     return 0

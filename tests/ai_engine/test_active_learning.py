@@ -742,3 +742,13 @@ def test_bench_reference_only_refuses_from_scratch(monkeypatch, capsys, tmp_path
     assert exc.value.code == 2
     assert "drop --from-scratch" in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_bench_merge_reads_results_written_before_reference_only_existed(tmp_path, capsys):
+    """A results.json without the `reference_only` flag (written before it existed) merges
+    with one that has it at its default: such a run had no reference-only mode."""
+    bench = _bench()
+    old = _bench_run(tmp_path, "old", [0])
+    new = _bench_run(tmp_path, "new", [1], reference_only=False)
+    assert bench.merge_reports([old, new]) == 0
+    assert "ratio uncertainty/random" in capsys.readouterr().out
