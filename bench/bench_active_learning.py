@@ -553,6 +553,26 @@ def report(setting: str, results: list[dict], args) -> dict:
 SETTLED_FROM = 5
 
 
+def reference_only_problem(args: argparse.Namespace) -> str | None:
+    """Why `--reference-only` cannot run with these flags (None: it can)."""
+    if args.from_scratch:
+        return "--reference-only measures the warm-start schedule; drop --from-scratch"
+    if args.variants or args.variants_only:
+        return "--reference-only runs no strategy; drop --variants and --variants-only"
+    rounds = (args.budget - args.init) // args.k
+    if rounds < SETTLED_FROM + 1:
+        return (f"--reference-only needs at least {SETTLED_FROM + 1} rounds (its spread is "
+                f"measured from round {SETTLED_FROM}); --budget {args.budget}, --init "
+                f"{args.init} and --k {args.k} give {rounds}")  # fmt: skip
+    return None
+
+
+def report_for(args: argparse.Namespace):
+    """The report of a run: the strategies' (`report`), or the whole-pool model's steadiness
+    (`reference_report`) with `--reference-only`."""
+    return reference_report if args.reference_only else report
+
+
 def reference_report(setting: str, results: list[dict], args) -> dict:
     """How steady the whole-pool model is from round to round (`--reference-only`): with the
     same labels every round, any change of its macro-F1 is the fine-tuning schedule's noise,
@@ -705,8 +725,10 @@ def main() -> int:
         parser.error(f"--variants: choose among {', '.join(VARIANTS)}, got {args.variants}")
     if not 0 < args.init < args.budget <= args.pool or args.k < 1:
         parser.error("need 0 < --init < --budget <= --pool and --k >= 1")
-    if args.reference_only and args.from_scratch:
-        parser.error("--reference-only measures the warm-start schedule; drop --from-scratch")
+    if args.reference_only:
+        problem = reference_only_problem(args)
+        if problem:
+            parser.error(problem)
     torch.set_num_threads(args.threads)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -740,8 +762,7 @@ def main() -> int:
     print("clinical (primary): grades 60/30/10 %, 1-3 studies per patient (0.60/0.25/0.15; "
           "repeats re-acquired), 8 % degraded (heavy noise); balanced: distinct phantoms, grades "
           "in turn, clean")  # fmt: skip
-    report_fn = reference_report if args.reference_only else report
-    summary = {s: report_fn(s, results[s], args) for s in settings}
+    summary = {s: report_for(args)(s, results[s], args) for s in settings}
     total = time.perf_counter() - t_start
     print(f"\ntotal {total:.0f} s (" + ", ".join(
         f"{k} {sum(r['timings'][k] for rs in results.values() for r in rs):.0f} s"
@@ -797,9 +818,8 @@ def merge_reports(paths: list[str]) -> int:
     args.seeds = max(len(v) for v in merged.values())
     print(f"== merged: {len(runs)} runs, seeds " + ", ".join(
         f"{s} {[r['seed'] for r in v]}" for s, v in merged.items()) + " ==")  # fmt: skip
-    report_fn = reference_report if args.reference_only else report
     for setting, results in merged.items():
-        report_fn(setting, results, args)
+        report_for(args)(setting, results, args)
     return 0
 
 

@@ -460,6 +460,8 @@ BAD_LIBRARY_CALLS = [
     ("labeled_counts: a list", {"labeled_counts": [3, 2, 1]}, lambda: _training_like()[:1], ActiveLearningInputError, "must map grades to counts, got list"),
     ("tta_weight negative", {"tta_weight": -1.0}, lambda: _training_like()[:1], ActiveLearningInputError, "tta_weight must be a number >= 0, got -1.0"),
     ("tta_weight not a number", {"tta_weight": "4"}, lambda: _training_like()[:1], ActiveLearningInputError, "tta_weight must be a number >= 0, got '4'"),
+    ("tta_weight a bool", {"tta_weight": True}, lambda: _training_like()[:1], ActiveLearningInputError, "tta_weight must be a number >= 0, got True"),
+    ("tta_weight infinite", {"tta_weight": float("inf")}, lambda: _training_like()[:1], ActiveLearningInputError, "tta_weight must be a number >= 0, got inf"),
     ("labeled: also to be scored", {"labeled": [("train-300", make_brain_mri(300, shape=SHAPE)[0])]}, lambda: _training_like()[:1], ActiveLearningInputError, "study 'train-300' is both labelled and to be scored"),
     ("labeled: key twice", {"labeled": [("l", make_brain_mri(1, shape=SHAPE)[0])] * 2}, lambda: _training_like()[:1], ActiveLearningInputError, "labelled study key 'l' is given twice"),
     ("labeled: not a Volume", {"labeled": [("l", np.zeros((4, *SHAPE)))]}, lambda: _training_like()[:1], ActiveLearningInputError, "labelled study 'l': expected an ai_engine.io.Volume"),
@@ -730,18 +732,55 @@ def test_bench_reference_report_measures_the_whole_pool_models_spread(capsys):
     assert "seed 7: within 95 % of its level at round 3" in capsys.readouterr().out
 
 
-def test_bench_reference_only_refuses_from_scratch(monkeypatch, capsys, tmp_path):
-    """The whole-pool model's round-to-round spread is a property of the warm-start schedule:
-    `--reference-only --from-scratch` is refused before anything runs (exit 2)."""
+BAD_REFERENCE_ONLY = [
+    # (flags besides --reference-only, message fragment)
+    (["--from-scratch"], "drop --from-scratch"),
+    (["--variants", "tta-16"], "drop --variants and --variants-only"),
+    (["--variants-only"], "drop --variants and --variants-only"),
+    (["--budget", "8"], "needs at least 6 rounds (its spread is measured from round 5); "
+                        "--budget 8, --init 3 and --k 1 give 5"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("flags", "message"), BAD_REFERENCE_ONLY, ids=lambda v: str(v))
+def test_bench_reference_only_refuses_flags_it_cannot_honour(
+    monkeypatch, capsys, tmp_path, flags, message
+):
+    """The whole-pool model's round-to-round spread is a property of the warm-start schedule,
+    measured without strategies from round 5 on: `--from-scratch`, strategy variants and a
+    budget of too few rounds are refused before anything runs (exit 2, nothing written)."""
     bench = _bench()
     out = tmp_path / "run"
-    argv = ["bench_active_learning.py", "--reference-only", "--from-scratch", "--out", str(out)]
+    argv = ["bench_active_learning.py", "--reference-only", *flags, "--out", str(out)]
     monkeypatch.setattr("sys.argv", argv)
     with pytest.raises(SystemExit) as exc:
         bench.main()
     assert exc.value.code == 2
-    assert "drop --from-scratch" in capsys.readouterr().err
+    assert message in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_bench_merge_of_reference_only_runs_reports_the_whole_pool_model(tmp_path, capsys):
+    """`--merge` of `--reference-only` runs prints their steadiness report over all their seeds
+    (not the strategies' report), and refuses to merge one with a run of the strategies."""
+    bench = _bench()
+    curve = [[4 + i, v] for i, v in enumerate([0.5, 0.8, 0.92, 0.9, 0.9, 1.0, 0.8, 0.9])]
+    paths = []
+    for name, seed in (("r0", 0), ("r1", 1)):
+        path = Path(_bench_run(tmp_path, name, [seed], reference_only=True))
+        run = json.loads(path.read_text())
+        for result in run["results"]["clinical"]:
+            result["full_curve"] = curve
+        path.write_text(json.dumps(run))
+        paths.append(str(path))
+    assert bench.merge_reports(paths) == 0
+    out = capsys.readouterr().out
+    assert "seed 0: within 95 % of its level at round 3" in out
+    assert "mean over 2 seeds: round 3.0, level 0.900" in out
+    assert "ratio uncertainty/random" not in out
+    strategies = _bench_run(tmp_path, "s", [2])
+    assert bench.merge_reports([paths[0], strategies]) == 2
+    assert "differs from" in capsys.readouterr().err
 
 
 def test_bench_merge_reads_results_written_before_reference_only_existed(tmp_path, capsys):
