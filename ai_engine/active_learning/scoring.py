@@ -114,7 +114,23 @@ def _batched(x: torch.Tensor, repeats: int) -> torch.Tensor:
     return x.expand(repeats, *x.shape[1:]).contiguous()
 
 
-class _GradingScorer:
+class _Scorer:
+    """What the two tasks' scorers share: a study is embedded by the penultimate features of
+    one deterministic pass (`_plain_pass`) on the model's own input (`_input`), the same
+    features `measure` ranks diversity by."""
+
+    def _input(self, volume: Volume) -> Any:
+        raise NotImplementedError
+
+    def _plain_pass(self, x: Any) -> tuple[np.ndarray, np.ndarray]:
+        raise NotImplementedError
+
+    def embed(self, volume: Volume) -> np.ndarray:
+        """The network's penultimate features of a study (what `measure` embeds it by)."""
+        return self._plain_pass(self._input(volume))[1]
+
+
+class _GradingScorer(_Scorer):
     """Tumor grading: class distributions of a 4-channel MRI stack."""
 
     def __init__(self, model_dir: Path, device: str, need_network: bool) -> None:
@@ -168,10 +184,6 @@ class _GradingScorer:
             base = self._probs(self.network, x)[0]
         return base, feats[-1][0].cpu().numpy()
 
-    def embed(self, volume: Volume) -> np.ndarray:
-        """The network's penultimate features of a study (what `measure` embeds it by)."""
-        return self._plain_pass(self._input(volume))[1]
-
     def measure(
         self,
         volume: Volume,
@@ -219,7 +231,7 @@ class _GradingScorer:
         return comps, embedding, u
 
 
-class _DetectionScorer:
+class _DetectionScorer(_Scorer):
     """Nodule detection: voxel-wise foreground probability of the candidate U-Net."""
 
     def __init__(self, model_dir: Path, device: str) -> None:
@@ -228,7 +240,8 @@ class _DetectionScorer:
         self.detector = NoduleDetector.from_model_folder(model_dir, device=device)
         self.config = self.detector.config
 
-    def _prepare(self, volume: Volume) -> Any:
+    def _input(self, volume: Volume) -> Any:
+        """The CT as the detector's input (the model's preprocessing; not a CT: InputError)."""
         from ai_engine.detection.transforms import check_ct, input_errors_unwrapped
 
         check_ct(volume)
@@ -245,7 +258,7 @@ class _DetectionScorer:
         return len(cands)
 
     def foreground(self, volume: Volume) -> tuple[bool, dict[str, Any]]:
-        image = self._prepare(volume)
+        image = self._input(volume)
         fraction = body_fraction(volume.array, self.config.body_threshold_hu)
         n_cands = self._candidates(image, self.detector.probability(image)) if fraction else 0
         comps = {"body_fraction": round(fraction, 4), "candidates": n_cands}
@@ -258,10 +271,6 @@ class _DetectionScorer:
             prob = self.detector.probability(image)
         return prob, torch.cat(feats).mean(dim=0).cpu().numpy()
 
-    def embed(self, volume: Volume) -> np.ndarray:
-        """The U-Net's penultimate features of a study (what `measure` embeds it by)."""
-        return self._plain_pass(self._prepare(volume))[1]
-
     def measure(
         self,
         volume: Volume,
@@ -272,7 +281,7 @@ class _DetectionScorer:
         tta_weight: float = DEFAULT_TTA_WEIGHT,
     ) -> tuple[dict[str, Any], np.ndarray, float, bool, dict[str, Any]]:
         det = self.detector
-        image = self._prepare(volume)
+        image = self._input(volume)
         plain = torch.as_tensor(image).as_subclass(torch.Tensor)
         base, embedding = self._plain_pass(image)
         with torch.random.fork_rng(devices=[]), mc_dropout(det.unet, injected_p) as info:
@@ -523,7 +532,7 @@ def _measure(
 
 
 def _labeled_embeddings(
-    scorer: _GradingScorer | _DetectionScorer,
+    scorer: _Scorer,
     labeled: Iterable[tuple[str, Volume]],
     progress: Progress | None,
 ) -> tuple[np.ndarray | None, set[str]]:
