@@ -366,6 +366,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=DetectionConfig.blob_candidates,
         help="blob-channel maxima per scan added to the U-Net's candidates",
     )
+    parser.add_argument(
+        "--fine-blob-candidates",
+        type=int,
+        default=DetectionConfig.fine_blob_candidates,
+        help="maxima per scan of the fine (0.75 mm) dot filter added for the rescoring to score "
+        "(0: none, the bench before session 18)",
+    )
     parser.add_argument("--roi", type=int, default=64, help="sliding-window ROI at inference")
     parser.add_argument("--overlap", type=float, default=0.125)
     parser.add_argument("--seed", type=int, default=0)
@@ -403,6 +410,7 @@ def training_setup(args: argparse.Namespace) -> tuple[DetectionConfig, Detection
         unet_channels=tuple(int(v) for v in args.unet_channels.split(",")),
         candidate_peak_distance_mm=args.peak_distance,
         blob_candidates=args.blob_candidates,
+        fine_blob_candidates=args.fine_blob_candidates,
         fp_gate=not args.plain_classifier,
         test_time_flips=args.test_time_flips == "on",
     )

@@ -21,7 +21,8 @@ class Candidate:
         component: label of the component in the label map returned with it.
         n_voxels: component size.
         bbox: (lo, hi) voxel corners of the component (hi exclusive).
-        source: "unet" (a region of the probability map) or "blob" (a blob-filter maximum).
+        source: "unet" (a region of the probability map), "blob" (a maximum of the blob
+            channel) or "fine" (of the finer dot filter, `DetectionConfig.fine_blob_sigma_mm`).
         center_hu, center_blob: the image's HU and blob response at the centre voxel (set by
             the pipeline, `NoduleDetector.candidates_from_probability`; rescoring uses them).
         context: what the image says around it (`ai_engine.detection.context`; set there too).
@@ -200,8 +201,10 @@ def add_blob_candidates(
     n: int,
     window: int = 5,
     min_separation_mm: float = 3.0,
+    source: str = "blob",
 ) -> tuple[list[Candidate], np.ndarray]:
-    """Add the `n` strongest local maxima of the blob channel as candidates.
+    """Add the `n` strongest local maxima of the blob channel (or of another dot-filter
+    response: `source` names it in each new candidate) as candidates.
 
     The dot filter reaches small nodules that touch a vessel or the chest wall, which a U-Net
     trained on a few dozen of them scores low; the false-positive classifier then decides
@@ -222,6 +225,7 @@ def add_blob_candidates(
         n: maxima to add at most.
         window: edge of the local-maximum box (voxels).
         min_separation_mm: a maximum nearer than this to a kept candidate is skipped.
+        source: the new candidates' `Candidate.source`.
 
     Returns:
         (candidates sorted by prob, highest first; the label map with the new regions).
@@ -275,7 +279,7 @@ def add_blob_candidates(
                 component=next_label,
                 n_voxels=int(free.sum()),
                 bbox=(tuple(int(v) for v in nz.min(0)), tuple(int(v) + 1 for v in nz.max(0))),  # type: ignore[arg-type]
-                source="blob",
+                source=source,
             )
         )
         kept_mm.append(center * spacing_mm)

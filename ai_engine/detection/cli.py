@@ -125,6 +125,14 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
         f"candidates (default {DetectionConfig.blob_candidates}; 0: U-Net candidates only)",
     )
     t.add_argument(
+        "--fine-blob-candidates",
+        type=int,
+        default=None,
+        help="also take this many maxima per scan of a finer (0.75 mm) dot filter as candidates, "
+        "for the rescoring to score (3-4 mm nodules; default "
+        f"{DetectionConfig.fine_blob_candidates}; 0: none)",
+    )
+    t.add_argument(
         "--plain-classifier",
         action="store_true",
         help="false-positive classifier without the nodule-supervised gate (MONAI's ResNet; "
@@ -299,6 +307,11 @@ def config_from_args(args: argparse.Namespace) -> DetectionConfig:
             fp_test_time_flips=args.fp_test_time_flips == "on",
             **({} if args.blob_sigmas is None else {"blob_sigmas_mm": args.blob_sigmas}),
             **({} if args.blob_candidates is None else {"blob_candidates": args.blob_candidates}),
+            **(
+                {}
+                if args.fine_blob_candidates is None
+                else {"fine_blob_candidates": args.fine_blob_candidates}
+            ),
         )
     except ValueError as exc:
         raise InputError(str(exc)) from None

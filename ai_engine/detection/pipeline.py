@@ -30,6 +30,7 @@ from ai_engine.errors import ModelFolderError
 from ai_engine.io.multimodal import resample_to_grid
 from ai_engine.io.volume import LPS_TO_RAS, Volume
 from ai_engine.transforms import voxel_to_lps_mm
+from ai_engine.transforms.enhance import blob_response
 
 TASK = "nodule-detection"
 
@@ -228,15 +229,28 @@ class NoduleDetector:
                 spacing,
                 cfg.blob_candidates,
             )
-        centers = np.array([c.center_voxel for c in cands]).reshape(-1, 3)
+        fine = None  # the finer dot filter's maxima: 3-4 mm nodules (the rescoring scores them)
+        if cfg.fine_blob_candidates:
+            fine = blob_response(arrays[0], [tuple(cfg.fine_blob_sigma_mm / s for s in spacing)])
+            cands, labels = add_blob_candidates(
+                cands,
+                labels,
+                fine,
+                arrays[0] > self.body_level(),
+                prob,
+                spacing,
+                cfg.fine_blob_candidates,
+                source="fine",
+            )
         lo_hu, hi_hu = cfg.hu_range
+        centers = np.array([c.center_voxel for c in cands]).reshape(-1, 3)
         at = np.clip(np.round(centers).astype(int), 0, np.array(arrays.shape[1:]) - 1)
         blob = arrays[1] if arrays.shape[0] > 1 else None
         for c, (i, j, k) in zip(cands, at, strict=True):
             c.center_hu = float(arrays[0, i, j, k]) * (hi_hu - lo_hu) + lo_hu
             c.center_blob = float(blob[i, j, k]) if blob is not None else 0.0
             c.context = context_features(
-                arrays[0], blob, prob, c.center_voxel, c.diameter_mm, spacing, cfg.hu_range
+                arrays[0], blob, prob, c.center_voxel, c.diameter_mm, spacing, cfg.hu_range, fine
             )
         centers_mm = voxel_to_lps_mm(image, centers) if len(cands) else np.zeros((0, 3))
         return cands, labels, centers_mm

@@ -27,10 +27,22 @@ from ai_engine.detection.context import CONTEXT_FEATURES
 #: HU / 1000 at the centre, log diameter (mm), log voxel count, 1 for a blob-filter candidate
 #: (session 12's rescoring weighed exactly these; its model folders still load)
 CENTRE_FEATURES = ("logit_p", "logit_q", "blob", "hu", "log_diameter", "log_voxels", "from_blob")
+#: what tells the finer dot filter's candidates (`DetectionConfig.fine_blob_candidates`): 1 for
+#: one of them, and that filter's peak near each candidate
+FINE_FEATURES = ("from_fine", "fine_max_2mm")
 #: every feature a rescoring may weigh
-KNOWN_FEATURES = CENTRE_FEATURES + CONTEXT_FEATURES
-#: what training fits now: the centre's blob response gives way to the peak within 3 mm
-FEATURES = tuple(f for f in CENTRE_FEATURES if f != "blob") + CONTEXT_FEATURES
+KNOWN_FEATURES = (*CENTRE_FEATURES, "from_fine", *CONTEXT_FEATURES)
+#: what training fits now: the centre's blob response gives way to the peak within 3 mm; the
+#: fine filter's two numbers only where its candidates are on (`features_for`)
+FEATURES = (*(f for f in CENTRE_FEATURES if f != "blob"), "from_fine", *CONTEXT_FEATURES)
+
+
+def features_for(fine_candidates: bool) -> tuple[str, ...]:
+    """The features training fits: `FEATURES`, less `FINE_FEATURES` without fine candidates
+    (the columns would be all zero)."""
+    return FEATURES if fine_candidates else tuple(f for f in FEATURES if f not in FINE_FEATURES)
+
+
 _EPS = 1e-6
 
 
@@ -60,6 +72,7 @@ def candidate_features(
         "log_diameter": lambda: np.log([max(c.diameter_mm, _EPS) for c in cands]),
         "log_voxels": lambda: np.log([max(c.n_voxels, 1) for c in cands]),
         "from_blob": lambda: [float(c.source == "blob") for c in cands],
+        "from_fine": lambda: [float(c.source == "fine") for c in cands],
     }
     columns = []
     for name in names:

@@ -41,7 +41,7 @@ from ai_engine.detection.patches import (
     random_tissue_points,
 )
 from ai_engine.detection.pipeline import TASK, NoduleDetector
-from ai_engine.detection.rescore import Rescorer, candidate_features
+from ai_engine.detection.rescore import Rescorer, candidate_features, features_for
 from ai_engine.detection.transforms import (
     CropCentersd,
     MinedNegativesd,
@@ -588,12 +588,13 @@ def fit_rescorer(
     detector: NoduleDetector, scans: Sequence[dict[str, Any]], l2: float = 1.0
 ) -> Rescorer:
     """Fit the rescoring on the candidates `detector` finds in preprocessed `scans` (its
-    configured threshold and blob candidates, the classifier unflipped), each labelled by the
-    hit rule (centre within a nodule's radius).
+    configured threshold, blob and fine candidates, the classifier unflipped), each labelled by
+    the hit rule (centre within a nodule's radius), on `features_for` its fine candidates.
 
     Raises:
         ValueError: no candidate hits a nodule, or every one does.
     """
+    names = features_for(bool(detector.config.fine_blob_candidates))
     flips = detector.config.fp_test_time_flips
     detector.config.fp_test_time_flips = False
     xs, ys = [], []
@@ -606,13 +607,13 @@ def fit_rescorer(
                 scan["image"], np.array([c.center_voxel for c in cands]).reshape(-1, 3)
             )
             nod_mm, radii = nodule_arrays(scan["nodules"])
-            xs.append(candidate_features(cands, q))
+            xs.append(candidate_features(cands, q, names))
             ys.append(label_points(centers_mm, nod_mm, radii))
     finally:
         detector.config.fp_test_time_flips = flips
     if not xs:
         raise ValueError("rescoring needs positive and negative candidates")
-    return Rescorer.fit(np.concatenate(xs), np.concatenate(ys), l2=l2)
+    return Rescorer.fit(np.concatenate(xs), np.concatenate(ys), l2=l2, features=names)
 
 
 def _epoch_line(stage: str, line: dict[str, Any]) -> str:
@@ -974,6 +975,9 @@ def finish_detector(
     """
     info = made_by_params.setdefault("fp_reduction", {})
     trained_blob_candidates = config.blob_candidates
+    # the fine filter's candidates: only the rescoring scores them, so they stay only with it
+    fine_candidates = config.fine_blob_candidates if opts.rescore else 0
+    config.fine_blob_candidates = fine_candidates
     if opts.rescore:
         try:
             rescorer = fit_rescorer(
@@ -984,6 +988,7 @@ def finish_detector(
         except ValueError as exc:  # no hit, or nothing but hits, among the candidates
             info["rescore"] = {"skipped": str(exc)}
             _log(f"[rescore] not fitted: {exc}")
+            config.fine_blob_candidates = 0
         else:
             config.rescore = rescorer.to_dict()
             info["rescore"] = {"fitted": config.rescore}
@@ -1000,6 +1005,7 @@ def finish_detector(
         )
         chooser = NoduleDetector(config, unet, classifier, device=opts.device)
         fp_flips = (False, True) if opts.try_fp_test_time_flips else ()
+        config.fine_blob_candidates = 0  # the fixed combinations score the networks' alone
         mode, table = choose_combine(chooser, val_scans, opts.combine_modes, blob_counts, fp_flips)
         config.combine = mode
         config.blob_candidates = chooser.config.blob_candidates
@@ -1009,20 +1015,23 @@ def finish_detector(
             fixed = (mode, config.blob_candidates, config.fp_test_time_flips)
             config.combine, config.blob_candidates = "rescored", trained_blob_candidates
             config.fp_test_time_flips = False
+            config.fine_blob_candidates = fine_candidates
             table["rescored"] = detections_cpm(chooser, val_scans, use_classifier=True)["cpm"]
             if not keeps_rescoring(table, opts.rescore_margin):
                 config.combine, config.blob_candidates, config.fp_test_time_flips = fixed
+                config.fine_blob_candidates = 0
             mode = config.combine
         info["combine"] = {
             "chosen": mode,
             "blob_candidates": config.blob_candidates,
+            "fine_blob_candidates": config.fine_blob_candidates,
             "fp_test_time_flips": config.fp_test_time_flips,
             "validation_cpm": table,
         }
         _log(
             f"[fp_reduction] score combination {mode!r} with {config.blob_candidates} blob "
-            f"candidates, classifier flips {config.fp_test_time_flips}, chosen on validation "
-            f"(CPM {table})"
+            f"and {config.fine_blob_candidates} fine candidates, classifier flips "
+            f"{config.fp_test_time_flips}, chosen on validation (CPM {table})"
         )
     elif config.rescore is not None and not val_scans:  # nothing to compare it with
         config.combine, config.blob_candidates = "rescored", trained_blob_candidates
@@ -1103,6 +1112,10 @@ def train_detector(
     )
     if kept_stage is not None:  # its preprocessing too: the scans below are prepared for it
         config = config.with_candidate_stage_of(kept_stage[1])
+    # the finer dot filter's candidates join after the networks, for the rescoring to score
+    # (`finish_detector`); the U-Net's validation, the classifier's samples and its
+    # validation see the networks' own candidates
+    fine_candidates, config.fine_blob_candidates = config.fine_blob_candidates, 0
     given_items = train_items  # the copies pasted below are not part of the data hash
     if opts.paste_copies:
         train_items = train_items + pasted_copies(
@@ -1138,6 +1151,7 @@ def train_detector(
         _log(f"preprocessing {len(train_items)} training scans for candidate mining")
         train_scans = _preprocess_items(train_items, config)
     classifier, info2 = _fp_stage(unet, train_scans, val_scans, config, opts, out)
+    config.fine_blob_candidates = fine_candidates
     return finish_detector(
         out,
         unet,

@@ -188,7 +188,7 @@ def _damaged_rescoring(model: str, bad: Path) -> str:
         manifest = json.loads((copy / "model.json").read_text())
         manifest["postprocessing"]["combine"] = "rescored"
         manifest["postprocessing"]["rescore"] = {
-            "features": list(FEATURES), "mean": [0.0] * 12, "scale": [1.0] * 12, "coef": [0.5],
+            "features": list(FEATURES[:12]), "mean": [0.0] * 12, "scale": [1.0] * 12, "coef": [0.5],
             "intercept": 0.0,
         }  # fmt: skip
         (copy / "model.json").write_text(json.dumps(manifest))
@@ -404,7 +404,8 @@ def test_a_perfect_probability_map_gives_cpm_1_and_findings_on_the_nodules():
     from ai_engine.evaluation.froc import froc
     from ai_engine.networks import build_network
 
-    detector = NoduleDetector(TINY, build_network("unet3d", **TINY.unet_kwargs))
+    config = replace(TINY, fine_blob_candidates=0)  # the map's candidates alone
+    detector = NoduleDetector(config, build_network("unet3d", **TINY.unet_kwargs))
     pre = preprocessing(TINY.spacing_mm, TINY.hu_range, with_label=True)
     points, references = [], []
     for seed in (21, 22, 23):
@@ -754,6 +755,7 @@ def test_train_flags_set_the_blob_channel_blob_candidates_and_the_classifier():
     assert default.spacing_mm == DetectionConfig().spacing_mm == (1.0, 1.0, 1.0)
     assert default.blob_sigmas_mm == DetectionConfig().blob_sigmas_mm
     assert default.blob_candidates == DetectionConfig().blob_candidates > 0
+    assert default.fine_blob_candidates == DetectionConfig().fine_blob_candidates > 0
     assert default.fp_gate is True
     changed = config_from_args(
         parser.parse_args(
@@ -768,6 +770,10 @@ def test_train_flags_set_the_blob_channel_blob_candidates_and_the_classifier():
     assert ct_only.blob_candidates == 0
     with pytest.raises(InputError, match="blob_candidates must be >= 0"):
         config_from_args(parser.parse_args([*base, "--blob-candidates", "-1"]))
+    none = config_from_args(parser.parse_args([*base, "--fine-blob-candidates", "0"]))
+    assert none.fine_blob_candidates == 0
+    with pytest.raises(InputError, match="fine_blob_candidates must be >= 0"):
+        config_from_args(parser.parse_args([*base, "--fine-blob-candidates", "-2"]))
 
 
 def test_train_flip_flags_search_on_validation_or_fix_the_flips():
@@ -861,6 +867,15 @@ def test_blob_candidates_need_the_blob_channel():
     with pytest.raises(ValueError, match="blob_candidates must be >= 0"):
         DetectionConfig(blob_candidates=-1)
     assert DetectionConfig.from_dict({"blob_sigmas_mm": [1.5]}).blob_candidates == 0
+
+
+def test_fine_blob_candidates_are_checked_and_off_in_folders_written_before_them():
+    with pytest.raises(ValueError, match="fine_blob_candidates must be >= 0"):
+        DetectionConfig(fine_blob_candidates=-1)
+    with pytest.raises(ValueError, match="fine_blob_sigma_mm must be positive"):
+        DetectionConfig(fine_blob_sigma_mm=0.0)
+    assert DetectionConfig().fine_blob_candidates > 0
+    assert DetectionConfig.from_dict({"blob_sigmas_mm": [1.5]}).fine_blob_candidates == 0
 
 
 def test_crop_centres_give_every_nodule_the_same_share():
@@ -1181,7 +1196,8 @@ def test_every_config_field_belongs_to_the_candidate_stage_or_the_classifier():
 
     classifier_side = {
         "fp_patch_size", "fp_channels", "fp_gate", "fp_test_time_flips", "combine",
-        "finding_threshold", "blob_candidates", "rescore", "extra",
+        "finding_threshold", "blob_candidates", "fine_blob_candidates", "fine_blob_sigma_mm",
+        "rescore", "extra",
     }  # fmt: skip
     names = {f.name for f in fields(DetectionConfig)}
     assert set(CANDIDATE_STAGE_FIELDS) <= names
@@ -1229,6 +1245,35 @@ def test_test_time_flips_average_the_flipped_passes():
     assert np.allclose(flipped, (3 * plain + plain[::-1]) / 4, atol=1e-6)
 
 
+def test_the_fine_candidates_join_after_the_networks_for_the_rescoring(data, model, tmp_path,
+                                                                        monkeypatch):  # fmt: skip
+    """The classifier's samples are mined from the networks' own candidates; the fine dot
+    filter's maxima join them only when the rescoring is fitted (the real functions, watched)."""
+    import ai_engine.detection.train as train_module
+    from ai_engine.data.datalist import load_datalist
+
+    seen: dict[str, int] = {}
+    mine, fit = train_module.mine_classifier_samples, train_module.fit_rescorer
+
+    def watched_mine(detector, *args, **kwargs):
+        seen["mining"] = detector.config.fine_blob_candidates
+        return mine(detector, *args, **kwargs)
+
+    def watched_fit(detector, *args, **kwargs):
+        seen["rescoring"] = detector.config.fine_blob_candidates
+        return fit(detector, *args, **kwargs)
+
+    monkeypatch.setattr(train_module, "mine_classifier_samples", watched_mine)
+    monkeypatch.setattr(train_module, "fit_rescorer", watched_fit)
+    train_detector(
+        load_datalist(data[1]),
+        tmp_path / "fine",
+        replace(TINY, fine_blob_candidates=3),
+        tiny_train_options(candidates_from=str(model)),
+    )
+    assert seen == {"mining": 0, "rescoring": 3}
+
+
 # ---------------------------------------------------------------- gated classifier (issue #5)
 def test_training_records_the_rescoring_fitted_or_why_not(model):
     """After stage 2 the rescoring is fitted on the training scans' candidates and stored, or,
@@ -1245,6 +1290,9 @@ def test_training_records_the_rescoring_fitted_or_why_not(model):
         assert info == {"skipped": "rescoring needs positive and negative candidates"}
         assert folder.postprocessing["rescore"] is None
         assert folder.postprocessing["combine"] != "rescored"
+    # the fine filter's candidates stay only where the rescoring scores them
+    fine = folder.postprocessing["fine_blob_candidates"]
+    assert (fine > 0) == (folder.postprocessing["combine"] == "rescored")
 
 
 def _known_rescorer(*_args, **_kwargs):

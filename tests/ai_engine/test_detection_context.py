@@ -71,12 +71,28 @@ def test_a_nodule_alone_a_vessel_and_a_nodule_on_a_vessel_differ_as_their_shapes
     assert _features("wall")["shell_tissue"] > 0.4
 
 
+def test_the_solid_core_and_the_thickness_of_what_it_runs_on_into():
+    """A nodule alone has a core of its radius and nothing beyond it; a vessel is as thick as
+    what it runs on into (ratio 1, log 0); a nodule on a vessel has the nodule's core and is
+    about twice as thick as its vessel (what a vessel junction is not)."""
+    nodule, attached = _features("nodule"), _features("attached")
+    vessel = _features("vessel", diameter=3.0)
+    assert math.exp(nodule["log_core"]) - 0.5 == pytest.approx(3.0, abs=0.3)  # radius 3 mm
+    assert nodule["core_to_neck"] == pytest.approx(nodule["log_core"] - math.log(0.5))
+    assert math.exp(vessel["log_core"]) - 0.5 == pytest.approx(1.2, abs=0.3)  # 2.4 mm across
+    assert vessel["core_to_neck"] == pytest.approx(0.0, abs=0.1)
+    assert attached["log_core"] == pytest.approx(nodule["log_core"], abs=0.05)
+    assert 0.4 < attached["core_to_neck"] < 0.9 < nodule["core_to_neck"]
+
+
 def test_a_dark_centre_with_nothing_dense_gets_the_documented_values():
     air = _features("air")
     assert air["shell_tissue"] == 0.0
     assert air["blobness"] == -1.0  # no bright extremum
     assert air["log_connected"] == -3.0 and air["elongation"] == 0.0
     assert air["blob_max_3mm"] == 0.0 and air["prob_mass"] == 0.0
+    assert air["log_core"] == pytest.approx(math.log(0.5)) and air["core_to_neck"] == 0.0
+    assert air["fine_max_2mm"] == 0.0  # no fine filter given
 
 
 @pytest.mark.parametrize("shape_name", ["nodule", "vessel", "attached"])
@@ -89,9 +105,11 @@ def test_the_numbers_are_in_millimetres_so_another_spacing_gives_the_same(shape_
     assert other["blobness"] == pytest.approx(iso["blobness"], abs=0.15)
     assert other["log_connected"] == pytest.approx(iso["log_connected"], abs=0.25)
     assert other["elongation"] == pytest.approx(iso["elongation"], abs=0.4)
+    assert other["log_core"] == pytest.approx(iso["log_core"], abs=0.1)
+    assert other["core_to_neck"] == pytest.approx(iso["core_to_neck"], abs=0.1)
 
 
-def test_blob_peak_within_3_mm_and_probability_mass_in_cubic_millimetres():
+def test_blob_peaks_within_3_and_2_mm_and_probability_mass_in_cubic_millimetres():
     image, centre = _scene("nodule")
     c = np.rint(centre).astype(int)
     blob = np.zeros_like(image)
@@ -100,8 +118,12 @@ def test_blob_peak_within_3_mm_and_probability_mass_in_cubic_millimetres():
     prob = np.zeros_like(image)
     prob[c[0] - 1 : c[0] + 2, c[1] - 1 : c[1] + 2, c[2] - 1 : c[2] + 2] = 1.0  # 27 mm^3
     prob[0, 0, 0] = 1.0  # far beyond the reach (radius + 6 mm)
-    f = context_features(image, blob, prob, centre, 6.0, np.ones(3), HU)
+    fine = np.zeros_like(image)
+    fine[c[0], c[1], c[2] - 1] = 0.4  # the fine filter's peak 1 mm off: found
+    fine[c[0], c[1] - 3, c[2]] = 0.8  # 3 mm away: beyond its 2 mm
+    f = context_features(image, blob, prob, centre, 6.0, np.ones(3), HU, fine)
     assert f["blob_max_3mm"] == pytest.approx(0.9)
+    assert f["fine_max_2mm"] == pytest.approx(0.4)
     assert f["prob_mass"] == pytest.approx(math.log1p(27.0))
     half = context_features(image[:, :, ::2], None, prob[:, :, ::2], centre / [1, 1, 2], 6.0,
                             np.array([1.0, 1.0, 2.0]), HU)  # fmt: skip
@@ -117,17 +139,19 @@ def test_a_candidate_at_the_edge_of_the_scan_reads_air_beyond_it():
 
 
 def test_the_pipeline_sets_the_context_of_every_candidate():
-    """Candidates from a probability map with two spheres, on a phantom: each carries the six
-    numbers, and they are what `context_features` gives at its centre."""
+    """Candidates from a probability map with two spheres, on a phantom, plus the blob channel's
+    and the fine dot filter's maxima: each carries the context numbers, and they are what
+    `context_features` gives at its centre (with the fine filter's response)."""
     from dataclasses import replace
 
     from ai_engine.data.phantoms import make_chest_ct
     from ai_engine.detection.pipeline import NoduleDetector
     from ai_engine.detection.transforms import preprocessing
     from ai_engine.networks import build_network
+    from ai_engine.transforms.enhance import blob_response
     from tests.ai_engine.detection_support import TINY
 
-    config = replace(TINY, blob_candidates=2)
+    config = replace(TINY, blob_candidates=2, fine_blob_candidates=2)
     volume, nodules = make_chest_ct(31, shape=(96, 96, 32), n_nodules=2)
     pre = preprocessing(
         config.spacing_mm, config.hu_range, with_label=True, blob_sigmas_mm=config.blob_sigmas_mm
@@ -136,13 +160,15 @@ def test_the_pipeline_sets_the_context_of_every_candidate():
     prob = out["label"][0].numpy().astype(np.float32)
     detector = NoduleDetector(config, build_network("unet3d", **config.unet_kwargs))
     cands, _labels, _centers = detector.candidates_from_probability(out["image"], prob)
-    assert len(cands) >= 2 and {c.source for c in cands} == {"unet", "blob"}
+    assert len(cands) >= 2 and {c.source for c in cands} == {"unet", "blob", "fine"}
+    assert sum(c.source == "fine" for c in cands) == 2
     arrays = out["image"].numpy()
+    fine = blob_response(arrays[0], [(0.75 / 1.5,) * 3])
     for c in cands:
         assert tuple(c.context) == CONTEXT_FEATURES
         expected = context_features(
             arrays[0], arrays[1], prob, c.center_voxel, c.diameter_mm,
-            np.asarray(config.spacing_mm), config.hu_range,
+            np.asarray(config.spacing_mm), config.hu_range, fine,
         )  # fmt: skip
         assert c.context == pytest.approx(expected)
 

@@ -17,6 +17,7 @@ from ai_engine.detection.context import CONTEXT_FEATURES
 from ai_engine.detection.rescore import (
     CENTRE_FEATURES,
     FEATURES,
+    FINE_FEATURES,
     Rescorer,
     candidate_features,
 )
@@ -228,7 +229,7 @@ def test_fit_rescorer_labels_the_candidates_by_the_hit_rule_and_the_detector_sco
     from ai_engine.detection.train import fit_rescorer
     from ai_engine.detection.transforms import preprocessing
 
-    config = replace(TINY, blob_candidates=0)  # the U-Net's map alone
+    config = replace(TINY, blob_candidates=0, fine_blob_candidates=0)  # the U-Net's map alone
     pre = preprocessing(
         config.spacing_mm, config.hu_range, blob_sigmas_mm=config.blob_sigmas_mm, with_label=True
     )
@@ -245,6 +246,7 @@ def test_fit_rescorer_labels_the_candidates_by_the_hit_rule_and_the_detector_sco
     rescorer = fit_rescorer(detector, scans)
     assert rescorer.n_positive == n_nodules
     assert n_nodules < rescorer.n_samples <= 2 * n_nodules  # a decoy may merge into a nodule
+    assert not set(FINE_FEATURES) & set(rescorer.features)  # no fine candidates: no such column
     detector.config.combine, detector.config.rescore = "rescored", rescorer.to_dict()
     cands, _labels, centers_mm = detector.candidates(scans[0]["image"])
     q = detector.classify(scans[0]["image"], np.array([c.center_voxel for c in cands]))
