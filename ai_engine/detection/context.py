@@ -29,7 +29,8 @@ gives the same values):
 - `fine_max_2mm`: the fine dot filter's highest response within 2 mm (the pipeline's
   `fine_blob_sigma_mm`, matched to 2-4 mm nodules; 0 without it).
 
-Pure numpy/scipy on a patch per candidate (a few milliseconds each).
+Pure numpy/scipy on a patch per candidate (10-20 ms for a nodule-sized one on a CPU; the core
+numbers' upsampled distance transform makes a 30 mm region ~0.15 s).
 """
 
 from __future__ import annotations
