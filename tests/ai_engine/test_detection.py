@@ -312,6 +312,11 @@ BAD_CASES = [
         "blob_sigmas_mm must be positive",
     ),
     (
+        "a negative count of fine candidates",
+        lambda p, m: _train_argv(p, "o_fine", "--fine-blob-candidates", "-1"),
+        "fine_blob_candidates must be >= 0",
+    ),
+    (
         "train with neither --data nor --demo",
         lambda p, m: ["train", "--out", str(p["bad"] / "o2")],
         "needs --data",
@@ -1328,6 +1333,9 @@ def test_a_fitted_rescoring_within_the_margin_is_the_folders_score(
     assert "rescored" in info["combine"]["validation_cpm"]
     assert folder.postprocessing["blob_candidates"] == TINY.blob_candidates
     assert folder.postprocessing["fp_test_time_flips"] is False
+    # the fine filter's candidates stay with the rescoring that scores them
+    assert folder.postprocessing["fine_blob_candidates"] == TINY.fine_blob_candidates > 0
+    assert info["combine"]["fine_blob_candidates"] == TINY.fine_blob_candidates
     detector = NoduleDetector.from_model_folder(out)
     item = load_datalist(data[1])["testing"][0]
     scores = [d.score for d in detector.detect(item["image"]).detections]
@@ -1345,6 +1353,7 @@ def test_without_validation_scans_a_fitted_rescoring_is_the_score(
     post = load_model_folder(out).postprocessing
     assert post["combine"] == "rescored" and post["rescore"] == _known_rescorer().to_dict()
     assert post["blob_candidates"] == TINY.blob_candidates
+    assert post["fine_blob_candidates"] == TINY.fine_blob_candidates
 
 
 def test_no_rescore_fits_nothing_and_keeps_a_fixed_score(data, model, tmp_path, monkeypatch):
@@ -1361,6 +1370,7 @@ def test_no_rescore_fits_nothing_and_keeps_a_fixed_score(data, model, tmp_path, 
     assert folder.postprocessing["rescore"] is None
     assert folder.postprocessing["combine"] == TINY.combine
     assert "rescore" not in folder.manifest["made_by_params"]["fp_reduction"]
+    assert folder.postprocessing["fine_blob_candidates"] == 0  # nothing would score them
 
 
 def test_training_chooses_the_blob_candidate_count_on_validation(model):
@@ -1634,10 +1644,13 @@ def test_bench_flags_reach_the_config_and_the_training_options():
     assert opts.ema_decay is None and not opts.try_test_time_flips
     assert opts.paste_copies == 0 and opts.rescore is True
     assert config.unet_channels == DetectionConfig().unet_channels  # the library's
+    assert config.fine_blob_candidates == DetectionConfig().fine_blob_candidates  # the library's
+    assert parser.parse_args([]).n_test == 192
     argv = ["--spacing", "1.5", "--patch", "48", "--norm", "batch", "--roi", "96",
             "--overlap", "0.25", "--fp-patch", "32", "--fp-channels", "16,32,64,64",
             "--unet-channels", "16,32,64,128",
-            "--peak-distance", "3", "--blob-candidates", "8", "--plain-classifier",
+            "--peak-distance", "3", "--blob-candidates", "8", "--fine-blob-candidates", "3",
+            "--plain-classifier",
             "--test-time-flips", "search", "--epochs", "3", "--steps-per-epoch", "7",
             "--fp-epochs", "5", "--fp-steps-per-epoch", "9", "--batch-size", "6",
             "--fp-batch-size", "12", "--lr", "0.02", "--fp-lr", "0.002", "--patience", "4",
@@ -1655,6 +1668,7 @@ def test_bench_flags_reach_the_config_and_the_training_options():
     assert (config.fp_patch_size, config.fp_channels) == (32, (16, 32, 64, 64))
     assert config.unet_channels == (16, 32, 64, 128)
     assert (config.candidate_peak_distance_mm, config.blob_candidates) == (3.0, 8)
+    assert config.fine_blob_candidates == 3
     assert config.fp_gate is False and config.test_time_flips is False
     assert opts.try_test_time_flips is True
     assert (opts.epochs, opts.steps_per_epoch, opts.fp_epochs, opts.fp_steps_per_epoch) == (
