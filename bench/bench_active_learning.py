@@ -143,6 +143,8 @@ VARIANTS = {
     "labeled-diversity-0.5": {"diversity_weight": 0.5},
     "tta-16": {"tta_weight": 16.0},
     "tta-64": {"tta_weight": 64.0},
+    "density-1": {"density_weight": 1.0},
+    "density-4": {"density_weight": 4.0},
 }
 #: variants that pass the labelled set's grade counts (`labeled_counts`: class-balanced
 #: uncertainty)

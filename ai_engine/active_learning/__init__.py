@@ -12,6 +12,7 @@ from ai_engine.active_learning.diversity import (
     DEFAULT_DIVERSITY_WEIGHT,
     cosine_distances,
     diverse_order,
+    information_density,
 )
 from ai_engine.active_learning.foreground import body_fraction, tissue_fraction
 from ai_engine.active_learning.mc_dropout import (
@@ -48,6 +49,7 @@ __all__ = [
     "cosine_distances",
     "diverse_order",
     "find_head",
+    "information_density",
     "mc_dropout",
     "penultimate_features",
     "score_studies",

@@ -24,7 +24,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["DEFAULT_DIVERSITY_WEIGHT", "DiverseOrder", "cosine_distances", "diverse_order"]
+__all__ = [
+    "DEFAULT_DIVERSITY_WEIGHT",
+    "DiverseOrder",
+    "cosine_distances",
+    "diverse_order",
+    "information_density",
+]
 
 #: `score_studies`' default w: 0, the plain uncertainty order. On the grading benchmark
 #: (bench/bench_active_learning.py: labelling batches of 3 studies, imbalanced pools with
@@ -46,6 +52,20 @@ def cosine_distances(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     sim = (a / np.where(na > 0, na, 1.0)) @ (b / np.where(nb > 0, nb, 1.0)).T
     sim[(na[:, 0] == 0)[:, None] | (nb[:, 0] == 0)[None, :]] = 0.0
     return np.clip(1.0 - sim, 0.0, 2.0)
+
+
+def information_density(embeddings: np.ndarray) -> np.ndarray:
+    """Each study's mean cosine similarity to the other studies of the pool, clipped to [0, 1]
+    (Settles & Craven 2008): high where the pool is dense, low for an outlier. A pool of one
+    study gives it 1.
+    """
+    e = np.asarray(embeddings, dtype=np.float64)
+    n = len(e)
+    if n < 2:
+        return np.ones(n)
+    sim = 1.0 - cosine_distances(e, e)
+    np.fill_diagonal(sim, 0.0)
+    return np.clip(sim.sum(axis=1) / (n - 1), 0.0, 1.0)
 
 
 @dataclass

@@ -38,7 +38,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from ai_engine.active_learning.diversity import DEFAULT_DIVERSITY_WEIGHT, diverse_order
+from ai_engine.active_learning.diversity import (
+    DEFAULT_DIVERSITY_WEIGHT,
+    diverse_order,
+    information_density,
+)
 from ai_engine.active_learning.foreground import (
     MIN_FOREGROUND_FRACTION,
     body_fraction,
@@ -408,6 +412,7 @@ def score_studies(
     labeled_counts: Mapping[str | int, int] | None = None,
     labeled: Iterable[tuple[str, Volume]] | None = None,
     tta_weight: float = DEFAULT_TTA_WEIGHT,
+    density_weight: float = 0.0,
 ) -> list[StudyScore]:
     """Rank unlabeled studies for labelling (see the module docstring for the strategies).
 
@@ -443,6 +448,11 @@ def score_studies(
             at the head of the queue. Without a diversity weight they only set the reported
             `min_cosine_distance`. The random baseline ignores them.
         tta_weight: c in u = (entropy + min(c * tta_variance, 1)) / 2 (>= 0; default 4).
+        density_weight: b >= 0: u is multiplied by the study's information density to the
+            power b (`diversity.information_density`: its mean cosine similarity to the
+            other studies with or without foreground, like it), so that an outlier of the
+            pool moves down among equally uncertain studies (components `density`,
+            `uncertainty_before_density`). 0, the default: plain uncertainty.
 
     Returns:
         One `StudyScore` per study, sorted by rank (1 first).
@@ -455,6 +465,14 @@ def score_studies(
         InputError: a study of the wrong kind (the message names its key).
     """
     _check_arguments(strategy, mc_samples, diversity_weight, injected_dropout, tta_weight)
+    if (
+        isinstance(density_weight, bool)
+        or not isinstance(density_weight, int | float)
+        or not (0.0 <= float(density_weight) < float("inf"))
+    ):
+        raise ActiveLearningInputError(
+            f"density_weight must be a number >= 0, got {density_weight!r}"
+        )
     model_dir = Path(model_dir)
     scorer = _scorer(model_dir, strategy, device)
     counts = _class_counts(scorer, labeled_counts)  # checked for every strategy
@@ -497,7 +515,7 @@ def score_studies(
         measures.append(measure)
     if not measures:
         raise ActiveLearningInputError("no studies to score: the input is empty")
-    ranked = _rank(measures, strategy, diversity_weight, seed, reference)
+    ranked = _rank(measures, strategy, diversity_weight, seed, reference, float(density_weight))
     if progress is not None:
         progress(1.0, f"Ranked {len(ranked)} studies ({strategy})")
     return ranked
@@ -565,6 +583,7 @@ def _rank(
     diversity_weight: float,
     seed: int,
     reference: np.ndarray | None = None,
+    density_weight: float = 0.0,
 ) -> list[StudyScore]:
     n = len(measures)
     if strategy == "random":
@@ -587,9 +606,16 @@ def _rank(
                 continue
             u = np.array([measures[i].uncertainty for i in idx])
             emb = np.stack([np.asarray(measures[i].embedding, dtype=np.float64) for i in idx])
+            density = information_density(emb) if density_weight > 0 else None
+            unweighted = u
+            if density is not None:
+                u = u * density**density_weight
             result = diverse_order(u, emb, float(diversity_weight), reference)
             for j in result.order:
                 m = measures[idx[j]]
+                if density is not None:
+                    m.components["density"] = float(density[j])
+                    m.components["uncertainty_before_density"] = float(unweighted[j])
                 m.components["uncertainty"] = float(u[j])
                 m.components["diversity"] = float(result.diversity[j])
                 dist = result.min_distance[j]

@@ -22,6 +22,7 @@ from ai_engine.active_learning import (
     class_balance_weight,
     class_uncertainty,
     diverse_order,
+    information_density,
     mc_dropout,
     score_studies,
 )
@@ -153,6 +154,15 @@ def test_diverse_order_counts_distances_from_the_labelled_reference():
     assert diverse_order(u, emb, 0.5, reference=np.zeros((0, 2))).order[0] == 0  # none labelled
     with pytest.raises(ValueError, match=r"\(m, 2\) reference"):
         diverse_order(u, emb, 0.5, reference=np.ones((1, 3)))
+
+
+def test_information_density_is_the_mean_similarity_to_the_rest_of_the_pool():
+    emb = np.array([[1.0, 0.0], [1.0, 0.0], [1.0, 0.0], [0.0, 1.0]])
+    # three alike (similarity 1 to each other, 0 to the outlier) and one outlier
+    assert information_density(emb) == pytest.approx([2 / 3, 2 / 3, 2 / 3, 0.0])
+    opposite = np.array([[1.0, 0.0], [-1.0, 0.0]])  # negative similarity clips to 0
+    assert information_density(opposite) == pytest.approx([0.0, 0.0])
+    assert information_density(np.array([[0.3, 0.4]])) == pytest.approx([1.0])  # alone
 
 
 def test_class_uncertainty_entropy_bald_and_margin_on_known_distributions():
@@ -351,6 +361,24 @@ def test_tta_weight_scales_the_variance_term_of_the_uncertainty(grading):
     ]
 
 
+def test_density_weight_multiplies_the_uncertainty_by_the_density_to_its_power(grading):
+    """u becomes u * density ** b; b = 0 (the default) leaves the plain order and no density."""
+    pool = [*_training_like()[:4], ("noise", _noise(4))]
+    plain = {s.key: s for s in score_studies(grading["model"], pool, mc_samples=4, seed=3)}
+    assert all("density" not in s.components for s in plain.values())
+    for b in (1.0, 4.0):
+        weighted = score_studies(grading["model"], pool, mc_samples=4, seed=3, density_weight=b)
+        for s in weighted:
+            comps = s.components
+            before = plain[s.key].components["uncertainty"]
+            assert comps["uncertainty_before_density"] == pytest.approx(before)
+            assert 0.0 <= comps["density"] <= 1.0
+            assert comps["uncertainty"] == pytest.approx(before * comps["density"] ** b)
+        u = [s.components["uncertainty"] for s in weighted]
+        assert u == sorted(u, reverse=True)
+        assert [s.score for s in weighted] == u
+
+
 def test_labeled_counts_weight_each_study_by_its_predicted_grades_rarity(grading):
     """With the labelled set's grade counts, the ranked uncertainty is the plain one times
     `class_balance_weight` of the study's MC-mean probabilities; equal counts change nothing."""
@@ -462,6 +490,9 @@ BAD_LIBRARY_CALLS = [
     ("tta_weight not a number", {"tta_weight": "4"}, lambda: _training_like()[:1], ActiveLearningInputError, "tta_weight must be a number >= 0, got '4'"),
     ("tta_weight a bool", {"tta_weight": True}, lambda: _training_like()[:1], ActiveLearningInputError, "tta_weight must be a number >= 0, got True"),
     ("tta_weight infinite", {"tta_weight": float("inf")}, lambda: _training_like()[:1], ActiveLearningInputError, "tta_weight must be a number >= 0, got inf"),
+    ("density_weight negative", {"density_weight": -0.5}, lambda: _training_like()[:1], ActiveLearningInputError, "density_weight must be a number >= 0, got -0.5"),
+    ("density_weight not a number", {"density_weight": "1"}, lambda: _training_like()[:1], ActiveLearningInputError, "density_weight must be a number >= 0, got '1'"),
+    ("density_weight NaN", {"density_weight": float("nan")}, lambda: _training_like()[:1], ActiveLearningInputError, "density_weight must be a number >= 0, got nan"),
     ("labeled: also to be scored", {"labeled": [("train-300", make_brain_mri(300, shape=SHAPE)[0])]}, lambda: _training_like()[:1], ActiveLearningInputError, "study 'train-300' is both labelled and to be scored"),
     ("labeled: key twice", {"labeled": [("l", make_brain_mri(1, shape=SHAPE)[0])] * 2}, lambda: _training_like()[:1], ActiveLearningInputError, "labelled study key 'l' is given twice"),
     ("labeled: not a Volume", {"labeled": [("l", np.zeros((4, *SHAPE)))]}, lambda: _training_like()[:1], ActiveLearningInputError, "labelled study 'l': expected an ai_engine.io.Volume"),
