@@ -219,6 +219,14 @@ def build_parser() -> argparse.ArgumentParser:
         "until session 18: two sets of 48 phantoms gave one model CPMs 0.04 apart)",
     )
     parser.add_argument(
+        "--n-calibration",
+        type=int,
+        default=192,
+        help="labelled scans (seeds 5000+) neither network trains on, on whose candidates the "
+        "rescoring is fitted with the training scans' (0: the training scans' alone, the bench "
+        "until session 18)",
+    )
+    parser.add_argument(
         "--shape", default="160,160,64", help="phantom matrix of the train/test scans"
     )
     parser.add_argument(
@@ -343,6 +351,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--paste-per-scan", type=int, default=4, help="nodules pasted into each copy"
     )
     parser.add_argument(
+        "--rescore-degree",
+        type=int,
+        choices=[1, 2],
+        default=2,
+        help="terms of the rescoring: 2, the features with their squares and pairwise products "
+        "(session 19); 1, the features alone",
+    )
+    parser.add_argument(
         "--no-rescore",
         action="store_true",
         help="no rescoring of the candidates (session 12; the score is then the fixed "
@@ -446,6 +462,7 @@ def training_setup(args: argparse.Namespace) -> tuple[DetectionConfig, Detection
         paste_copies=args.paste_copies,
         paste_per_scan=args.paste_per_scan,
         rescore=not args.no_rescore,
+        rescore_degree=args.rescore_degree,
         resume=args.resume,
         seed=args.seed,
         progress=False,
@@ -458,6 +475,8 @@ def main() -> int:
     args = parser.parse_args()
     if args.ensemble < 1:
         parser.error(f"--ensemble must be 1 (one model) or more, got {args.ensemble}")
+    if args.n_calibration < 0:
+        parser.error(f"--n-calibration must be >= 0, got {args.n_calibration}")
     torch.set_num_threads(args.threads)
     work = Path(args.work)
     shape = tuple(int(v) for v in args.shape.split(","))
@@ -468,13 +487,18 @@ def main() -> int:
     train = make_split(work, "train", list(range(1000, 1000 + args.n_train)), shape)
     val = make_split(work, "val", list(range(3000, 3000 + args.n_val)), shape, n_nodules=3)
     test = make_split(work, "test", list(range(9000, 9000 + args.n_test)), shape)
+    calibration = make_split(
+        work, "calibration", list(range(5000, 5000 + args.n_calibration)), shape
+    )
     datalist = write_datalist(
-        {"training": train, "validation": val, "testing": test}, work / "datalist.json"
+        {"training": train, "validation": val, "testing": test, "calibration": calibration},
+        work / "datalist.json",
     )
     t_data = time.perf_counter() - t0
     n_nod = sum(len(x["nodules"]) for x in test)
     print(
-        f"data: {len(train)} train / {len(val)} val / {len(test)} test scans ({n_nod} test nodules) in {t_data:.0f} s",
+        f"data: {len(train)} train / {len(val)} val / {len(test)} test / {len(calibration)} "
+        f"calibration scans ({n_nod} test nodules) in {t_data:.0f} s",
         flush=True,
     )
 

@@ -1,4 +1,6 @@
-"""Datalists: `{"training": [...], "validation": [...], "testing": [...]}` (MONAI's layout).
+"""Datalists: `{"training": [...], "validation": [...], "testing": [...]}` (MONAI's layout),
+and optionally `"calibration": [...]`: labelled scans that no network trains on, on which a
+detector fits its rescoring (the networks' outputs there are what they are on new scans).
 
 Chest CT items: `{"image": "<case folder>", "nodules": [{"center_lps_mm": [x, y, z],
 "diameter_mm": d}, ...]}`. Brain MRI items: `{"images": {"T1": ..., "T1c": ..., "T2": ...,
@@ -18,11 +20,14 @@ from typing import Any
 from ai_engine.errors import InputError
 
 SPLITS = ("training", "validation", "testing")
+#: splits a datalist may hold besides `SPLITS` (read and written only where present)
+OPTIONAL_SPLITS = ("calibration",)
 MR_SEQUENCE_KEYS = ("T1", "T1c", "T2", "FLAIR")
 
 
 def load_datalist(path: str | Path, check_files: bool = True) -> dict[str, list[dict[str, Any]]]:
-    """Read and validate a datalist; return it with every path made absolute.
+    """Read and validate a datalist; return it with every path made absolute (every one of
+    `SPLITS`, and the `OPTIONAL_SPLITS` it holds).
 
     Raises:
         InputError: the file is missing or not JSON, a split is not a list, or an item has
@@ -36,16 +41,17 @@ def load_datalist(path: str | Path, check_files: bool = True) -> dict[str, list[
         data = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise InputError(f"datalist {path} is not valid JSON: {exc}") from None
+    allowed = [*SPLITS, *OPTIONAL_SPLITS]
     if not isinstance(data, dict):
-        raise InputError(f"datalist {path} must be a JSON object with keys {list(SPLITS)}")
-    unknown = sorted(set(data) - set(SPLITS))
+        raise InputError(f"datalist {path} must be a JSON object with keys {allowed}")
+    unknown = sorted(set(data) - set(allowed))
     if unknown:
-        raise InputError(f"datalist {path}: unknown keys {unknown}; allowed are {list(SPLITS)}")
+        raise InputError(f"datalist {path}: unknown keys {unknown}; allowed are {allowed}")
     if not any(data.get(split) for split in SPLITS):
         raise InputError(f"datalist {path} holds no items in {list(SPLITS)}")
     base = path.parent
     out: dict[str, list[dict[str, Any]]] = {}
-    for split in SPLITS:
+    for split in [*SPLITS, *(s for s in OPTIONAL_SPLITS if s in data)]:
         items = data.get(split, [])
         if not isinstance(items, list):
             raise InputError(
@@ -126,7 +132,8 @@ def _validate_item(item: Any, where: str, base: Path, check: bool) -> dict[str, 
 
 
 def write_datalist(data: dict[str, list[dict[str, Any]]], path: str | Path) -> Path:
-    """Write a datalist atomically (temporary file, then rename).
+    """Write a datalist atomically (temporary file, then rename): every one of `SPLITS`, and
+    the `OPTIONAL_SPLITS` that hold items.
 
     Paths are written as given, and `load_datalist` reads a relative one against the
     datalist's folder: pass absolute paths, or paths relative to `path`'s folder (not to the
@@ -135,7 +142,8 @@ def write_datalist(data: dict[str, list[dict[str, Any]]], path: str | Path) -> P
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     with os.fdopen(fd, "w") as handle:
-        json.dump({split: data.get(split, []) for split in SPLITS}, handle, indent=2)
+        splits = [*SPLITS, *(s for s in OPTIONAL_SPLITS if data.get(s))]
+        json.dump({split: data.get(split, []) for split in splits}, handle, indent=2)
         handle.write("\n")
     Path(tmp).replace(path)
     return path

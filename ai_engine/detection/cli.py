@@ -188,8 +188,16 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
         "--no-rescore",
         action="store_true",
         help="do not fit the rescoring (a logistic regression over both networks' outputs and "
-        "the image at each candidate, fitted on the training scans' candidates); the score is "
-        "then the fixed combination chosen on validation",
+        "the image at each candidate, fitted on the candidates of the training scans and of the "
+        "datalist's 'calibration' scans); the score is then the fixed combination chosen on "
+        "validation",
+    )
+    t.add_argument(
+        "--rescore-degree",
+        type=int,
+        default=2,
+        help="2 (default): the rescoring weighs the features, their squares and pairwise "
+        "products; 1: the features alone",
     )
     t.add_argument(
         "--rescore-margin",
@@ -375,6 +383,7 @@ def train_options_from_args(args: argparse.Namespace):
         paste_max_diameter_mm=args.paste_max_diameter,
         paste_attached_share=args.paste_attached_share,
         rescore=not args.no_rescore,
+        rescore_degree=args.rescore_degree,
         rescore_margin=args.rescore_margin,
         try_test_time_flips=args.test_time_flips == "search",
         try_fp_test_time_flips=args.fp_test_time_flips == "search",

@@ -26,12 +26,12 @@ from ai_engine.detection.train import (
     _preprocess_items,
     choose_candidate_settings,
     component_network,
+    detection_data_hash,
     finish_detector,
 )
 from ai_engine.errors import InputError, ModelFolderError
 from ai_engine.modelfolder import manifest_digest
 from ai_engine.networks.ensemble import MeanEnsemble
-from ai_engine.training import training_data_hash
 
 __all__ = ["SHARED_FIELDS", "ensemble_detector"]
 
@@ -90,6 +90,7 @@ def ensemble_detector(
         raise InputError("the output folder is one of the members: write the ensemble elsewhere")
     train_items = list(datalist.get("training", []))
     val_items = list(datalist.get("validation", []))
+    calibration_items = list(datalist.get("calibration", []))
     if not train_items:
         raise InputError("the datalist has no 'training' items to fit the ensemble's rescoring")
     # the first member's settings, less what is fitted again on the ensemble's outputs
@@ -130,5 +131,6 @@ def ensemble_detector(
             "candidates": info1,
             "fp_reduction": {},
         },
-        training_data=training_data_hash({"training": train_items, "validation": val_items}),
+        training_data=detection_data_hash(train_items, val_items, calibration_items),
+        calibration_items=calibration_items,
     )

@@ -9,8 +9,13 @@ past it, its shape). The fixed combinations of `candidates.combine_scores` (sqrt
 (p + q) / 2, ...) weigh the two probabilities alike and ignore the rest; the most confident
 false positives of the bench's detector (bronchus ends and vessels with U-Net probability 1.0)
 have a blob response at their centre of 0.05-0.31 against 0.3-1.1 for nine in ten nodules,
-which neither network's output carries to the score. Pure numpy; the fitted weights are a
-small dict in the model folder, with the names of the features they weigh.
+which neither network's output carries to the score. Since session 19 the regression also
+weighs the features' squares and pairwise products (`degree` 2: an attached nodule is a solid
+core *and* a confident classifier, which no sum of single-feature weights says), and training
+fits it on the candidates of labelled scans that neither network trained on too (the
+datalist's "calibration" split), where the networks' outputs are as confident as on new scans.
+Pure numpy; the fitted weights are a small dict in the model folder, with the names of the
+features they weigh.
 """
 
 from __future__ import annotations
@@ -89,16 +94,47 @@ def candidate_features(
     return np.stack(columns, axis=1)
 
 
+def expand_terms(x: np.ndarray, degree: int) -> np.ndarray:
+    """The regression's terms of feature rows `x` (N, n): the features themselves (degree 1);
+    for degree 2 also their squares and their pairwise products, in `term_names` order."""
+    x = np.asarray(x, dtype=np.float64)
+    if degree == 1:
+        return x
+    i, j = np.triu_indices(x.shape[1], 1)
+    return np.hstack([x, x**2, x[:, i] * x[:, j]])
+
+
+def term_names(features: Sequence[str], degree: int) -> list[str]:
+    """Names of `expand_terms`' columns: "a", then "a^2" and "a*b" for degree 2."""
+    names = list(features)
+    if degree == 1:
+        return names
+    i, j = np.triu_indices(len(names), 1)
+    return [
+        *names,
+        *(f"{n}^2" for n in names),
+        *(f"{names[a]}*{names[b]}" for a, b in zip(i, j, strict=True)),
+    ]
+
+
+#: degrees of the regression's terms: 1 (the features, sessions 12-18) or 2 (also their
+#: squares and pairwise products: an attached nodule is told by the solid core *and* the
+#: classifier together, which a sum of single-feature weights cannot say)
+DEGREES = (1, 2)
+
+
 @dataclass
 class Rescorer:
-    """Logistic regression on standardised features (stored as a dict in the model folder).
+    """Logistic regression on standardised terms of the features (a dict in the model folder).
 
     Attributes:
         features: the names of the features it weighs, in order (`KNOWN_FEATURES`; training
             fits `FEATURES`, session 12's folders hold `CENTRE_FEATURES`).
-        mean, scale: standardisation of each feature.
-        coef, intercept: the weights on the standardised features.
+        mean, scale: standardisation of each term (`expand_terms` of the features).
+        coef, intercept: the weights on the standardised terms.
         n_samples, n_positive: what it was fitted on.
+        degree: 1, the features alone (folders written before session 19), or 2: also their
+            squares and pairwise products (`term_names`).
     """
 
     features: list[str]
@@ -108,6 +144,7 @@ class Rescorer:
     intercept: float
     n_samples: int = 0
     n_positive: int = 0
+    degree: int = 1
 
     def __post_init__(self) -> None:
         names = list(self.features)
@@ -116,9 +153,14 @@ class Rescorer:
             raise ValueError(
                 f"rescorer features {names} are not distinct names of {list(KNOWN_FEATURES)}"
             )
-        n = len(names)
+        if self.degree not in DEGREES:
+            raise ValueError(f"rescorer degree must be one of {DEGREES}, got {self.degree!r}")
+        n = len(term_names(names, self.degree))
         if not (len(self.mean) == len(self.scale) == len(self.coef) == n):
-            raise ValueError(f"rescorer needs {n} means, scales and weights")
+            raise ValueError(
+                f"rescorer of degree {self.degree} on {len(names)} features needs {n} means, "
+                "scales and weights"
+            )
 
     @classmethod
     def fit(
@@ -128,17 +170,23 @@ class Rescorer:
         l2: float = 1.0,
         iterations: int = 50,
         features: Sequence[str] = FEATURES,
+        degree: int = 1,
     ) -> Rescorer:
         """Fit by Newton's method (iteratively reweighted least squares) with an L2 penalty of
-        `l2` / 2 * |w|^2 on the weights (not the intercept); `x` holds the `features` columns.
+        `l2` / 2 * |w|^2 on the weights (not the intercept); `x` holds the `features` columns,
+        expanded to the terms of `degree` (`expand_terms`) and standardised.
 
         Raises:
-            ValueError: no positive or no negative sample, or shapes that do not match.
+            ValueError: no positive or no negative sample, shapes that do not match, or a
+                degree not in `DEGREES`.
         """
+        if degree not in DEGREES:
+            raise ValueError(f"rescorer degree must be one of {DEGREES}, got {degree!r}")
         x = np.asarray(x, dtype=np.float64)
         y = np.asarray(y, dtype=np.float64).reshape(-1)
         if x.ndim != 2 or x.shape[1] != len(features) or len(x) != len(y):
             raise ValueError(f"features {x.shape} and labels {y.shape} do not match")
+        x = expand_terms(x, degree)
         n_pos = int((y > 0.5).sum())
         if n_pos == 0 or n_pos == len(y):
             raise ValueError("rescoring needs positive and negative candidates")
@@ -165,11 +213,14 @@ class Rescorer:
             intercept=float(w[0]),
             n_samples=len(y),
             n_positive=n_pos,
+            degree=degree,
         )
 
     def predict(self, x: np.ndarray) -> np.ndarray:
         """Probability that each candidate (row of `candidate_features`) is a nodule."""
-        x = np.asarray(x, dtype=np.float64).reshape(-1, len(self.features))
+        x = expand_terms(
+            np.asarray(x, dtype=np.float64).reshape(-1, len(self.features)), self.degree
+        )
         z = (x - np.asarray(self.mean)) / np.asarray(self.scale)
         return 1.0 / (1.0 + np.exp(-(z @ np.asarray(self.coef) + self.intercept)))
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import itertools
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -41,7 +41,7 @@ from ai_engine.detection.patches import (
     random_tissue_points,
 )
 from ai_engine.detection.pipeline import TASK, NoduleDetector
-from ai_engine.detection.rescore import Rescorer, candidate_features, features_for
+from ai_engine.detection.rescore import DEGREES, Rescorer, candidate_features, features_for
 from ai_engine.detection.transforms import (
     CropCentersd,
     MinedNegativesd,
@@ -157,10 +157,14 @@ class DetectionTrainOptions:
         fp_cutmix_prob: share of the classifier's batches mixed by 3D CutMix (0: none).
         rescore: after stage 2, fit the rescoring (`ai_engine.detection.rescore`: a logistic
             regression over both networks' logits and what the image says at and around the
-            candidate) on the training scans' candidates, and use it as the final score
+            candidate) on the candidates of the training scans and of the datalist's
+            "calibration" scans (labelled scans neither network trains on: there the networks'
+            outputs are what they are on new scans), and use it as the final score
             ("rescored") unless the best fixed combination beats it on validation by more
             than `rescore_margin`.
-        rescore_l2: L2 penalty of the rescoring's weights (standardised features).
+        rescore_l2: L2 penalty of the rescoring's weights (standardised terms).
+        rescore_degree: 2 (default): the rescoring weighs the features, their squares and
+            their pairwise products; 1: the features alone (sessions 12-18).
         rescore_margin: how much better (validation CPM) a fixed combination must be to replace
             the rescoring. The validation scans of a small datalist cannot resolve much less
             (the bench's 48 validation nodules: one nodule at one operating point is 0.003,
@@ -232,6 +236,7 @@ class DetectionTrainOptions:
     paste_attached_share: float = 0.75
     rescore: bool = True
     rescore_l2: float = 1.0
+    rescore_degree: int = 2
     rescore_margin: float = 0.02
     progress: bool = True
     extra: dict[str, Any] = field(default_factory=dict)
@@ -239,6 +244,28 @@ class DetectionTrainOptions:
 
 def _log(message: str) -> None:
     print(message, flush=True)
+
+
+def detection_data_hash(
+    train_items: Sequence[dict[str, Any]],
+    val_items: Sequence[dict[str, Any]],
+    calibration_items: Sequence[dict[str, Any]] = (),
+) -> dict[str, Any]:
+    """The training-data hash of a detection model: its training and validation items, and
+    its calibration items where it has any (a folder without them keeps its earlier hash)."""
+    splits = {"training": train_items, "validation": val_items}
+    if calibration_items:
+        splits["calibration"] = calibration_items
+    return training_data_hash(splits)
+
+
+def _preprocessed_one_at_a_time(
+    items: Sequence[dict[str, Any]], config: DetectionConfig
+) -> Iterator[dict[str, Any]]:
+    """`_preprocess_items`, one scan at a time (the calibration scans are read once, and
+    there may be many of them)."""
+    for item in items:
+        yield from _preprocess_items([item], config)
 
 
 def _preprocess_items(
@@ -585,11 +612,13 @@ def keeps_rescoring(table: dict[str, float], margin: float) -> bool:
 
 
 def fit_rescorer(
-    detector: NoduleDetector, scans: Sequence[dict[str, Any]], l2: float = 1.0
+    detector: NoduleDetector, scans: Iterable[dict[str, Any]], l2: float = 1.0, degree: int = 1
 ) -> Rescorer:
     """Fit the rescoring on the candidates `detector` finds in preprocessed `scans` (its
     configured threshold, blob and fine candidates, the classifier unflipped), each labelled by
-    the hit rule (centre within a nodule's radius), on `features_for` its fine candidates.
+    the hit rule (centre within a nodule's radius), on `features_for` its fine candidates, with
+    terms of `degree`. `scans` is read once, one scan at a time (a generator that preprocesses
+    each keeps one in memory).
 
     Raises:
         ValueError: no candidate hits a nodule, or every one does.
@@ -613,7 +642,9 @@ def fit_rescorer(
         detector.config.fp_test_time_flips = flips
     if not xs:
         raise ValueError("rescoring needs positive and negative candidates")
-    return Rescorer.fit(np.concatenate(xs), np.concatenate(ys), l2=l2, features=names)
+    return Rescorer.fit(
+        np.concatenate(xs), np.concatenate(ys), l2=l2, features=names, degree=degree
+    )
 
 
 def _epoch_line(stage: str, line: dict[str, Any]) -> str:
@@ -891,6 +922,8 @@ def _check_options(opts: DetectionTrainOptions) -> None:
             f"rescore_l2 and rescore_margin must be >= 0, got {opts.rescore_l2} and "
             f"{opts.rescore_margin}"
         )
+    if opts.rescore_degree not in DEGREES:
+        raise InputError(f"rescore_degree must be one of {DEGREES}, got {opts.rescore_degree!r}")
     if opts.fp_crop_jitter < 0:
         raise InputError(f"fp_crop_jitter must be >= 0 voxels, got {opts.fp_crop_jitter}")
     if not 0.0 <= opts.fp_hard_fraction < 1.0:
@@ -962,9 +995,11 @@ def finish_detector(
     networks: dict[str, tuple[str, dict[str, Any]]],
     made_by_params: dict[str, Any],
     training_data: dict[str, Any],
+    calibration_items: Sequence[dict[str, Any]] = (),
 ) -> Path:
     """After the networks (trained, or assembled into an ensemble): fit the rescoring on the
-    training candidates (`opts.rescore`), choose the score combination, blob candidates and
+    candidates of the training scans and of `calibration_items` (datalist items, preprocessed
+    here one at a time; `opts.rescore`), choose the score combination, blob candidates and
     classifier flips on validation, measure the validation CPM and write the model folder.
 
     Args:
@@ -979,11 +1014,16 @@ def finish_detector(
     fine_candidates = config.fine_blob_candidates if opts.rescore else 0
     config.fine_blob_candidates = fine_candidates
     if opts.rescore:
+        if calibration_items:
+            _log(f"[rescore] candidates of {len(calibration_items)} calibration scans too")
         try:
             rescorer = fit_rescorer(
                 NoduleDetector(config, unet, classifier, device=opts.device),
-                train_scans,
+                itertools.chain(
+                    train_scans, _preprocessed_one_at_a_time(calibration_items, config)
+                ),
                 opts.rescore_l2,
+                opts.rescore_degree,
             )
         except ValueError as exc:  # no hit, or nothing but hits, among the candidates
             info["rescore"] = {"skipped": str(exc)}
@@ -991,11 +1031,18 @@ def finish_detector(
             config.fine_blob_candidates = 0
         else:
             config.rescore = rescorer.to_dict()
-            info["rescore"] = {"fitted": config.rescore}
-            weights = dict(zip(rescorer.features, np.round(rescorer.coef, 2).tolist(), strict=True))
+            info["rescore"] = {
+                "fitted": config.rescore,
+                "training_scans": len(train_scans),
+                "calibration_scans": len(calibration_items),
+            }
+            n = len(rescorer.features)  # the features' own terms come first
+            weights = dict(zip(rescorer.features, np.round(rescorer.coef[:n], 2), strict=True))
             _log(
-                f"[rescore] fitted on {rescorer.n_samples} training candidates "
-                f"({rescorer.n_positive} hits): weights {weights}"
+                f"[rescore] degree {rescorer.degree} fitted on {rescorer.n_samples} candidates "
+                f"({rescorer.n_positive} hits) of {len(train_scans)} training and "
+                f"{len(calibration_items)} calibration scans: weights of the features "
+                f"{ {k: float(v) for k, v in weights.items()} }"
             )
     if val_scans and opts.combine_modes:
         blob_counts = (
@@ -1086,7 +1133,9 @@ def train_detector(
     options: DetectionTrainOptions | None = None,
 ) -> Path:
     """Train both stages on `datalist["training"]` (validated on `"validation"`) and write a
-    model folder to `out` (work files under `out/work`).
+    model folder to `out` (work files under `out/work`). The rescoring is fitted on the
+    candidates of the training scans and of `"calibration"` (optional: labelled scans that
+    neither network trains on).
 
     Raises:
         InputError: no training scans, no nodules at all.
@@ -1097,6 +1146,7 @@ def train_detector(
     out = Path(out)
     train_items = list(datalist.get("training", []))
     val_items = list(datalist.get("validation", []))
+    calibration_items = list(datalist.get("calibration", []))
     _check_options(opts)
     if not train_items:
         raise InputError("the datalist has no 'training' items")
@@ -1170,7 +1220,8 @@ def train_detector(
             "fp_reduction": ("resnet3d", config.fp_kwargs),
         },
         made_by_params={"options": asdict(opts), "candidates": info1, "fp_reduction": info2},
-        training_data=training_data_hash({"training": given_items, "validation": val_items}),
+        training_data=detection_data_hash(given_items, val_items, calibration_items),
+        calibration_items=calibration_items,
     )
 
 
@@ -1179,6 +1230,7 @@ __all__ = [
     "DetectionTrainOptions",
     "choose_candidate_settings",
     "component_network",
+    "detection_data_hash",
     "detections_cpm",
     "finish_detector",
     "fit_rescorer",

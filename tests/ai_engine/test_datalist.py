@@ -64,6 +64,21 @@ def test_write_then_load(tree):
     assert len(load_datalist(path)["testing"]) == 1
 
 
+def test_a_calibration_split_is_read_and_written_only_where_it_holds_items(tree):
+    """ "calibration" (labelled scans no network trains on) is optional: read and resolved like
+    the others where present, absent from what is read and written where it is not."""
+    path = _write(tree, {"training": [CT_ITEM], "calibration": [CT_ITEM]})
+    data = load_datalist(path)
+    assert data["calibration"][0]["image"] == str((tree / "ct_1").resolve())
+    assert "calibration" not in load_datalist(_write(tree, {"training": [CT_ITEM]}))
+    written = write_datalist({"training": [CT_ITEM], "calibration": [CT_ITEM]}, tree / "c.json")
+    assert list(json.loads(written.read_text())) == [
+        "training", "validation", "testing", "calibration"
+    ]  # fmt: skip
+    empty = write_datalist({"training": [CT_ITEM], "calibration": []}, tree / "e.json")
+    assert "calibration" not in json.loads(empty.read_text())
+
+
 def _with(item, **changes):
     out = json.loads(json.dumps(item))
     for key, value in changes.items():
@@ -82,7 +97,16 @@ BAD_DATALISTS = {
     # case: (file content, expected InputError message part)
     "not JSON": ("{training: [", "not valid JSON"),
     "a list, not an object": ([CT_ITEM], "must be a JSON object"),
-    "unknown split": ({"train": [CT_ITEM]}, r"unknown keys \['train'\]"),
+    "unknown split": (
+        {"train": [CT_ITEM]},
+        r"unknown keys \['train'\]; allowed are \['training', 'validation', 'testing', "
+        r"'calibration'\]",
+    ),
+    "calibration alone": ({"calibration": [CT_ITEM]}, "holds no items in"),
+    "calibration item missing": (
+        {"training": [CT_ITEM], "calibration": [_with(CT_ITEM, image="ct_9")]},
+        r"calibration\[0\]: 'image' points to .*ct_9",
+    ),
     "no items": ({"training": []}, "holds no items"),
     "split not a list": ({"training": {"image": "ct_1"}}, "'training' must be a list"),
     "item not an object": ({"training": ["ct_1"]}, r"training\[0\]: an item must be an object"),

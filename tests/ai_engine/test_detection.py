@@ -317,6 +317,11 @@ BAD_CASES = [
         "fine_blob_candidates must be >= 0",
     ),
     (
+        "a rescoring degree other than 1 or 2",
+        lambda p, m: _train_argv(p, "o_degree", "--rescore-degree", "3"),
+        "rescore_degree must be one of (1, 2), got 3",
+    ),
+    (
         "train with neither --data nor --demo",
         lambda p, m: ["train", "--out", str(p["bad"] / "o2")],
         "needs --data",
@@ -648,6 +653,7 @@ def test_unknown_unet_loss_is_refused(data, tmp_path):
             {"rescore_margin": -0.1},
             "rescore_l2 and rescore_margin must be >= 0, got 1.0 and -0.1",
         ),
+        ({"rescore_degree": 3}, "rescore_degree must be one of (1, 2), got 3"),
     ],
 )
 def test_classifier_options_outside_their_range_are_refused(data, tmp_path, option, message):
@@ -810,15 +816,15 @@ def test_train_mining_and_classifier_loss_flags_map_onto_the_options():
     assert default.mine_negatives_from is None
     for name in ("mined_negative_fraction", "fp_focal_gamma", "fp_cutmix_prob", "epochs", "lr",
                  "paste_copies", "paste_per_scan", "paste_max_diameter_mm",
-                 "paste_attached_share", "rescore", "rescore_margin"):  # fmt: skip
+                 "paste_attached_share", "rescore", "rescore_margin", "rescore_degree"):  # fmt: skip
         assert getattr(default, name) == getattr(library, name), name
     argv = [*base, "--mine-negatives-from", "8", "--mine-negatives-every", "2",
             "--mined-negative-fraction", "0.25", "--fp-focal-gamma", "0",
             "--fp-cutmix", "0", "--paste-copies", "2", "--paste-per-scan", "3",
             "--paste-max-diameter", "6", "--paste-attached-share", "0.5",
-            "--no-rescore", "--rescore-margin", "0.05"]  # fmt: skip
+            "--no-rescore", "--rescore-margin", "0.05", "--rescore-degree", "1"]  # fmt: skip
     options = train_options_from_args(parser.parse_args(argv))
-    assert (options.rescore, options.rescore_margin) == (False, 0.05)
+    assert (options.rescore, options.rescore_margin, options.rescore_degree) == (False, 0.05, 1)
     assert (options.paste_copies, options.paste_per_scan) == (2, 3)
     assert (options.paste_max_diameter_mm, options.paste_attached_share) == (6.0, 0.5)
     assert (options.mine_negatives_from, options.mine_negatives_every) == (8, 2)
@@ -1279,6 +1285,51 @@ def test_the_fine_candidates_join_after_the_networks_for_the_rescoring(data, mod
     assert seen == {"mining": 0, "rescoring": 3}
 
 
+def test_the_rescoring_is_fitted_on_the_training_and_the_calibration_scans(data, model, tmp_path,
+                                                                         monkeypatch):  # fmt: skip
+    """A datalist's "calibration" scans join the training scans' candidates in the rescoring's
+    fit (preprocessed one at a time), of degree 2 by default; they count in the folder's data
+    hash and its record (the real fit, watched)."""
+    import ai_engine.detection.train as train_module
+    from ai_engine.data.datalist import load_datalist
+
+    datalist = load_datalist(data[1])
+    calibration = datalist["testing"] * 2  # the tiny set has no other scan: twice the same one
+    seen: dict[str, object] = {}
+    fit = train_module.fit_rescorer
+
+    def watched_fit(detector, scans, l2, degree):
+        scans = list(scans)
+        seen.update(n=len(scans), degree=degree, nodules=[s["nodules"] for s in scans])
+        return fit(detector, scans, l2, degree)
+
+    monkeypatch.setattr(train_module, "fit_rescorer", watched_fit)
+    out = train_detector(
+        {**datalist, "calibration": calibration},
+        tmp_path / "calibrated",
+        TINY,
+        tiny_train_options(candidates_from=str(model)),
+    )
+    assert seen["n"] == len(datalist["training"]) + 2 and seen["degree"] == 2
+    expected = [it["nodules"] for it in [*datalist["training"], *calibration]]
+    assert seen["nodules"] == expected
+    folder = load_model_folder(out)
+    assert folder.manifest["training_data"]["n_items"] == {
+        "calibration": 2, "training": 2, "validation": 1
+    }  # fmt: skip
+    info = folder.manifest["made_by_params"]["fp_reduction"]["rescore"]
+    if "fitted" in info:  # the tiny networks' candidates may hold no hit to fit on
+        assert info["calibration_scans"] == 2 and info["training_scans"] == 2
+    seen.clear()
+    train_detector(
+        datalist,
+        tmp_path / "plain",
+        TINY,
+        tiny_train_options(candidates_from=str(model), rescore_degree=1),
+    )
+    assert seen["n"] == len(datalist["training"]) and seen["degree"] == 1
+
+
 # ---------------------------------------------------------------- gated classifier (issue #5)
 def test_training_records_the_rescoring_fitted_or_why_not(model):
     """After stage 2 the rescoring is fitted on the training scans' candidates and stored, or,
@@ -1645,7 +1696,9 @@ def test_bench_flags_reach_the_config_and_the_training_options():
     assert opts.paste_copies == 0 and opts.rescore is True
     assert config.unet_channels == DetectionConfig().unet_channels  # the library's
     assert config.fine_blob_candidates == DetectionConfig().fine_blob_candidates  # the library's
-    assert parser.parse_args([]).n_test == 192
+    assert parser.parse_args([]).n_test == 192 and parser.parse_args([]).n_calibration == 192
+    assert opts.rescore_degree == 2
+    assert bench.training_setup(parser.parse_args(["--rescore-degree", "1"]))[1].rescore_degree == 1
     argv = ["--spacing", "1.5", "--patch", "48", "--norm", "batch", "--roi", "96",
             "--overlap", "0.25", "--fp-patch", "32", "--fp-channels", "16,32,64,64",
             "--unet-channels", "16,32,64,128",
@@ -1685,6 +1738,19 @@ def test_bench_flags_reach_the_config_and_the_training_options():
     assert (opts.fp_cutmix_prob, opts.fp_crop_jitter, opts.ema_decay) == (0.0, 2, 0.99)
     assert opts.resume is True and opts.seed == 5 and opts.small_nodule_weight == 3
     assert (opts.paste_copies, opts.paste_per_scan) == (2, 5) and opts.rescore is False
+
+
+def test_bench_refuses_a_negative_count_of_calibration_scans(monkeypatch, tmp_path, capsys):
+    """Refused before any phantom is written."""
+    bench = _bench_detection()
+    monkeypatch.setattr(
+        sys, "argv", ["bench", "--work", str(tmp_path / "w"), "--n-calibration", "-1"]
+    )
+    with pytest.raises(SystemExit) as info:
+        bench.main()
+    assert info.value.code == 2
+    assert "--n-calibration must be >= 0, got -1" in capsys.readouterr().err
+    assert not (tmp_path / "w").exists()
 
 
 def test_bench_places_each_false_positive_and_counts_the_top_ones():

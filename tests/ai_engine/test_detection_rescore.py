@@ -20,6 +20,8 @@ from ai_engine.detection.rescore import (
     FINE_FEATURES,
     Rescorer,
     candidate_features,
+    expand_terms,
+    term_names,
 )
 from ai_engine.detection.train import keeps_rescoring
 from tests.ai_engine.detection_support import TINY
@@ -105,6 +107,69 @@ def test_fit_weighs_the_feature_that_separates_and_ranks_the_nodules_first():
     auroc = (s[yt == 1][:, None] > s[yt == 0][None]).mean()
     assert auroc > 0.85
     assert r.n_samples == 600 and r.n_positive == int(y.sum())
+
+
+def test_degree_two_terms_are_the_features_their_squares_and_pairwise_products():
+    x = np.array([[1.0, 2.0, 3.0], [0.5, -1.0, 4.0]])
+    names = ["logit_p", "logit_q", "hu"]
+    assert np.array_equal(expand_terms(x, 1), x) and term_names(names, 1) == names
+    terms = expand_terms(x, 2)
+    assert term_names(names, 2) == [
+        *names, "logit_p^2", "logit_q^2", "hu^2", "logit_p*logit_q", "logit_p*hu", "logit_q*hu"
+    ]  # fmt: skip
+    assert terms[0].tolist() == [1, 2, 3, 1, 4, 9, 2, 3, 6]
+    assert terms[1].tolist() == [0.5, -1, 4, 0.25, 1, 16, -0.5, 2, -4]
+
+
+def _together(n=1200, seed=0):
+    """Nodules are where two features are high *together* (a solid core and a confident
+    classifier); either alone says nothing."""
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, len(FEATURES)))
+    a, b = FEATURES.index("logit_q"), FEATURES.index("log_core")
+    y = ((x[:, a] > 0.3) & (x[:, b] > 0.3)).astype(float)
+    return x, y
+
+
+def _auroc(s, y):
+    return (s[y == 1][:, None] > s[y == 0][None]).mean()
+
+
+def test_degree_two_learns_what_no_sum_of_single_feature_weights_can_and_round_trips():
+    x, y = _together()
+    xt, yt = _together(seed=1)
+    plain, paired = Rescorer.fit(x, y, degree=1), Rescorer.fit(x, y, degree=2)
+    assert plain.degree == 1 and paired.degree == 2
+    n = len(FEATURES)
+    assert len(paired.coef) == len(paired.mean) == 2 * n + n * (n - 1) // 2
+    assert _auroc(paired.predict(xt), yt) > _auroc(plain.predict(xt), yt) + 0.02
+    assert _auroc(paired.predict(xt), yt) > 0.97
+    product = term_names(FEATURES, 2).index("logit_q*log_core")
+    assert paired.coef[product] == max(paired.coef)  # the term that tells them
+    back = Rescorer.from_dict(json.loads(json.dumps(paired.to_dict())))
+    assert back.degree == 2 and np.allclose(back.predict(xt), paired.predict(xt))
+    cands = [_cand(0.7, blob=1.2), _cand(0.7, blob=0.0)]
+    q = np.array([0.6, 0.6])
+    assert np.allclose(back.score(cands, q), paired.predict(candidate_features(cands, q)))
+
+
+def test_a_rescoring_without_a_degree_is_of_degree_one_and_a_bad_degree_is_refused():
+    """Folders written before session 19 store no degree: they weigh the features alone."""
+    x, y = _synthetic()
+    old = Rescorer.fit(x, y).to_dict()
+    old.pop("degree")
+    assert Rescorer.from_dict(old).degree == 1
+    for degree in (0, 3, "2"):
+        with pytest.raises(ValueError, match=r"rescorer degree must be one of \(1, 2\)"):
+            Rescorer.fit(x, y, degree=degree)
+        with pytest.raises(ValueError, match=r"rescorer degree must be one of \(1, 2\)"):
+            Rescorer.from_dict({**old, "degree": degree})
+    # the weights of degree 1 do not make one of degree 2
+    n = len(FEATURES)
+    with pytest.raises(
+        ValueError, match=f"degree 2 on {n} features needs {2 * n + n * (n - 1) // 2}"
+    ):
+        Rescorer.from_dict({**old, "degree": 2})
 
 
 def test_a_stronger_penalty_shrinks_the_weights():
