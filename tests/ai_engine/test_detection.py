@@ -351,7 +351,7 @@ BAD_CASES = [
             "--image",
             str(p["root"] / "ct_11"),
         ],
-        "rescorer needs 12 means, scales and weights",
+        "rescorer of degree 1 on 12 features needs 12 means, scales and weights",
     ),
 ]
 

@@ -92,8 +92,9 @@ def test_the_rescoring_is_fitted_on_the_ensembles_own_candidates(members, tmp_pa
     _, datalist, folders = members
     seen = []
 
-    def spy(detector, scans, l2):
-        seen.append((type(detector.unet), type(detector.classifier), len(scans)))
+    def spy(detector, scans, l2, degree):
+        scans = list(scans)  # the training scans, then the calibration scans one at a time
+        seen.append((type(detector.unet), type(detector.classifier), len(scans), degree))
         rng = np.random.default_rng(0)
         y = (rng.random(200) < 0.2).astype(float)
         return Rescorer.fit(rng.normal(size=(200, len(FEATURES))) + y[:, None], y)
@@ -102,8 +103,14 @@ def test_the_rescoring_is_fitted_on_the_ensembles_own_candidates(members, tmp_pa
     opts = DetectionTrainOptions(
         combine_modes=("mean",), rescore_margin=1.0, candidate_thresholds=(), progress=False
     )
-    out = ensemble_detector(folders, load_datalist(datalist), tmp_path / "e", opts)
-    assert seen == [(MeanEnsemble, MeanEnsemble, 2)]
+    data = load_datalist(datalist)
+    out = ensemble_detector(folders, data, tmp_path / "e", opts)
+    assert seen == [(MeanEnsemble, MeanEnsemble, 2, 2)]
+    # a datalist's calibration scans join the fit, and the data hash
+    ensemble_detector(folders, {**data, "calibration": data["validation"]}, tmp_path / "c", opts)
+    assert seen[-1] == (MeanEnsemble, MeanEnsemble, 2 + len(data["validation"]), 2)
+    hashed = load_model_folder(tmp_path / "c").manifest["training_data"]["n_items"]
+    assert hashed["calibration"] == len(data["validation"])
     post = load_model_folder(out).postprocessing
     assert post["combine"] == "rescored"
     assert post["rescore"]["n_samples"] == 200
