@@ -372,7 +372,12 @@ def _class_counts(
 
 
 def _check_arguments(
-    strategy: str, mc_samples: int, diversity_weight: float, p: float, tta_weight: float
+    strategy: str,
+    mc_samples: int,
+    diversity_weight: float,
+    p: float,
+    tta_weight: float,
+    density_weight: float,
 ) -> None:
     if strategy not in STRATEGIES:
         raise ActiveLearningInputError(
@@ -388,12 +393,13 @@ def _check_arguments(
         )
     if not 0.0 < float(p) < 1.0:
         raise ActiveLearningInputError(f"injected_dropout must be in (0, 1), got {p!r}")
-    if (
-        isinstance(tta_weight, bool)
-        or not isinstance(tta_weight, int | float)
-        or not (0.0 <= float(tta_weight) < float("inf"))
-    ):
-        raise ActiveLearningInputError(f"tta_weight must be a number >= 0, got {tta_weight!r}")
+    for name, value in (("tta_weight", tta_weight), ("density_weight", density_weight)):
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, int | float)
+            or not (0.0 <= float(value) < float("inf"))
+        ):
+            raise ActiveLearningInputError(f"{name} must be a number >= 0, got {value!r}")
 
 
 def score_studies(
@@ -464,15 +470,9 @@ def score_studies(
             on grading, one without PyTorch weights).
         InputError: a study of the wrong kind (the message names its key).
     """
-    _check_arguments(strategy, mc_samples, diversity_weight, injected_dropout, tta_weight)
-    if (
-        isinstance(density_weight, bool)
-        or not isinstance(density_weight, int | float)
-        or not (0.0 <= float(density_weight) < float("inf"))
-    ):
-        raise ActiveLearningInputError(
-            f"density_weight must be a number >= 0, got {density_weight!r}"
-        )
+    _check_arguments(
+        strategy, mc_samples, diversity_weight, injected_dropout, tta_weight, density_weight
+    )
     model_dir = Path(model_dir)
     scorer = _scorer(model_dir, strategy, device)
     counts = _class_counts(scorer, labeled_counts)  # checked for every strategy

@@ -24,6 +24,7 @@ from ai_engine.detection.train import (
     DetectionTrainOptions,
     _log,
     _preprocess_items,
+    check_calibration_items,
     choose_candidate_settings,
     component_network,
     detection_data_hash,
@@ -93,6 +94,7 @@ def ensemble_detector(
     calibration_items = list(datalist.get("calibration", []))
     if not train_items:
         raise InputError("the datalist has no 'training' items to fit the ensemble's rescoring")
+    check_calibration_items(train_items, calibration_items)
     # the first member's settings, less what is fitted again on the ensemble's outputs
     config = DetectionConfig.from_dict(
         {**loaded[0].config.to_dict(), "rescore": None, "combine": "geometric"}

@@ -259,6 +259,26 @@ def detection_data_hash(
     return training_data_hash(splits)
 
 
+def check_calibration_items(
+    train_items: Sequence[dict[str, Any]], calibration_items: Sequence[dict[str, Any]]
+) -> None:
+    """Refuse, before any training, calibration items that are not CT scans or that are also
+    training scans (the networks' outputs there are not what they are on new scans).
+
+    Raises:
+        InputError: naming the first bad item's index.
+    """
+    training = {str(it.get("image")) for it in train_items}
+    for i, item in enumerate(calibration_items):
+        if "image" not in item:
+            raise InputError(f"calibration[{i}] is not a CT item (it has no 'image')")
+        if str(item["image"]) in training:
+            raise InputError(
+                f"calibration[{i}] ({item['image']}) is also a training scan: the rescoring "
+                "needs scans the networks do not train on"
+            )
+
+
 def _preprocessed_one_at_a_time(
     items: Sequence[dict[str, Any]], config: DetectionConfig
 ) -> Iterator[dict[str, Any]]:
@@ -1148,6 +1168,7 @@ def train_detector(
     val_items = list(datalist.get("validation", []))
     calibration_items = list(datalist.get("calibration", []))
     _check_options(opts)
+    check_calibration_items(train_items, calibration_items)
     if not train_items:
         raise InputError("the datalist has no 'training' items")
     if not any(it.get("nodules") for it in train_items):
@@ -1228,6 +1249,7 @@ def train_detector(
 __all__ = [
     "BEST_WEIGHTS",
     "DetectionTrainOptions",
+    "check_calibration_items",
     "choose_candidate_settings",
     "component_network",
     "detection_data_hash",

@@ -173,6 +173,11 @@ def bad_inputs(data, tmp_path_factory):
     (bad / "nokeys.json").write_text(json.dumps({"training": [{"nodules": []}]}))
     (bad / "notjson.json").write_text("{")
     (bad / "mr.json").write_text(json.dumps({"testing": [{"image": "mr/T1", "nodules": []}]}))
+    good = json.loads(Path(datalist).read_text())
+    train = [{**it, "image": str(Path(datalist).parent / it["image"])} for it in good["training"]]
+    mr_item = {"images": {"T1": str(bad / "mr" / "T1")}, "grade": 2}
+    for name, calibration in (("cal_mr.json", [mr_item]), ("cal_train.json", train[:1])):
+        (bad / name).write_text(json.dumps({"training": train, "calibration": calibration}))
     return {"root": root, "datalist": datalist, "bad": bad}
 
 
@@ -315,6 +320,28 @@ BAD_CASES = [
         "a negative count of fine candidates",
         lambda p, m: _train_argv(p, "o_fine", "--fine-blob-candidates", "-1"),
         "fine_blob_candidates must be >= 0",
+    ),
+    (
+        "a calibration item that is not a CT",
+        lambda p, m: [
+            "train",
+            "--data",
+            str(p["bad"] / "cal_mr.json"),
+            "--out",
+            str(p["bad"] / "o_cal"),
+        ],
+        "calibration[0] is not a CT item (it has no 'image')",
+    ),
+    (
+        "a calibration scan that is also a training scan",
+        lambda p, m: [
+            "train",
+            "--data",
+            str(p["bad"] / "cal_train.json"),
+            "--out",
+            str(p["bad"] / "o_cal2"),
+        ],
+        "is also a training scan: the rescoring needs scans the networks do not train on",
     ),
     (
         "a rescoring degree other than 1 or 2",

@@ -111,6 +111,10 @@ def test_the_rescoring_is_fitted_on_the_ensembles_own_candidates(members, tmp_pa
     assert seen[-1] == (MeanEnsemble, MeanEnsemble, 2 + len(data["validation"]), 2)
     hashed = load_model_folder(tmp_path / "c").manifest["training_data"]["n_items"]
     assert hashed["calibration"] == len(data["validation"])
+    # a training scan is no calibration scan: refused before anything is written
+    with pytest.raises(InputError, match=r"calibration\[0\] .* is also a training scan"):
+        ensemble_detector(folders, {**data, "calibration": data["training"]}, tmp_path / "t", opts)
+    assert not (tmp_path / "t").exists()
     post = load_model_folder(out).postprocessing
     assert post["combine"] == "rescored"
     assert post["rescore"]["n_samples"] == 200
