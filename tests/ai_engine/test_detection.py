@@ -200,9 +200,11 @@ def _damaged_rescoring(model: str, bad: Path) -> str:
     return str(copy)
 
 
-def _train_argv(p: dict, out: str, *flags: str) -> list[str]:
-    """`train` on the bad-input fixture's datalist into `p["bad"] / out`, plus `flags`."""
-    return ["train", "--data", str(p["datalist"]), "--out", str(p["bad"] / out), *flags]
+def _train_argv(p: dict, out: str, *flags: str, data: str | None = None) -> list[str]:
+    """`train` on the bad-input fixture's datalist (or `p["bad"] / data`) into
+    `p["bad"] / out`, plus `flags`."""
+    datalist = p["bad"] / data if data else p["datalist"]
+    return ["train", "--data", str(datalist), "--out", str(p["bad"] / out), *flags]
 
 
 BAD_CASES = [
@@ -323,24 +325,12 @@ BAD_CASES = [
     ),
     (
         "a calibration item that is not a CT",
-        lambda p, m: [
-            "train",
-            "--data",
-            str(p["bad"] / "cal_mr.json"),
-            "--out",
-            str(p["bad"] / "o_cal"),
-        ],
+        lambda p, m: _train_argv(p, "o_cal", data="cal_mr.json"),
         "calibration[0] is not a CT item (it has no 'image')",
     ),
     (
         "a calibration scan that is also a training scan",
-        lambda p, m: [
-            "train",
-            "--data",
-            str(p["bad"] / "cal_train.json"),
-            "--out",
-            str(p["bad"] / "o_cal2"),
-        ],
+        lambda p, m: _train_argv(p, "o_cal2", data="cal_train.json"),
         "is also a training scan: the rescoring needs scans the networks do not train on",
     ),
     (
