@@ -114,6 +114,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from monai.transforms import Compose, RandFlipd
 
 from ai_engine.active_learning import DEFAULT_DIVERSITY_WEIGHT, score_studies
+from ai_engine.active_learning.uncertainty import (
+    DEFAULT_TTA_WEIGHT,
+    combined_uncertainty,
+    entropy,
+)
 from ai_engine.data.phantoms import make_brain_mri
 from ai_engine.evaluation.classification import classification_metrics
 from ai_engine.grading.config import TASK, GradingConfig
@@ -138,6 +143,7 @@ VARIANTS = {
     "diversity-0.5": {"diversity_weight": 0.5},
     "diversity-1": {"diversity_weight": 1.0},
     "margin": {"tta": False},
+    "bald": {"tta": False},
     "class-balance": {},
     "labeled-diversity-0.2": {"diversity_weight": 0.2},
     "labeled-diversity-0.5": {"diversity_weight": 0.5},
@@ -145,6 +151,7 @@ VARIANTS = {
     "tta-64": {"tta_weight": 64.0},
     "density-1": {"density_weight": 1.0},
     "density-4": {"density_weight": 4.0},
+    "snapshots-3": {},
 }
 #: variants that pass the labelled set's grade counts (`labeled_counts`: class-balanced
 #: uncertainty)
@@ -154,7 +161,11 @@ COUNTED = {"class-balance"}
 WITH_LABELED = {name for name in VARIANTS if name.startswith("labeled-")}
 #: variants that re-rank the library's queue by one of its components (a signal under test
 #: that `score_studies` reports but does not rank by): foreground studies first, then by it
-RERANK = {"margin": "margin"}
+RERANK = {"margin": "margin", "bald": "bald"}
+#: variants that also score with the previous rounds' models (a checkpoint ensemble of this
+#: many members, the current one included) and rank by the entropy of their mixture
+#: (`snapshot_rerank`)
+SNAPSHOTS = {"snapshots-3": 3}
 SETTINGS = ("clinical", "balanced")
 NAMES = [str(g) for g in GRADES]
 
@@ -388,6 +399,8 @@ def run_seed(
         model = copy.deepcopy(init_model)
         labeled = list(initial)
         curve = [(len(labeled), f1_0)]
+        members = SNAPSHOTS.get(strategy.removeprefix("uncertainty-"), 1)
+        kept: list[Path] = []  # the previous rounds' folders a checkpoint ensemble scores with
         for r in range(1, rounds + 1):
             folder = root / strategy / f"round{r:02d}"
             write_folder(model, config, folder)
@@ -409,8 +422,14 @@ def run_seed(
             if name:
                 ranking = sorted(ranking, key=lambda st, c=name: (
                     not st.components["foreground"], -st.components[c]))  # fmt: skip
+            if members > 1 and kept:
+                ranking = snapshot_rerank(
+                    ranking, kept, unlabeled, args, derive_seed(rep, "score", r)
+                )
             timings["score_s"] += time.perf_counter() - t0
-            shutil.rmtree(folder, ignore_errors=True)
+            kept.append(folder)
+            while len(kept) > members - 1:
+                shutil.rmtree(kept.pop(0), ignore_errors=True)
             if strategy == "uncertainty":
                 ranked.append(_round_signals(ranking, by_key))
             labeled += [s.key for s in ranking[: args.k]]
@@ -418,6 +437,8 @@ def run_seed(
             curve.append((len(labeled), evaluate(model)))
             print(f"{setting} seed {rep} {strategy:<11} labels {len(labeled):>3}  "
                   f"macro-F1 {curve[-1][1]:.3f}", flush=True)  # fmt: skip
+        for folder in kept:
+            shutil.rmtree(folder, ignore_errors=True)
         curves[strategy] = curve
         acquired[strategy] = labeled[: mix_at(args)]
     # the full-pool model after each round (warm start: the same schedule as the curves), to
@@ -439,6 +460,28 @@ def run_seed(
             "curves": curves, "full_curve": full_curve, "labels_needed": needed, "curve_mean_f1": auc,
             "acquired": mix, "signals": ranked, "timings": timings,
             "pool": _composition([it["key"] for it in pool], by_key)}  # fmt: skip
+
+
+def snapshot_rerank(ranking, previous: list[Path], unlabeled, args, seed: int) -> list:
+    """The queue by a checkpoint ensemble: each study's u with its entropy taken of the mean of
+    the current model's MC-mean probabilities and those of the `previous` rounds' models
+    (MC-dropout, no TTA; the TTA term stays the current model's). Components
+    `snapshot_entropy` and `snapshot_uncertainty`; foreground studies first."""
+    probs = {s.key: [list(s.components["mc_mean_probabilities"].values())] for s in ranking}
+    for folder in previous:
+        scores = score_studies(folder, unlabeled, mc_samples=args.mc_samples, tta=False, seed=seed)
+        for s in scores:
+            probs[s.key].append(list(s.components["mc_mean_probabilities"].values()))
+    for s in ranking:
+        mix = np.mean(probs[s.key], axis=0)
+        mix = mix / mix.sum()
+        h = float(entropy(mix)) / np.log(len(mix))
+        s.components["snapshot_entropy"] = h
+        s.components["snapshot_uncertainty"] = combined_uncertainty(
+            h, s.components["tta_variance"], DEFAULT_TTA_WEIGHT
+        )
+    return sorted(ranking, key=lambda st: (
+        not st.components["foreground"], -st.components["snapshot_uncertainty"]))  # fmt: skip
 
 
 def _round_signals(ranking, by_key: dict) -> dict:
@@ -687,6 +730,11 @@ def main() -> int:
     parser.add_argument("--shape", default="32,32,32", help="phantom matrix")
     parser.add_argument("--spatial-size", default="24,24,24", help="model grid")
     parser.add_argument("--block-inplanes", default="8,16,32,32", help="ResNet widths")
+    parser.add_argument(
+        "--head-dropout", type=float, default=0.0,
+        help="dropout the network trains with in front of its head (MC-dropout then samples "
+        "it, 'native'); 0: none, and scoring injects p=0.2 there (last-layer MC-dropout)",
+    )  # fmt: skip
     parser.add_argument("--init-steps", type=int, default=100, help="round-0 steps from init")
     parser.add_argument("--round-steps", type=int, default=40, help="fine-tune steps per round")
     parser.add_argument("--from-scratch", action="store_true", help="retrain every round")
@@ -727,6 +775,8 @@ def main() -> int:
         parser.error(f"--variants: choose among {', '.join(VARIANTS)}, got {args.variants}")
     if not 0 < args.init < args.budget <= args.pool or args.k < 1:
         parser.error("need 0 < --init < --budget <= --pool and --k >= 1")
+    if not 0.0 <= args.head_dropout < 1.0:
+        parser.error(f"--head-dropout must be in [0, 1), got {args.head_dropout}")
     if args.reference_only:
         problem = reference_only_problem(args)
         if problem:
@@ -737,7 +787,10 @@ def main() -> int:
     t_start = time.perf_counter()
     config = GradingConfig(
         network="resnet3d",
-        network_kwargs={"block_inplanes": [int(v) for v in args.block_inplanes.split(",")]},
+        network_kwargs={
+            "block_inplanes": [int(v) for v in args.block_inplanes.split(",")],
+            **({"head_dropout": args.head_dropout} if args.head_dropout else {}),
+        },
         spatial_size=tuple(int(v) for v in args.spatial_size.split(",")),
     )
     shape = tuple(int(v) for v in args.shape.split(","))
@@ -779,8 +832,8 @@ def main() -> int:
 
 # flags that change what a seed's figures mean: merged runs must agree on them
 _SAME = ("pool", "test", "init", "k", "budget", "eval_set", "shape", "spatial_size",
-         "block_inplanes", "init_steps", "round_steps", "from_scratch", "steps_per_epoch",
-         "batch_size", "lr", "ft_lr", "focal_gamma", "mc_samples", "diversity", "variants",
+         "block_inplanes", "head_dropout", "init_steps", "round_steps", "from_scratch",
+         "steps_per_epoch", "batch_size", "lr", "ft_lr", "focal_gamma", "mc_samples", "diversity", "variants",
          "reference_only")  # fmt: skip
 
 
@@ -796,6 +849,7 @@ def merge_reports(paths: list[str]) -> int:
         run = json.loads(p.read_text())
         # results written before a flag existed ran with its default
         run["args"].setdefault("reference_only", False)
+        run["args"].setdefault("head_dropout", 0.0)
         runs.append(run)
     first = runs[0]["args"]
     for path, run in zip(paths[1:], runs[1:], strict=True):

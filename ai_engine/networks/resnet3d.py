@@ -96,6 +96,11 @@ class GatedResNet(torch.nn.Module):
         centered_upsampling: put stages 2 and 3 back onto stage 1's grid with their sample
             centres aligned (`_upsample_centers`); False: edge-aligned (`_upsample_like`,
             half a coarse voxel off; what networks built before the option were trained with).
+        head_dropout: dropout on the pooled features in front of the head, in [0, 1). With
+            p > 0 the network trains with it, and MC-dropout scoring
+            (`ai_engine.active_learning`) samples the network's own dropout instead of
+            injecting some at scoring time (Gal et al. 2017). It has no weights: the state
+            dict is the same for every p, and in eval mode the layer passes its input through.
     """
 
     cam_target_layer = "gate.gated"
@@ -114,11 +119,14 @@ class GatedResNet(torch.nn.Module):
         normalize_gate: bool = True,
         gate_offset: float = 1.0,
         centered_upsampling: bool = False,
+        head_dropout: float = 0.0,
     ) -> None:
         super().__init__()
         self.centered_upsampling = bool(centered_upsampling)
         if num_classes < 1:
             raise ValueError(f"GatedResNet needs num_classes >= 1, got {num_classes}")
+        if not 0.0 <= float(head_dropout) < 1.0:
+            raise ValueError(f"head_dropout must be in [0, 1), got {head_dropout}")
         base = _monai_resnet(
             in_channels, num_classes, layers, block_inplanes, block,
             conv1_t_size, conv1_t_stride, no_max_pool,
@@ -137,6 +145,7 @@ class GatedResNet(torch.nn.Module):
         self.gate = TumorGate(
             fused, hidden=max(8, fused // 4), normalize=normalize_gate, offset=gate_offset
         )
+        self.head_dropout = torch.nn.Dropout(float(head_dropout))
         self.head = torch.nn.Linear(fused, num_classes)
         self.center_logits = num_classes > 1
 
@@ -151,7 +160,7 @@ class GatedResNet(torch.nn.Module):
         up = _upsample_centers if self.centered_upsampling else _upsample_like
         fused = self.fuse(torch.cat([f1, up(f2, f1), up(f3, f1)], dim=1))
         gated = self.gate(fused)
-        logits = self.head(gated.flatten(2).mean(dim=2))
+        logits = self.head(self.head_dropout(gated.flatten(2).mean(dim=2)))
         if not self.center_logits:  # a Python bool fixed at build time: torch.fx traces it
             return logits
         return logits - logits.mean(dim=1, keepdim=True)
@@ -171,6 +180,7 @@ def resnet3d(
     normalize_gate: bool = True,
     gate_offset: float = 1.0,
     centered_upsampling: bool = False,
+    head_dropout: float = 0.0,
 ) -> torch.nn.Module:
     """A 3D ResNet; `layers=(1,1,1,1)` is ResNet-10-like, (2,2,2,2) ResNet-18.
 
@@ -185,8 +195,11 @@ def resnet3d(
         no_max_pool: skip the stem max-pool (for small patches).
         tumor_gate: build the tumor-gated variant `GatedResNet` (Grad-CAM layer
             `gate.gated`, gate logits `gate.gate_logits` to supervise with a mask).
-        normalize_gate, gate_offset, centered_upsampling: see `GatedResNet`.
+        normalize_gate, gate_offset, centered_upsampling, head_dropout: see `GatedResNet`
+            (`head_dropout` only there: MONAI's ResNet has no dropout to set).
     """
+    if head_dropout and not tumor_gate:
+        raise ValueError("head_dropout needs tumor_gate=True (the plain MONAI ResNet has none)")
     if tumor_gate:
         return GatedResNet(
             in_channels,
@@ -200,6 +213,7 @@ def resnet3d(
             normalize_gate=normalize_gate,
             gate_offset=gate_offset,
             centered_upsampling=centered_upsampling,
+            head_dropout=head_dropout,
         )
     return _monai_resnet(
         in_channels, num_classes, layers, block_inplanes, block,

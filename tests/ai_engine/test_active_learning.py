@@ -128,6 +128,50 @@ def test_mc_dropout_uses_native_dropout_layers_when_present():
     assert not any(m.training for m in net.modules())
 
 
+def test_gated_resnet_trained_with_head_dropout_is_sampled_natively():
+    """`head_dropout` adds dropout the network trains with (no weights: the state dict is the
+    same, so folders load either way). Eval passes are deterministic; MC-dropout samples that
+    layer ("native") instead of injecting dropout at scoring time."""
+    kwargs = {
+        "in_channels": 2,
+        "num_classes": 3,
+        "block_inplanes": [4, 8, 8, 8],
+        "tumor_gate": True,
+    }
+    torch.manual_seed(0)
+    plain = build_network("resnet3d", **kwargs)
+    torch.manual_seed(0)
+    net = build_network("resnet3d", **kwargs, head_dropout=0.3).eval()
+    assert net.state_dict().keys() == plain.state_dict().keys()
+    net.load_state_dict(plain.state_dict())
+    plain.eval()
+    x = torch.randn(3, 2, 16, 16, 16)
+    with torch.no_grad():
+        assert torch.equal(net(x), plain(x))  # eval: the layer passes its input through
+        with mc_dropout(net) as info:
+            a, b = net(x), net(x)
+    assert info.describe() == {"mode": "native", "layers": 1, "p": [0.3]}
+    assert not torch.allclose(a, b)
+    assert not any(m.training for m in net.modules())
+    with mc_dropout(plain) as info:
+        assert info.mode == "injected" and info.head == "head"  # p = 0: nothing native
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"tumor_gate": True, "head_dropout": 1.0}, r"head_dropout must be in \[0, 1\), got 1.0"),
+        ({"tumor_gate": True, "head_dropout": -0.1}, r"head_dropout must be in \[0, 1\)"),
+        ({"head_dropout": 0.2}, "head_dropout needs tumor_gate=True"),
+    ],
+)
+def test_head_dropout_refuses_what_it_cannot_build(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        build_network(
+            "resnet3d", in_channels=1, num_classes=3, block_inplanes=[4, 4, 4, 4], **kwargs
+        )
+
+
 def test_diverse_order_is_plain_uncertainty_at_weight_zero_and_k_center_at_one():
     u = np.array([0.9, 0.8, 0.7, 0.1])
     emb = np.array([[1.0, 0.0], [1.0, 0.01], [0.0, 1.0], [0.7, 0.7]])
@@ -815,10 +859,30 @@ def test_bench_merge_of_reference_only_runs_reports_the_whole_pool_model(tmp_pat
 
 
 def test_bench_merge_reads_results_written_before_reference_only_existed(tmp_path, capsys):
-    """A results.json without the `reference_only` flag (written before it existed) merges
-    with one that has it at its default: such a run had no reference-only mode."""
+    """A results.json without the `reference_only` or `head_dropout` flag (written before they
+    existed) merges with one that has them at their defaults: such a run had no
+    reference-only mode and a network without dropout. A run whose network trained with
+    dropout measures another network and is refused."""
     bench = _bench()
     old = _bench_run(tmp_path, "old", [0])
-    new = _bench_run(tmp_path, "new", [1], reference_only=False)
+    new = _bench_run(tmp_path, "new", [1], reference_only=False, head_dropout=0.0)
     assert bench.merge_reports([old, new]) == 0
     assert "ratio uncertainty/random" in capsys.readouterr().out
+    dropout = _bench_run(tmp_path, "dropout", [2], head_dropout=0.2)
+    assert bench.merge_reports([old, dropout]) == 2
+    assert "differs from" in (err := capsys.readouterr().err) and "head_dropout" in err
+
+
+@pytest.mark.parametrize("value", ["1.0", "-0.1"])
+def test_bench_refuses_a_head_dropout_outside_0_1(monkeypatch, capsys, tmp_path, value):
+    """`--head-dropout` outside [0, 1) is refused before anything runs (exit 2, nothing
+    written)."""
+    bench = _bench()
+    out = tmp_path / "run"
+    argv = ["bench_active_learning.py", "--head-dropout", value, "--out", str(out)]
+    monkeypatch.setattr("sys.argv", argv)
+    with pytest.raises(SystemExit) as exc:
+        bench.main()
+    assert exc.value.code == 2
+    assert f"--head-dropout must be in [0, 1), got {float(value)}" in capsys.readouterr().err
+    assert not out.exists()
