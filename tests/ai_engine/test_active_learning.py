@@ -886,3 +886,21 @@ def test_bench_refuses_a_head_dropout_outside_0_1(monkeypatch, capsys, tmp_path,
     assert exc.value.code == 2
     assert f"--head-dropout must be in [0, 1), got {float(value)}" in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_bench_checkpoint_ensemble_ranks_by_the_entropy_of_the_models_mixture(grading):
+    """`snapshots-3` scores with the previous rounds' models too and ranks by the entropy of
+    the mean of their MC-mean probabilities. With the same model as its own predecessor the
+    mixture is that model's distribution, so the entropy is the model's own (the components
+    carry 4 digits), and the queue follows the re-computed u."""
+    bench = _bench()
+    studies = _training_like()[:4]
+    ranking = score_studies(grading["model"], studies, mc_samples=2, seed=3)
+    args = argparse.Namespace(mc_samples=2)
+    reranked = bench.snapshot_rerank(ranking, [grading["model"]], studies, args, seed=3)
+    assert sorted(s.key for s in reranked) == sorted(k for k, _ in studies)
+    for s in reranked:
+        assert s.components["snapshot_entropy"] == pytest.approx(s.components["entropy"], abs=1e-3)
+    u = [s.components["snapshot_uncertainty"] for s in reranked]
+    assert u == sorted(u, reverse=True)
+    assert set(bench.SNAPSHOTS) <= set(bench.VARIANTS)
