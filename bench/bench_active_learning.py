@@ -833,8 +833,8 @@ def main() -> int:
 # flags that change what a seed's figures mean: merged runs must agree on them
 _SAME = ("pool", "test", "init", "k", "budget", "eval_set", "shape", "spatial_size",
          "block_inplanes", "head_dropout", "init_steps", "round_steps", "from_scratch",
-         "steps_per_epoch", "batch_size", "lr", "ft_lr", "focal_gamma", "mc_samples", "diversity", "variants",
-         "reference_only")  # fmt: skip
+         "steps_per_epoch", "batch_size", "lr", "ft_lr", "focal_gamma", "mc_samples",
+         "diversity", "variants", "reference_only")  # fmt: skip
 
 
 def merge_reports(paths: list[str]) -> int:

@@ -4,12 +4,13 @@ MC-dropout (Gal & Ghahramani 2016) keeps the network in eval mode (BatchNorm use
 statistics) and switches only the dropout layers to train mode, so repeated passes sample
 different sub-networks. The project's networks mostly train without dropout (the grading
 ResNet has it only when built with `head_dropout` > 0, off in its preset; the detection U-Net
-and DenseNet build their `Dropout` layers with p=0), and such a network would give identical passes and zero uncertainty. Then, and only
-then, dropout is *injected* at scoring time in front of the prediction head (the last
-`Linear`/`Conv` layer): a forward pre-hook applies `torch.nn.functional.dropout` to the
-head's input while MC sampling is on. This is dropout on the penultimate features - the
-usual "last-layer MC-dropout" - and the scores say which mode was used
-(`components["mc_dropout"]`), so nobody mistakes an injected estimate for a native one.
+and DenseNet build their `Dropout` layers with p=0), and such a network would give identical
+passes and zero uncertainty. Then, and only then, dropout is *injected* at scoring time in
+front of the prediction head (the last `Linear`/`Conv` layer): a forward pre-hook applies
+`torch.nn.functional.dropout` to the head's input while MC sampling is on. This is dropout
+on the penultimate features - the usual "last-layer MC-dropout" - and the scores say which
+mode was used (`components["mc_dropout"]`), so nobody mistakes an injected estimate for a
+native one.
 """
 
 from __future__ import annotations
