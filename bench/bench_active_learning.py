@@ -116,8 +116,8 @@ from monai.transforms import Compose, RandFlipd
 from ai_engine.active_learning import DEFAULT_DIVERSITY_WEIGHT, score_studies
 from ai_engine.active_learning.uncertainty import (
     DEFAULT_TTA_WEIGHT,
+    class_uncertainty,
     combined_uncertainty,
-    entropy,
 )
 from ai_engine.data.phantoms import make_brain_mri
 from ai_engine.evaluation.classification import classification_metrics
@@ -280,6 +280,20 @@ def fit(
     Trainer(model, GradingLoss(args.focal_gamma, weights), loader, tc, work).fit()
     shutil.rmtree(work, ignore_errors=True)
     model.eval()
+
+
+def grading_config(args: argparse.Namespace) -> GradingConfig:
+    """The network every strategy trains: the grading preset for `resnet3d` with the bench's
+    widths, grid and (`--head-dropout`) dropout in front of the head; 0 leaves the kwargs as
+    runs before the flag printed them."""
+    return GradingConfig(
+        network="resnet3d",
+        network_kwargs={
+            "block_inplanes": [int(v) for v in args.block_inplanes.split(",")],
+            **({"head_dropout": args.head_dropout} if args.head_dropout else {}),
+        },
+        spatial_size=tuple(int(v) for v in args.spatial_size.split(",")),
+    )
 
 
 def write_folder(model: torch.nn.Module, config: GradingConfig, folder: Path) -> None:
@@ -473,9 +487,8 @@ def snapshot_rerank(ranking, previous: list[Path], unlabeled, args, seed: int) -
         for s in scores:
             probs[s.key].append(list(s.components["mc_mean_probabilities"].values()))
     for s in ranking:
-        mix = np.mean(probs[s.key], axis=0)
-        mix = mix / mix.sum()
-        h = float(entropy(mix)) / np.log(len(mix))
+        # the members' distributions as samples: the entropy of their mean, normalised
+        h = class_uncertainty(np.array(probs[s.key]))["entropy"]
         s.components["snapshot_entropy"] = h
         s.components["snapshot_uncertainty"] = combined_uncertainty(
             h, s.components["tta_variance"], DEFAULT_TTA_WEIGHT
@@ -785,14 +798,7 @@ def main() -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     t_start = time.perf_counter()
-    config = GradingConfig(
-        network="resnet3d",
-        network_kwargs={
-            "block_inplanes": [int(v) for v in args.block_inplanes.split(",")],
-            **({"head_dropout": args.head_dropout} if args.head_dropout else {}),
-        },
-        spatial_size=tuple(int(v) for v in args.spatial_size.split(",")),
-    )
+    config = grading_config(args)
     shape = tuple(int(v) for v in args.shape.split(","))
     # validation phantoms (seeds 800000+) for method choices on the development seeds; the
     # held-out test phantoms (900000+) only for the reported figures

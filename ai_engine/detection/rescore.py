@@ -94,9 +94,25 @@ def candidate_features(
     return np.stack(columns, axis=1)
 
 
+#: degrees of the regression's terms: 1 (the features, sessions 12-18) or 2 (also their
+#: squares and pairwise products: an attached nodule is told by the solid core *and* the
+#: classifier together, which a sum of single-feature weights cannot say)
+DEGREES = (1, 2)
+
+
+def _check_degree(degree: object) -> None:
+    if degree not in DEGREES or isinstance(degree, bool):
+        raise ValueError(f"rescorer degree must be one of {DEGREES}, got {degree!r}")
+
+
 def expand_terms(x: np.ndarray, degree: int) -> np.ndarray:
     """The regression's terms of feature rows `x` (N, n): the features themselves (degree 1);
-    for degree 2 also their squares and their pairwise products, in `term_names` order."""
+    for degree 2 also their squares and their pairwise products, in `term_names` order.
+
+    Raises:
+        ValueError: a degree not in `DEGREES`.
+    """
+    _check_degree(degree)
     x = np.asarray(x, dtype=np.float64)
     if degree == 1:
         return x
@@ -105,7 +121,12 @@ def expand_terms(x: np.ndarray, degree: int) -> np.ndarray:
 
 
 def term_names(features: Sequence[str], degree: int) -> list[str]:
-    """Names of `expand_terms`' columns: "a", then "a^2" and "a*b" for degree 2."""
+    """Names of `expand_terms`' columns: "a", then "a^2" and "a*b" for degree 2.
+
+    Raises:
+        ValueError: a degree not in `DEGREES`.
+    """
+    _check_degree(degree)
     names = list(features)
     if degree == 1:
         return names
@@ -115,12 +136,6 @@ def term_names(features: Sequence[str], degree: int) -> list[str]:
         *(f"{n}^2" for n in names),
         *(f"{names[a]}*{names[b]}" for a, b in zip(i, j, strict=True)),
     ]
-
-
-#: degrees of the regression's terms: 1 (the features, sessions 12-18) or 2 (also their
-#: squares and pairwise products: an attached nodule is told by the solid core *and* the
-#: classifier together, which a sum of single-feature weights cannot say)
-DEGREES = (1, 2)
 
 
 @dataclass
@@ -153,8 +168,6 @@ class Rescorer:
             raise ValueError(
                 f"rescorer features {names} are not distinct names of {list(KNOWN_FEATURES)}"
             )
-        if self.degree not in DEGREES:
-            raise ValueError(f"rescorer degree must be one of {DEGREES}, got {self.degree!r}")
         n = len(term_names(names, self.degree))
         if not (len(self.mean) == len(self.scale) == len(self.coef) == n):
             raise ValueError(
@@ -180,8 +193,7 @@ class Rescorer:
             ValueError: no positive or no negative sample, shapes that do not match, or a
                 degree not in `DEGREES`.
         """
-        if degree not in DEGREES:
-            raise ValueError(f"rescorer degree must be one of {DEGREES}, got {degree!r}")
+        _check_degree(degree)  # before the shapes: a bad degree is the caller's first fault
         x = np.asarray(x, dtype=np.float64)
         y = np.asarray(y, dtype=np.float64).reshape(-1)
         if x.ndim != 2 or x.shape[1] != len(features) or len(x) != len(y):

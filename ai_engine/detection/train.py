@@ -942,7 +942,7 @@ def _check_options(opts: DetectionTrainOptions) -> None:
             f"rescore_l2 and rescore_margin must be >= 0, got {opts.rescore_l2} and "
             f"{opts.rescore_margin}"
         )
-    if opts.rescore_degree not in DEGREES:
+    if opts.rescore_degree not in DEGREES or isinstance(opts.rescore_degree, bool):
         raise InputError(f"rescore_degree must be one of {DEGREES}, got {opts.rescore_degree!r}")
     if opts.fp_crop_jitter < 0:
         raise InputError(f"fp_crop_jitter must be >= 0 voxels, got {opts.fp_crop_jitter}")
@@ -1057,12 +1057,14 @@ def finish_detector(
                 "calibration_scans": len(calibration_items),
             }
             n = len(rescorer.features)  # the features' own terms come first
-            weights = dict(zip(rescorer.features, np.round(rescorer.coef[:n], 2), strict=True))
+            weights = {
+                name: round(float(w), 2)
+                for name, w in zip(rescorer.features, rescorer.coef[:n], strict=True)
+            }
             _log(
                 f"[rescore] degree {rescorer.degree} fitted on {rescorer.n_samples} candidates "
                 f"({rescorer.n_positive} hits) of {len(train_scans)} training and "
-                f"{len(calibration_items)} calibration scans: weights of the features "
-                f"{ {k: float(v) for k, v in weights.items()} }"
+                f"{len(calibration_items)} calibration scans: weights of the features {weights}"
             )
     if val_scans and opts.combine_modes:
         blob_counts = (

@@ -904,3 +904,50 @@ def test_bench_checkpoint_ensemble_ranks_by_the_entropy_of_the_models_mixture(gr
     u = [s.components["snapshot_uncertainty"] for s in reranked]
     assert u == sorted(u, reverse=True)
     assert set(bench.SNAPSHOTS) <= set(bench.VARIANTS)
+
+
+def test_bench_grading_config_passes_the_head_dropout_to_the_network():
+    """`--head-dropout` reaches the network every strategy trains (MC-dropout then samples
+    it natively); 0 leaves the kwargs as runs before the flag had them."""
+    bench = _bench()
+    base = {"block_inplanes": "8,16,32,32", "spatial_size": "24,24,24"}
+    with_dropout = bench.grading_config(argparse.Namespace(**base, head_dropout=0.2))
+    assert with_dropout.build_kwargs()["head_dropout"] == 0.2
+    net = build_network(with_dropout.network, **with_dropout.build_kwargs())
+    with mc_dropout(net) as info:
+        assert info.mode == "native" and info.p == [0.2]
+    assert (
+        "head_dropout"
+        not in bench.grading_config(argparse.Namespace(**base, head_dropout=0.0)).build_kwargs()
+    )
+
+
+def test_bench_runs_end_to_end_with_the_checkpoint_ensemble(monkeypatch, tmp_path, capsys):
+    """A tiny run of the whole bench: every strategy gets a curve point per round, the
+    checkpoint ensemble scores with the one, then the two, previous rounds' models (kept
+    until then and removed after), and no model folder is left behind."""
+    bench = _bench()
+    calls: list[int] = []
+    real = bench.snapshot_rerank
+
+    def spy(ranking, previous, *rest):
+        calls.append(len(previous))
+        assert all(folder.is_dir() for folder in previous)
+        return real(ranking, previous, *rest)
+
+    monkeypatch.setattr(bench, "snapshot_rerank", spy)
+    out = tmp_path / "run"
+    argv = ["bench_active_learning.py", "--settings", "clinical", "--seeds", "1", "--pool", "8",
+            "--budget", "7", "--test", "6", "--init-steps", "2", "--round-steps", "2",
+            "--steps-per-epoch", "2", "--batch-size", "4", "--mc-samples", "2",
+            "--variants", "snapshots-3,bald", "--out", str(out)]  # fmt: skip
+    monkeypatch.setattr("sys.argv", argv)
+    assert bench.main() == 0
+    (result,) = json.loads((out / "results.json").read_text())["results"]["clinical"]
+    assert set(result["curves"]) == {
+        "uncertainty", "random", "uncertainty-snapshots-3", "uncertainty-bald"
+    }  # fmt: skip
+    assert all([n for n, _ in c] == [3, 4, 5, 6, 7] for c in result["curves"].values())
+    assert calls == [1, 2, 2]  # rounds 2, 3, 4: the previous one, then the previous two
+    assert not list(out.rglob("round*"))
+    assert "== clinical pool ==" in capsys.readouterr().out

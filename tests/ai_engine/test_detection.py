@@ -671,6 +671,7 @@ def test_unknown_unet_loss_is_refused(data, tmp_path):
             "rescore_l2 and rescore_margin must be >= 0, got 1.0 and -0.1",
         ),
         ({"rescore_degree": 3}, "rescore_degree must be one of (1, 2), got 3"),
+        ({"rescore_degree": True}, "rescore_degree must be one of (1, 2), got True"),
     ],
 )
 def test_classifier_options_outside_their_range_are_refused(data, tmp_path, option, message):

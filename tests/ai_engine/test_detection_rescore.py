@@ -159,7 +159,7 @@ def test_a_rescoring_without_a_degree_is_of_degree_one_and_a_bad_degree_is_refus
     old = Rescorer.fit(x, y).to_dict()
     old.pop("degree")
     assert Rescorer.from_dict(old).degree == 1
-    for degree in (0, 3, "2"):
+    for degree in (0, 3, "2", True):
         with pytest.raises(ValueError, match=r"rescorer degree must be one of \(1, 2\)"):
             Rescorer.fit(x, y, degree=degree)
         with pytest.raises(ValueError, match=r"rescorer degree must be one of \(1, 2\)"):
