@@ -152,6 +152,7 @@ VARIANTS = {
     "density-1": {"density_weight": 1.0},
     "density-4": {"density_weight": 4.0},
     "snapshots-3": {},
+    "cold-kcenter": {},
 }
 #: variants that pass the labelled set's grade counts (`labeled_counts`: class-balanced
 #: uncertainty)
@@ -166,6 +167,11 @@ RERANK = {"margin": "margin", "bald": "bald"}
 #: many members, the current one included) and rank by the entropy of their mixture
 #: (`snapshot_rerank`)
 SNAPSHOTS = {"snapshots-3": 3}
+#: variants that treat a labelled set of a single grade as a cold start: the model has never
+#: seen a second grade, so its class probabilities say nothing about where the others are;
+#: until a second grade is labelled the queue is the k-center order from the labelled studies
+#: (`labeled`, diversity weight 1: the study farthest from them in the network's features)
+COLD_START = {"cold-kcenter"}
 SETTINGS = ("clinical", "balanced")
 NAMES = [str(g) for g in GRADES]
 
@@ -330,6 +336,11 @@ def grade_counts(keys: list[str], by_key: dict) -> dict[int, int]:
     return {g: sum(by_key[k]["label"] == g - 1 for k in keys) for g in GRADES}
 
 
+def cold_start(keys: list[str], by_key: dict) -> bool:
+    """Whether the labelled studies hold fewer than two grades (`COLD_START`)."""
+    return sum(n > 0 for n in grade_counts(keys, by_key).values()) < 2
+
+
 def mix_at(args: argparse.Namespace) -> int:
     """Labeled count at which the acquired mix is reported: half way through the rounds."""
     rounds = max(0, (args.budget - args.init) // args.k)
@@ -428,6 +439,9 @@ def run_seed(
                 kwargs["labeled_counts"] = grade_counts(labeled, by_key)
             if strategy.removeprefix("uncertainty-") in WITH_LABELED:
                 kwargs["labeled"] = [(k, by_key[k]["volume"]) for k in labeled]
+            if strategy.removeprefix("uncertainty-") in COLD_START and cold_start(labeled, by_key):
+                kwargs["labeled"] = [(k, by_key[k]["volume"]) for k in labeled]
+                kwargs["diversity_weight"] = 1.0
             ranking = score_studies(
                 folder, unlabeled, strategy="random" if strategy == "random" else "uncertainty",
                 mc_samples=args.mc_samples, seed=derive_seed(rep, "score", r), **kwargs,
@@ -734,6 +748,11 @@ def main() -> int:
     parser.add_argument("--budget", type=int, default=30, help="labels at the last round")
     parser.add_argument("--seed-offset", type=int, default=0, help="first seed (dev runs: 100)")
     parser.add_argument(
+        "--seed-list", default="",
+        help="these seeds (comma-separated) instead of --seeds from --seed-offset, e.g. the "
+        "seeds whose initial labels hold one grade",
+    )  # fmt: skip
+    parser.add_argument(
         "--variants", default="", help=f"extra uncertainty variants: {', '.join(VARIANTS)}"
     )
     parser.add_argument(
@@ -786,6 +805,12 @@ def main() -> int:
     args.variants = [v.strip() for v in args.variants.split(",") if v.strip()]
     if set(args.variants) - set(VARIANTS):
         parser.error(f"--variants: choose among {', '.join(VARIANTS)}, got {args.variants}")
+    try:
+        args.seed_list = [int(v) for v in args.seed_list.split(",") if v.strip()]
+    except ValueError:
+        parser.error(f"--seed-list: comma-separated integers, got {args.seed_list!r}")
+    if len(set(args.seed_list)) != len(args.seed_list) or any(v < 0 for v in args.seed_list):
+        parser.error(f"--seed-list: distinct seeds >= 0, got {args.seed_list}")
     if not 0 < args.init < args.budget <= args.pool or args.k < 1:
         parser.error("need 0 < --init < --budget <= --pool and --k >= 1")
     if not 0.0 <= args.head_dropout < 1.0:
@@ -806,9 +831,9 @@ def main() -> int:
     for it in test:
         it["image"] = torch.from_numpy(preprocess(it["volume"], config.spatial_size).image)
         del it["volume"]
-    results = {s: [run_seed(s, rep, args, config, test, out)
-                   for rep in range(args.seed_offset, args.seed_offset + args.seeds)]
-               for s in settings}  # fmt: skip
+    seeds = args.seed_list or list(range(args.seed_offset, args.seed_offset + args.seeds))
+    args.seeds = len(seeds)
+    results = {s: [run_seed(s, rep, args, config, test, out) for rep in seeds] for s in settings}
 
     print("\n== Active learning on brain-MRI phantoms (tumor grading, macro-F1 on held-out) ==")
     mode = (f"from scratch ({args.init_steps} steps) each round" if args.from_scratch else
