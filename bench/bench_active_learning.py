@@ -29,7 +29,9 @@ Per setting and seed (each seed has its own pool, initial labels and network ini
    strategies start from this one model;
 3. each round: acquire `--k` studies with `ai_engine.active_learning.score_studies` on the
    unlabeled rest ("uncertainty" with the library's defaults: MC-dropout entropy + TTA
-   variance, diversity weight `DEFAULT_DIVERSITY_WEIGHT`; or "random": the foreground-aware
+   variance, diversity weight `DEFAULT_DIVERSITY_WEIGHT`, and the cold start: a model trained
+   on one grade queues by distance from the labelled studies, which the bench then passes as
+   the registry does; or "random": the foreground-aware
    baseline; `--variants` adds other uncertainty settings as extra strategies), then fine-tune the previous round's weights on
    all labeled studies for `--round-steps` steps (WARM START, same schedule and seeds for both
    strategies: only the labeled set differs), and measure macro-F1 on the test set; until
@@ -91,6 +93,8 @@ min per seed and setting, twice that under load; 1 torch thread: 2 threads stall
 on a loaded machine):
   .venv/bin/python bench/bench_active_learning.py --out var/bench/active_learning
 
+Given seeds (e.g. those whose initial labels hold a single grade): `--seed-list 110,115,...`.
+
 More seeds in parallel: one process per core, each with its own `--seed-offset` and `--out`
 (the same other flags), then the report of all their seeds together:
   .venv/bin/python bench/bench_active_learning.py --merge OUT1/results.json OUT2/results.json
@@ -113,7 +117,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from monai.transforms import Compose, RandFlipd
 
-from ai_engine.active_learning import DEFAULT_DIVERSITY_WEIGHT, score_studies
+from ai_engine.active_learning import (
+    DEFAULT_DIVERSITY_WEIGHT,
+    score_studies,
+    trained_on_one_grade,
+)
 from ai_engine.active_learning.uncertainty import (
     DEFAULT_TTA_WEIGHT,
     class_uncertainty,
@@ -126,6 +134,7 @@ from ai_engine.grading.data import GRADES, preprocess
 from ai_engine.grading.train import (
     GradingLoss,
     class_weights_from_labels,
+    label_counts,
     predict_logits,
     preprocessing_record,
 )
@@ -152,7 +161,7 @@ VARIANTS = {
     "density-1": {"density_weight": 1.0},
     "density-4": {"density_weight": 4.0},
     "snapshots-3": {},
-    "cold-kcenter": {},
+    "no-cold-start": {"cold_start": False},
 }
 #: variants that pass the labelled set's grade counts (`labeled_counts`: class-balanced
 #: uncertainty)
@@ -167,11 +176,6 @@ RERANK = {"margin": "margin", "bald": "bald"}
 #: many members, the current one included) and rank by the entropy of their mixture
 #: (`snapshot_rerank`)
 SNAPSHOTS = {"snapshots-3": 3}
-#: variants that treat a labelled set of a single grade as a cold start: the model has never
-#: seen a second grade, so its class probabilities say nothing about where the others are;
-#: until a second grade is labelled the queue is the k-center order from the labelled studies
-#: (`labeled`, diversity weight 1: the study farthest from them in the network's features)
-COLD_START = {"cold-kcenter"}
 SETTINGS = ("clinical", "balanced")
 NAMES = [str(g) for g in GRADES]
 
@@ -302,11 +306,16 @@ def grading_config(args: argparse.Namespace) -> GradingConfig:
     )
 
 
-def write_folder(model: torch.nn.Module, config: GradingConfig, folder: Path) -> None:
+def write_folder(
+    model: torch.nn.Module, config: GradingConfig, folder: Path, labels: list[int]
+) -> None:
+    """The model as a grading folder that records the grades it was trained on (`labels`,
+    class indices), as `grading train` writes them: the library's cold start reads them."""
     kwargs = config.build_kwargs()
     save_model_folder(
         folder,
         task=TASK,
+        made_by_params={"label_counts": label_counts(labels)},
         components={"model": Component(network=config.network, network_kwargs=kwargs, module=model)},
         preprocessing=preprocessing_record(config),
         postprocessing={"temperature": 1.0, "grades": list(GRADES)},
@@ -334,11 +343,6 @@ def strategies(args: argparse.Namespace) -> list[str]:
 def grade_counts(keys: list[str], by_key: dict) -> dict[int, int]:
     """How many of the labelled studies hold each grade."""
     return {g: sum(by_key[k]["label"] == g - 1 for k in keys) for g in GRADES}
-
-
-def cold_start(keys: list[str], by_key: dict) -> bool:
-    """Whether the labelled studies hold fewer than two grades (`COLD_START`)."""
-    return sum(n > 0 for n in grade_counts(keys, by_key).values()) < 2
 
 
 def mix_at(args: argparse.Namespace) -> int:
@@ -428,7 +432,7 @@ def run_seed(
         kept: list[Path] = []  # the previous rounds' folders a checkpoint ensemble scores with
         for r in range(1, rounds + 1):
             folder = root / strategy / f"round{r:02d}"
-            write_folder(model, config, folder)
+            write_folder(model, config, folder, [by_key[k]["label"] for k in labeled])
             unlabeled = [(k, by_key[k]["volume"]) for k in by_key if k not in set(labeled)]
             t0 = time.perf_counter()
             variant = VARIANTS.get(strategy.removeprefix("uncertainty-"), {})
@@ -437,11 +441,13 @@ def run_seed(
                 kwargs["diversity_weight"] = args.diversity
             if strategy.removeprefix("uncertainty-") in COUNTED:
                 kwargs["labeled_counts"] = grade_counts(labeled, by_key)
-            if strategy.removeprefix("uncertainty-") in WITH_LABELED:
+            # the labelled studies: for the variants that count distance from them, and, as the
+            # registry does, when the model saw one grade (the library's cold start)
+            if strategy != "random" and (
+                strategy.removeprefix("uncertainty-") in WITH_LABELED
+                or trained_on_one_grade(folder)
+            ):
                 kwargs["labeled"] = [(k, by_key[k]["volume"]) for k in labeled]
-            if strategy.removeprefix("uncertainty-") in COLD_START and cold_start(labeled, by_key):
-                kwargs["labeled"] = [(k, by_key[k]["volume"]) for k in labeled]
-                kwargs["diversity_weight"] = 1.0
             ranking = score_studies(
                 folder, unlabeled, strategy="random" if strategy == "random" else "uncertainty",
                 mc_samples=args.mc_samples, seed=derive_seed(rep, "score", r), **kwargs,

@@ -27,6 +27,7 @@ from ai_engine.active_learning.scoring import (
     ActiveLearningInputError,
     StudyScore,
     score_studies,
+    trained_on_one_grade,
 )
 from ai_engine.active_learning.uncertainty import (
     DEFAULT_TTA_WEIGHT,
@@ -54,5 +55,6 @@ __all__ = [
     "penultimate_features",
     "score_studies",
     "tissue_fraction",
+    "trained_on_one_grade",
     "voxel_uncertainty",
 ]

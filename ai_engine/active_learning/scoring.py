@@ -13,7 +13,12 @@ Strategies:
   network's penultimate features to the studies queued before and, when given, to the
   `labeled` studies (`ai_engine.active_learning.diversity`, weight `diversity_weight`,
   default 0: plain uncertainty order, which the active-learning benchmark measured best for
-  labelling a few studies at a time; see docs/active_learning.md).
+  labelling a few studies at a time; see docs/active_learning.md). *Cold start* (grading,
+  `cold_start=True`, the default): a model whose folder records that it was trained on a
+  single grade (`made_by_params["label_counts"]`) has class probabilities that say nothing
+  about where the other grades are (it is confident on them), so its queue is the k-center
+  order instead, diversity weight 1: the study farthest from the `labeled` studies (and from
+  those queued before it) in the network's features. Measured: docs/active_learning.md.
 * "random": the baseline. Each study draws a seeded uniform number (seeded by `seed` and its
   key, so the draw does not depend on the input order) and studies are queued by it; the
   score is `(draw + 1) / 2` with foreground and `draw / 2` without.
@@ -324,6 +329,17 @@ class _DetectionScorer(_Scorer):
         return comps, embedding, u, fraction >= MIN_FOREGROUND_FRACTION and n_cands > 0, fg
 
 
+def trained_on_one_grade(model_dir: str | Path) -> bool:
+    """Whether a grading folder records (`made_by_params["label_counts"]`) that its training
+    set held fewer than two grades: a cold start, queued by distance (`score_studies`). False
+    for a folder that does not record it (made before it did, exported, or detection)."""
+    manifest = read_manifest(model_dir)
+    counts = (manifest.get("made_by_params") or {}).get("label_counts")
+    if manifest.get("task") != GRADING_TASK or not isinstance(counts, Mapping):
+        return False
+    return sum(1 for n in counts.values() if isinstance(n, int) and n > 0) < 2
+
+
 def _scorer(model_dir: Path, strategy: str, device: str) -> _GradingScorer | _DetectionScorer:
     task = read_manifest(model_dir).get("task", "")
     if task == GRADING_TASK:
@@ -419,6 +435,7 @@ def score_studies(
     labeled: Iterable[tuple[str, Volume]] | None = None,
     tta_weight: float = DEFAULT_TTA_WEIGHT,
     density_weight: float = 0.0,
+    cold_start: bool = True,
 ) -> list[StudyScore]:
     """Rank unlabeled studies for labelling (see the module docstring for the strategies).
 
@@ -459,6 +476,10 @@ def score_studies(
             other studies with or without foreground, like it), so that an outlier of the
             pool moves down among equally uncertain studies (components `density`,
             `uncertainty_before_density`). 0, the default: plain uncertainty.
+        cold_start: grading, "uncertainty": when the model was trained on a single grade,
+            rank by the k-center order from `labeled` (diversity weight 1, whatever
+            `diversity_weight` says) until it has seen two; component `cold_start`. False
+            keeps the given weight.
 
     Returns:
         One `StudyScore` per study, sorted by rank (1 first).
@@ -515,7 +536,13 @@ def score_studies(
         measures.append(measure)
     if not measures:
         raise ActiveLearningInputError("no studies to score: the input is empty")
-    ranked = _rank(measures, strategy, diversity_weight, seed, reference, float(density_weight))
+    weight = diversity_weight
+    if strategy == "uncertainty" and isinstance(scorer, _GradingScorer):
+        cold = bool(cold_start) and trained_on_one_grade(model_dir)
+        weight = 1.0 if cold else diversity_weight
+        for m in measures:
+            m.components["cold_start"] = cold
+    ranked = _rank(measures, strategy, weight, seed, reference, float(density_weight))
     if progress is not None:
         progress(1.0, f"Ranked {len(ranked)} studies ({strategy})")
     return ranked

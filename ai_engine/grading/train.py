@@ -109,6 +109,13 @@ def grading_items(
     return out
 
 
+def label_counts(labels: Sequence[int]) -> dict[str, int]:
+    """How many training studies of each grade (class indices in, grades as keys out): the
+    folder's `made_by_params["label_counts"]`, from which active learning tells a model that
+    has seen a single grade (`ai_engine.active_learning.scoring`, cold start)."""
+    return {str(g): sum(int(label) == i for label in labels) for i, g in enumerate(GRADES)}
+
+
 def preprocessing_record(config: GradingConfig) -> dict[str, Any]:
     """The `preprocessing` entry of a grading model folder."""
     return {
@@ -342,6 +349,7 @@ def train_grading(
             "train_config": train_config.to_dict(),
             "grading_config": config.to_dict(),
             "class_weights": weights,
+            "label_counts": label_counts(train_labels),
             "pretrained": str(pretrained) if pretrained else None,
             "transfer": transfer.to_dict() if transfer else None,
             "best_epoch": result.best_epoch,

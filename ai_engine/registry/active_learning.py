@@ -93,7 +93,7 @@ def scoring_run(*, job: Job) -> bool:
     champion and `imaging.exceptions.OrthancUnavailable` when Orthanc cannot be reached
     (the task retries); the previous queue is untouched in each case.
     """
-    from ai_engine.active_learning import score_studies
+    from ai_engine.active_learning import score_studies, trained_on_one_grade
     from ai_engine.errors import AIEngineError
     from ai_engine.registry.services import current_champion, job_progress
 
@@ -148,6 +148,11 @@ def scoring_run(*, job: Job) -> bool:
             yield study.study_instance_uid, volume
         exhausted = True
 
+    # A champion trained on a single grade is a cold start: the library queues by distance
+    # from the labelled studies, so they are loaded too (only then: it costs a read each).
+    labeled = None
+    if strategy == "uncertainty" and trained_on_one_grade(champion.path):
+        labeled = _labeled_inputs(champion=champion, project=job.project, task=job.task)
     scores = []
     if candidates:
         try:
@@ -157,6 +162,7 @@ def scoring_run(*, job: Job) -> bool:
                 strategy=strategy,
                 progress=lambda fraction, message="": report(step(fraction), message),
                 total=len(candidates),
+                labeled=labeled,
                 **options,
             )
         except AIEngineError:
@@ -173,6 +179,26 @@ def scoring_run(*, job: Job) -> bool:
         considered=considered,
         skipped=skipped,
     )
+
+
+def _labeled_inputs(
+    *, champion: ModelVersion, project: Project, task: str
+) -> Iterator[tuple[str, Any]]:
+    """The labelled studies' input Volumes, read from Orthanc as inference reads them; one that
+    cannot be read is left out (the distance counts from the others), an unreachable Orthanc
+    propagates (the task retries)."""
+    from ai_engine.errors import AIEngineError
+    from ai_engine.registry.inference import load_study_input
+    from imaging.exceptions import OrthancError, OrthancUnavailable
+
+    for study in selectors.labeled_studies(project=project, task=task).distinct().order_by("pk"):
+        try:
+            _, volume = load_study_input(champion, study)
+        except OrthancUnavailable:
+            raise
+        except (StudyNotReady, OrthancError, AIEngineError):
+            continue
+        yield study.study_instance_uid, volume
 
 
 def _candidates(

@@ -33,7 +33,7 @@ from ai_engine.errors import InputError, ModelFolderError
 from ai_engine.grading.data import CHANNELS
 from ai_engine.grading.model import load_grading_model
 from ai_engine.io import Volume
-from ai_engine.modelfolder import Component, save_model_folder
+from ai_engine.modelfolder import Component, read_manifest, save_model_folder, update_manifest
 from ai_engine.networks import build_network
 from tests.ai_engine.detection_support import TINY
 
@@ -371,6 +371,37 @@ def test_bench_variants_pass_only_parameters_the_library_takes():
     assert labelled == bench.WITH_LABELED
     for subset in (bench.COUNTED, set(bench.RERANK)):
         assert subset.issubset(variants)
+
+
+def test_a_model_trained_on_one_grade_is_a_cold_start_queued_by_distance(grading, tmp_path):
+    """Training records the grades it learnt from; a model whose folder says it saw a single
+    grade is queued in the k-center order from the labelled studies (diversity weight 1),
+    the component says so, and `cold_start=False` or a model that saw every grade keep the
+    uncertainty order."""
+    import shutil
+
+    made_by = read_manifest(grading["model"])["made_by_params"]
+    counts = made_by["label_counts"]  # the training split: 9 studies less the validation one
+    assert (
+        set(counts) == {"1", "2", "3"} and sum(counts.values()) == 8 and min(counts.values()) >= 2
+    )
+    cold = tmp_path / "cold"
+    shutil.copytree(grading["model"], cold)
+    update_manifest(cold, made_by_params={**made_by, "label_counts": {"1": 3, "2": 0, "3": 0}})
+    studies = _training_like()
+    labeled, pool = studies[:2], studies[2:]
+    common = {"labeled": labeled, "mc_samples": 2, "seed": 1}
+    ranking = score_studies(cold, pool, **common)
+    assert all(s.components["cold_start"] is True for s in ranking)
+    kcenter = score_studies(cold, pool, diversity_weight=1.0, cold_start=False, **common)
+    assert [s.key for s in ranking] == [s.key for s in kcenter]
+    plain = score_studies(cold, pool, cold_start=False, **common)
+    assert all(s.components["cold_start"] is False for s in plain)
+    assert [s.key for s in plain] != [s.key for s in ranking]
+    warm = score_studies(grading["model"], pool, **common)
+    assert all(s.components["cold_start"] is False for s in warm)
+    assert [s.key for s in warm] == [s.key for s in plain]
+    assert "cold_start" not in score_studies(cold, pool, strategy="random")[0].components
 
 
 def test_default_queue_is_the_uncertainty_order(grading):
@@ -951,3 +982,60 @@ def test_bench_runs_end_to_end_with_the_checkpoint_ensemble(monkeypatch, tmp_pat
     assert calls == [1, 2, 2]  # rounds 2, 3, 4: the previous one, then the previous two
     assert not list(out.rglob("round*"))
     assert "== clinical pool ==" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "value, message",
+    [("1,1", "distinct seeds >= 0, got [1, 1]"), ("-1", "distinct seeds >= 0, got [-1]"),
+     ("a", "comma-separated integers, got 'a'")],
+)  # fmt: skip
+def test_bench_refuses_a_bad_seed_list(monkeypatch, capsys, tmp_path, value, message):
+    """`--seed-list` with a repeated, negative or non-integer seed is refused before anything
+    runs (exit 2, nothing written)."""
+    bench = _bench()
+    out = tmp_path / "run"
+    monkeypatch.setattr(
+        "sys.argv", ["bench_active_learning.py", "--seed-list", value, "--out", str(out)]
+    )
+    with pytest.raises(SystemExit) as exc:
+        bench.main()
+    assert exc.value.code == 2
+    assert f"--seed-list: {message}" in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_bench_default_is_a_cold_start_while_the_model_has_seen_one_grade(monkeypatch, tmp_path):
+    """The bench's model folders record the grades they were trained on, so its default
+    "uncertainty" is the library's: while the labelled studies hold one grade the bench
+    passes them (as the registry does) and the queue is the cold start's k-center order;
+    from the second grade on, the plain order without them. `no-cold-start` never is one.
+    Seed 11 of a pool of 8 starts with three grade-1 labels, and `--seed-list` runs it
+    alone."""
+    bench = _bench()
+    calls: list[tuple[str, bool, bool | None, int]] = []
+    real_score = bench.score_studies
+
+    def score_spy(folder, studies, **kwargs):
+        ranking = real_score(folder, studies, **kwargs)
+        counts = read_manifest(folder)["made_by_params"]["label_counts"]
+        grades = sum(n > 0 for n in counts.values())
+        cold = ranking[0].components.get("cold_start")
+        calls.append((folder.parent.name, "labeled" in kwargs, cold, grades))
+        return ranking
+
+    monkeypatch.setattr(bench, "score_studies", score_spy)
+    out = tmp_path / "run"
+    argv = ["bench_active_learning.py", "--settings", "clinical", "--seed-list", "11", "--pool",
+            "8", "--budget", "7", "--test", "6", "--init-steps", "2", "--round-steps", "2",
+            "--steps-per-epoch", "2", "--batch-size", "4", "--mc-samples", "2",
+            "--variants", "no-cold-start", "--out", str(out)]  # fmt: skip
+    monkeypatch.setattr("sys.argv", argv)
+    assert bench.main() == 0
+    (result,) = json.loads((out / "results.json").read_text())["results"]["clinical"]
+    assert result["seed"] == 11
+    default = [c[1:] for c in calls if c[0] == "uncertainty"]
+    assert len(default) == 4 and default[0] == (True, True, 1)
+    assert all(labeled == cold == (grades < 2) for labeled, cold, grades in default)
+    off = [c[1:] for c in calls if c[0] == "uncertainty-no-cold-start"]
+    assert len(off) == 4 and all(cold is False for _, cold, _ in off)
+    assert all(cold is None for name, _, cold, _ in calls if name == "random")

@@ -348,6 +348,26 @@ def test_scoring_run_ranks_unlabeled_studies_loaded_from_orthanc(
         assert all(r.model_version == champion and r.job == job for r in rows)
         expected = {"uncertainty": "entropy", "random": "random_draw"}[strategy]
         assert all(expected in r.components for r in rows), rows[0].components
+    # the folder records no training grades: not a cold start, and the first study of the
+    # queue has nothing to count a distance from
+    assert rows[0].components.get("cold_start") is None  # random's rows
+    uncertain = list(selectors.active_learning_queue(project=project, strategy="uncertainty"))
+    assert uncertain[0].components["cold_start"] is False
+    assert uncertain[0].components["min_cosine_distance"] is None
+
+    # A champion trained on a single grade is a cold start: the labelled study is read from
+    # Orthanc too and the queue counts every distance from it.
+    from ai_engine.modelfolder import read_manifest, update_manifest
+
+    made_by = read_manifest(champion.path).get("made_by_params") or {}
+    counts = {"1": 4, "2": 0, "3": 0}
+    update_manifest(champion.path, made_by_params={**made_by, "label_counts": counts})
+    job = _scoring_job(project, task=GRADING)
+    assert active_learning.scoring_run(job=job) is True
+    rows = list(selectors.active_learning_queue(project=project, strategy="uncertainty"))
+    assert {r.study.study_instance_uid for r in rows} == unlabeled
+    assert all(r.components["cold_start"] is True for r in rows)
+    assert all(r.components["min_cosine_distance"] is not None for r in rows)
 
     # Orthanc unreachable: the error propagates (the task retries) and the queue stays.
     before = _queue(project, task=GRADING)
