@@ -148,13 +148,14 @@ def scoring_run(*, job: Job) -> bool:
             yield study.study_instance_uid, volume
         exhausted = True
 
-    # A champion trained on a single grade is a cold start: the library queues by distance
-    # from the labelled studies, so they are loaded too (only then: it costs a read each).
-    labeled = None
-    if strategy == "uncertainty" and trained_on_one_grade(champion.path):
-        labeled = _labeled_inputs(champion=champion, project=job.project, task=job.task)
     scores = []
     if candidates:
+        # A champion trained on a single grade is a cold start: the library queues by
+        # distance from the labelled studies, so they are read too (only then: each costs a
+        # read from Orthanc).
+        labeled = None
+        if strategy == "uncertainty" and trained_on_one_grade(champion.path):
+            labeled = _labeled_inputs(champion=champion, project=job.project, task=job.task)
         try:
             scores = score_studies(
                 champion.path,
