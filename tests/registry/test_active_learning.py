@@ -362,8 +362,21 @@ def test_scoring_run_ranks_unlabeled_studies_loaded_from_orthanc(
     made_by = read_manifest(champion.path).get("made_by_params") or {}
     counts = {"1": 4, "2": 0, "3": 0}
     update_manifest(champion.path, made_by_params={**made_by, "label_counts": counts})
+    # a labelled study that cannot be read as a grading input (a CT study, nothing in
+    # Orthanc) is left out of the distances; the run still succeeds
+    graded_ct = make_study(project)
+    AddedFinding.objects.create(
+        project=project,
+        study=graded_ct,
+        series=graded_ct.series.first(),
+        radiologist=users["radiologist"],
+        kind=FindingKind.GRADE,
+        grade=2,
+    )
     job = _scoring_job(project, task=GRADING)
     assert active_learning.scoring_run(job=job) is True
+    job.refresh_from_db()
+    assert job.status == Job.Status.SUCCEEDED, job.error
     rows = list(selectors.active_learning_queue(project=project, strategy="uncertainty"))
     assert {r.study.study_instance_uid for r in rows} == unlabeled
     assert all(r.components["cold_start"] is True for r in rows)
