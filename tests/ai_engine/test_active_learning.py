@@ -1039,3 +1039,34 @@ def test_bench_default_is_a_cold_start_while_the_model_has_seen_one_grade(monkey
     off = [c[1:] for c in calls if c[0] == "uncertainty-no-cold-start"]
     assert len(off) == 4 and all(cold is False for _, cold, _ in off)
     assert all(cold is None for name, _, cold, _ in calls if name == "random")
+
+
+def test_bench_kcenter_until_all_grades_queues_by_distance_only_while_a_grade_is_missing(
+    monkeypatch, tmp_path
+):
+    """The bench variant `kcenter-until-all-grades` passes the labelled studies in every round
+    and asks for the k-center order (diversity weight 1) exactly while they lack one of the
+    three grades; once they hold all three it ranks as the default. Seed 1 of a pool of 8
+    starts with grades 1, 2, 2 and its pool holds one grade-3 study, so both happen."""
+    bench = _bench()
+    variant: list[tuple[bool, float | None, int]] = []
+    real_score = bench.score_studies
+
+    def score_spy(folder, studies, **kwargs):
+        if folder.parent.name == "uncertainty-kcenter-until-all-grades":
+            counts = read_manifest(folder)["made_by_params"]["label_counts"]
+            grades = sum(n > 0 for n in counts.values())
+            variant.append(("labeled" in kwargs, kwargs.get("diversity_weight"), grades))
+        return real_score(folder, studies, **kwargs)
+
+    monkeypatch.setattr(bench, "score_studies", score_spy)
+    out = tmp_path / "run"
+    argv = ["bench_active_learning.py", "--settings", "clinical", "--seed-list", "1", "--pool",
+            "8", "--budget", "8", "--test", "6", "--init-steps", "2", "--round-steps", "2",
+            "--steps-per-epoch", "2", "--batch-size", "4", "--mc-samples", "2", "--variants",
+            "kcenter-until-all-grades", "--variants-only", "--out", str(out)]  # fmt: skip
+    monkeypatch.setattr("sys.argv", argv)
+    assert bench.main() == 0
+    assert len(variant) == 5 and all(labeled for labeled, _, _ in variant)
+    assert {grades for _, _, grades in variant} == {2, 3}
+    assert all((weight == 1.0) == (grades < 3) for _, weight, grades in variant)
