@@ -367,8 +367,10 @@ def test_bench_variants_pass_only_parameters_the_library_takes():
     for name, kwargs in bench.VARIANTS.items():
         assert set(kwargs) <= params, name
     variants = set(bench.VARIANTS)
-    labelled = {"labeled-diversity-0.2", "labeled-diversity-0.5"}
+    labelled = {"labeled-diversity-0.2", "labeled-diversity-0.5", "kcenter-until-all-grades"}
     assert labelled == bench.WITH_LABELED
+    # a k-center order counts from the labelled studies: its variants must pass them
+    assert bench.UNTIL_ALL_GRADES <= bench.WITH_LABELED
     for subset in (bench.COUNTED, set(bench.RERANK)):
         assert subset.issubset(variants)
 
