@@ -167,14 +167,12 @@ VARIANTS = {
 #: variants that pass the labelled set's grade counts (`labeled_counts`: class-balanced
 #: uncertainty)
 COUNTED = {"class-balance"}
-#: variants that pass the labelled studies (`labeled`: diversity counted from the labelled
-#: set, so that it acts on the first pick too)
-WITH_LABELED = {name for name in VARIANTS if name.startswith("labeled-")} | {
-    "kcenter-until-all-grades"
-}
 #: variants that queue in k-center order from the labelled studies (diversity weight 1, the
 #: cold start's order) while those lack a grade, and as the default once they hold every grade
 UNTIL_ALL_GRADES = {"kcenter-until-all-grades"}
+#: variants that pass the labelled studies (`labeled`: diversity counted from the labelled
+#: set, so that it acts on the first pick too)
+WITH_LABELED = {name for name in VARIANTS if name.startswith("labeled-")} | UNTIL_ALL_GRADES
 #: variants that re-rank the library's queue by one of its components (a signal under test
 #: that `score_studies` reports but does not rank by): foreground studies first, then by it
 RERANK = {"margin": "margin", "bald": "bald"}
@@ -445,9 +443,9 @@ def run_seed(
             kwargs = dict(variant)
             if args.diversity is not None and strategy == "uncertainty":
                 kwargs["diversity_weight"] = args.diversity
-            if strategy.removeprefix("uncertainty-") in UNTIL_ALL_GRADES and len(
-                {by_key[k]["label"] for k in labeled}
-            ) < len(GRADES):
+            if strategy.removeprefix("uncertainty-") in UNTIL_ALL_GRADES and not all(
+                grade_counts(labeled, by_key).values()
+            ):
                 kwargs["diversity_weight"] = 1.0
             if strategy.removeprefix("uncertainty-") in COUNTED:
                 kwargs["labeled_counts"] = grade_counts(labeled, by_key)
