@@ -29,9 +29,9 @@ Per setting and seed (each seed has its own pool, initial labels and network ini
    strategies start from this one model;
 3. each round: acquire `--k` studies with `ai_engine.active_learning.score_studies` on the
    unlabeled rest ("uncertainty" with the library's defaults: MC-dropout entropy + TTA
-   variance, diversity weight `DEFAULT_DIVERSITY_WEIGHT`, and the cold start: a model trained
-   on one grade queues by distance from the labelled studies, which the bench then passes as
-   the registry does; or "random": the foreground-aware
+   variance, diversity weight `DEFAULT_DIVERSITY_WEIGHT`, and the cold start: a model that has
+   not seen every grade queues by distance from the labelled studies, which the bench then
+   passes as the registry does; or "random": the foreground-aware
    baseline; `--variants` adds other uncertainty settings as extra strategies), then fine-tune the previous round's weights on
    all labeled studies for `--round-steps` steps (WARM START, same schedule and seeds for both
    strategies: only the labeled set differs), and measure macro-F1 on the test set; until
@@ -119,8 +119,8 @@ from monai.transforms import Compose, RandFlipd
 
 from ai_engine.active_learning import (
     DEFAULT_DIVERSITY_WEIGHT,
+    missing_grades,
     score_studies,
-    trained_on_one_grade,
 )
 from ai_engine.active_learning.uncertainty import (
     DEFAULT_TTA_WEIGHT,
@@ -162,17 +162,17 @@ VARIANTS = {
     "density-4": {"density_weight": 4.0},
     "snapshots-3": {},
     "no-cold-start": {"cold_start": False},
-    "kcenter-until-all-grades": {},
+    "one-grade-cold-start": {},
 }
 #: variants that pass the labelled set's grade counts (`labeled_counts`: class-balanced
 #: uncertainty)
 COUNTED = {"class-balance"}
-#: variants that queue in k-center order from the labelled studies (diversity weight 1, the
-#: cold start's order) while those lack a grade, and as the default once they hold every grade
-UNTIL_ALL_GRADES = {"kcenter-until-all-grades"}
+#: variants whose cold start ends at the second grade, not when every grade has a label: the
+#: default before session 23 (docs/active_learning.md)
+ONE_GRADE_COLD_START = {"one-grade-cold-start"}
 #: variants that pass the labelled studies (`labeled`: diversity counted from the labelled
 #: set, so that it acts on the first pick too)
-WITH_LABELED = {name for name in VARIANTS if name.startswith("labeled-")} | UNTIL_ALL_GRADES
+WITH_LABELED = {name for name in VARIANTS if name.startswith("labeled-")}
 #: variants that re-rank the library's queue by one of its components (a signal under test
 #: that `score_studies` reports but does not rank by): foreground studies first, then by it
 RERANK = {"margin": "margin", "bald": "bald"}
@@ -443,17 +443,15 @@ def run_seed(
             kwargs = dict(variant)
             if args.diversity is not None and strategy == "uncertainty":
                 kwargs["diversity_weight"] = args.diversity
-            if strategy.removeprefix("uncertainty-") in UNTIL_ALL_GRADES and not all(
-                grade_counts(labeled, by_key).values()
-            ):
-                kwargs["diversity_weight"] = 1.0
+            if strategy.removeprefix("uncertainty-") in ONE_GRADE_COLD_START:
+                seen = sum(n > 0 for n in grade_counts(labeled, by_key).values())
+                kwargs["cold_start"] = seen < 2
             if strategy.removeprefix("uncertainty-") in COUNTED:
                 kwargs["labeled_counts"] = grade_counts(labeled, by_key)
             # the labelled studies: for the variants that count distance from them, and, as the
-            # registry does, when the model saw one grade (the library's cold start)
+            # registry does, while the model has not seen every grade (the library's cold start)
             if strategy != "random" and (
-                strategy.removeprefix("uncertainty-") in WITH_LABELED
-                or trained_on_one_grade(folder)
+                strategy.removeprefix("uncertainty-") in WITH_LABELED or missing_grades(folder)
             ):
                 kwargs["labeled"] = [(k, by_key[k]["volume"]) for k in labeled]
             ranking = score_studies(

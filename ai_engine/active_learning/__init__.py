@@ -26,8 +26,8 @@ from ai_engine.active_learning.scoring import (
     TASKS,
     ActiveLearningInputError,
     StudyScore,
+    missing_grades,
     score_studies,
-    trained_on_one_grade,
 )
 from ai_engine.active_learning.uncertainty import (
     DEFAULT_TTA_WEIGHT,
@@ -52,9 +52,9 @@ __all__ = [
     "find_head",
     "information_density",
     "mc_dropout",
+    "missing_grades",
     "penultimate_features",
     "score_studies",
     "tissue_fraction",
-    "trained_on_one_grade",
     "voxel_uncertainty",
 ]

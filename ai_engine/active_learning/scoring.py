@@ -14,11 +14,12 @@ Strategies:
   `labeled` studies (`ai_engine.active_learning.diversity`, weight `diversity_weight`,
   default 0: plain uncertainty order, which the active-learning benchmark measured best for
   labelling a few studies at a time; see docs/active_learning.md). *Cold start* (grading,
-  `cold_start=True`, the default): a model whose folder records that it was trained on a
-  single grade (`made_by_params["label_counts"]`) has class probabilities that say nothing
-  about where the other grades are (it is confident on them), so its queue is the k-center
-  order instead, diversity weight 1: the study farthest from the `labeled` studies (and from
-  those queued before it) in the network's features. Measured: docs/active_learning.md.
+  `cold_start=True`, the default): a model whose folder records that its training set held
+  no study of some grade (`made_by_params["label_counts"]`) has class probabilities that say
+  nothing about where that grade is (it is as confident on it as on the grades it knows), so
+  its queue is the k-center order instead, diversity weight 1: the study farthest from the
+  `labeled` studies (and from those queued before it) in the network's features, until every
+  grade has a label. Measured: docs/active_learning.md.
 * "random": the baseline. Each study draws a seeded uniform number (seeded by `seed` and its
   key, so the draw does not depend on the input order) and studies are queued by it; the
   score is `(draw + 1) / 2` with foreground and `draw / 2` without.
@@ -329,15 +330,20 @@ class _DetectionScorer(_Scorer):
         return comps, embedding, u, fraction >= MIN_FOREGROUND_FRACTION and n_cands > 0, fg
 
 
-def trained_on_one_grade(model_dir: str | Path) -> bool:
-    """Whether a grading folder records (`made_by_params["label_counts"]`) that its training
-    set held fewer than two grades: a cold start, queued by distance (`score_studies`). False
-    for a folder that does not record it (made before it did, exported, or detection)."""
+def missing_grades(model_dir: str | Path) -> list[str]:
+    """The grades a grading folder's training set held no study of, as it records them
+    (`made_by_params["label_counts"]`, and `postprocessing["grades"]` for the grades the model
+    predicts): while any is missing the model is in a cold start, queued by distance
+    (`score_studies`). Empty for a folder that does not record its counts (made before it
+    did, exported, or detection)."""
     manifest = read_manifest(model_dir)
     counts = (manifest.get("made_by_params") or {}).get("label_counts")
     if manifest.get("task") != GRADING_TASK or not isinstance(counts, Mapping):
-        return False
-    return sum(1 for n in counts.values() if isinstance(n, int) and n > 0) < 2
+        return []
+    recorded = {str(grade): n for grade, n in counts.items()}
+    for grade in (manifest.get("postprocessing") or {}).get("grades") or []:
+        recorded.setdefault(str(grade), 0)
+    return [grade for grade, n in recorded.items() if not (isinstance(n, int) and n > 0)]
 
 
 def _scorer(model_dir: Path, strategy: str, device: str) -> _GradingScorer | _DetectionScorer:
@@ -476,10 +482,10 @@ def score_studies(
             other studies with or without foreground, like it), so that an outlier of the
             pool moves down among equally uncertain studies (components `density`,
             `uncertainty_before_density`). 0, the default: plain uncertainty.
-        cold_start: grading, "uncertainty": when the model was trained on a single grade,
-            rank by the k-center order from `labeled` (diversity weight 1, whatever
-            `diversity_weight` says) until it has seen two; component `cold_start`. False
-            keeps the given weight.
+        cold_start: grading, "uncertainty": when the model's training set lacked a grade
+            (`missing_grades`), rank by the k-center order from `labeled` (diversity weight
+            1, whatever `diversity_weight` says) until it has seen every grade; component
+            `cold_start`. False keeps the given weight.
 
     Returns:
         One `StudyScore` per study, sorted by rank (1 first).
@@ -538,7 +544,7 @@ def score_studies(
         raise ActiveLearningInputError("no studies to score: the input is empty")
     weight = diversity_weight
     if strategy == "uncertainty" and isinstance(scorer, _GradingScorer):
-        cold = bool(cold_start) and trained_on_one_grade(model_dir)
+        cold = bool(cold_start) and bool(missing_grades(model_dir))
         weight = 1.0 if cold else diversity_weight
         for m in measures:
             m.components["cold_start"] = cold

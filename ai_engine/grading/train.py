@@ -112,7 +112,7 @@ def grading_items(
 def label_counts(labels: Sequence[int]) -> dict[str, int]:
     """How many training studies of each grade (class indices in, grades as keys out): the
     folder's `made_by_params["label_counts"]`, from which active learning tells a model that
-    has seen a single grade (`ai_engine.active_learning.scoring`, cold start)."""
+    has not seen every grade (`ai_engine.active_learning.scoring`, cold start)."""
     return {str(g): sum(int(label) == i for label in labels) for i, g in enumerate(GRADES)}
 
 

@@ -29,7 +29,7 @@ STRATEGIES: tuple[str, ...] = tuple(ActiveLearningScore.Strategy.values)
 DEFAULT_STRATEGY = ActiveLearningScore.Strategy.UNCERTAINTY
 #: Scoring options a job may carry in `params` besides the strategy (checked by the API's
 #: serializer), passed to `score_studies` as keyword arguments.
-SCORING_OPTIONS = ("mc_samples", "tta", "diversity_weight", "seed")
+SCORING_OPTIONS = ("mc_samples", "tta", "diversity_weight", "seed", "cold_start")
 #: How many skipped studies a job's result lists by name (the count is always complete).
 SKIPPED_LISTED = 50
 
@@ -93,7 +93,7 @@ def scoring_run(*, job: Job) -> bool:
     champion and `imaging.exceptions.OrthancUnavailable` when Orthanc cannot be reached
     (the task retries); the previous queue is untouched in each case.
     """
-    from ai_engine.active_learning import score_studies, trained_on_one_grade
+    from ai_engine.active_learning import missing_grades, score_studies
     from ai_engine.errors import AIEngineError
     from ai_engine.registry.services import current_champion, job_progress
 
@@ -150,11 +150,12 @@ def scoring_run(*, job: Job) -> bool:
 
     scores = []
     if candidates:
-        # A champion trained on a single grade is a cold start: the library queues by
+        # A champion whose training set lacked a grade is a cold start: the library queues by
         # distance from the labelled studies, so they are read too (only then: each costs a
         # read from Orthanc).
         labeled = None
-        if strategy == "uncertainty" and trained_on_one_grade(champion.path):
+        cold = options.get("cold_start", True)
+        if strategy == "uncertainty" and cold and missing_grades(champion.path):
             labeled = _labeled_inputs(champion=champion, project=job.project, task=job.task)
         try:
             scores = score_studies(

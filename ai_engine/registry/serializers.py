@@ -75,12 +75,18 @@ class ScoringOptionsSerializer(serializers.Serializer):
         min_value=0.0, max_value=1.0, required=False, help_text="Weight of the diversity term."
     )
     seed = serializers.IntegerField(min_value=0, required=False)
+    cold_start = serializers.BooleanField(
+        required=False,
+        help_text="Grading: queue by distance while the champion has not seen every grade "
+        "(the default, true); false where the project's studies hold no case of some grade.",
+    )
 
 
 class JobCreateSerializer(serializers.Serializer):
     """inference: `study` (StudyInstanceUID) and optional `task`, or `scope: "project"`
     for the whole project; training: `task`; scoring: `task` and `strategy` (uncertainty,
-    the default, or random), optional `params` mc_samples, tta, diversity_weight, seed."""
+    the default, or random), optional `params` mc_samples, tta, diversity_weight, seed,
+    cold_start."""
 
     kind = serializers.ChoiceField(choices=Job.Kind.choices)
     task = serializers.ChoiceField(choices=ModelTask.choices, required=False)

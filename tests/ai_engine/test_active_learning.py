@@ -24,6 +24,7 @@ from ai_engine.active_learning import (
     diverse_order,
     information_density,
     mc_dropout,
+    missing_grades,
     score_studies,
 )
 from ai_engine.active_learning.mc_dropout import find_head
@@ -367,19 +368,20 @@ def test_bench_variants_pass_only_parameters_the_library_takes():
     for name, kwargs in bench.VARIANTS.items():
         assert set(kwargs) <= params, name
     variants = set(bench.VARIANTS)
-    labelled = {"labeled-diversity-0.2", "labeled-diversity-0.5", "kcenter-until-all-grades"}
+    labelled = {"labeled-diversity-0.2", "labeled-diversity-0.5"}
     assert labelled == bench.WITH_LABELED
-    # a k-center order counts from the labelled studies: its variants must pass them
-    assert bench.UNTIL_ALL_GRADES <= bench.WITH_LABELED
-    for subset in (bench.COUNTED, set(bench.RERANK)):
+    for subset in (bench.COUNTED, set(bench.RERANK), bench.ONE_GRADE_COLD_START):
         assert subset.issubset(variants)
 
 
-def test_a_model_trained_on_one_grade_is_a_cold_start_queued_by_distance(grading, tmp_path):
-    """Training records the grades it learnt from; a model whose folder says it saw a single
-    grade is queued in the k-center order from the labelled studies (diversity weight 1),
-    the component says so, and `cold_start=False` or a model that saw every grade keep the
-    uncertainty order."""
+def test_a_model_that_has_not_seen_every_grade_is_a_cold_start_queued_by_distance(
+    grading, tmp_path
+):
+    """Training records the grades it learnt from; a model whose folder says its training set
+    lacked a grade (one grade seen, or two of three) is queued in the k-center order from the
+    labelled studies (diversity weight 1), the component says so, and `cold_start=False` or
+    a model that saw every grade keep the uncertainty order. A grade the model predicts but
+    the counts leave out counts as missing; a folder without counts is not a cold start."""
     import shutil
 
     made_by = read_manifest(grading["model"])["made_by_params"]
@@ -387,23 +389,34 @@ def test_a_model_trained_on_one_grade_is_a_cold_start_queued_by_distance(grading
     assert (
         set(counts) == {"1", "2", "3"} and sum(counts.values()) == 8 and min(counts.values()) >= 2
     )
-    cold = tmp_path / "cold"
-    shutil.copytree(grading["model"], cold)
-    update_manifest(cold, made_by_params={**made_by, "label_counts": {"1": 3, "2": 0, "3": 0}})
+    assert missing_grades(grading["model"]) == []
     studies = _training_like()
     labeled, pool = studies[:2], studies[2:]
     common = {"labeled": labeled, "mc_samples": 2, "seed": 1}
-    ranking = score_studies(cold, pool, **common)
-    assert all(s.components["cold_start"] is True for s in ranking)
-    kcenter = score_studies(cold, pool, diversity_weight=1.0, cold_start=False, **common)
-    assert [s.key for s in ranking] == [s.key for s in kcenter]
-    plain = score_studies(cold, pool, cold_start=False, **common)
-    assert all(s.components["cold_start"] is False for s in plain)
-    assert [s.key for s in plain] != [s.key for s in ranking]
     warm = score_studies(grading["model"], pool, **common)
     assert all(s.components["cold_start"] is False for s in warm)
-    assert [s.key for s in warm] == [s.key for s in plain]
+    for name, seen, missing in (
+        ("one", {"1": 3, "2": 0, "3": 0}, ["2", "3"]),
+        ("two", {"1": 3, "2": 2, "3": 0}, ["3"]),
+        ("unrecorded", {"1": 3, "2": 2}, ["3"]),
+    ):
+        cold = tmp_path / name
+        shutil.copytree(grading["model"], cold)
+        update_manifest(cold, made_by_params={**made_by, "label_counts": seen})
+        assert missing_grades(cold) == missing, name
+        ranking = score_studies(cold, pool, **common)
+        assert all(s.components["cold_start"] is True for s in ranking), name
+        kcenter = score_studies(cold, pool, diversity_weight=1.0, cold_start=False, **common)
+        assert [s.key for s in ranking] == [s.key for s in kcenter], name
+        plain = score_studies(cold, pool, cold_start=False, **common)
+        assert all(s.components["cold_start"] is False for s in plain)
+        assert [s.key for s in plain] != [s.key for s in ranking], name
+        assert [s.key for s in warm] == [s.key for s in plain], name
     assert "cold_start" not in score_studies(cold, pool, strategy="random")[0].components
+    bare = tmp_path / "bare"
+    shutil.copytree(grading["model"], bare)
+    update_manifest(bare, made_by_params={k: v for k, v in made_by.items() if k != "label_counts"})
+    assert missing_grades(bare) == []
 
 
 def test_default_queue_is_the_uncertainty_order(grading):
@@ -1006,13 +1019,14 @@ def test_bench_refuses_a_bad_seed_list(monkeypatch, capsys, tmp_path, value, mes
     assert not out.exists()
 
 
-def test_bench_default_is_a_cold_start_while_the_model_has_seen_one_grade(monkeypatch, tmp_path):
+def test_bench_default_is_a_cold_start_while_the_labels_lack_a_grade(monkeypatch, tmp_path):
     """The bench's model folders record the grades they were trained on, so its default
-    "uncertainty" is the library's: while the labelled studies hold one grade the bench
-    passes them (as the registry does) and the queue is the cold start's k-center order;
-    from the second grade on, the plain order without them. `no-cold-start` never is one.
-    Seed 11 of a pool of 8 starts with three grade-1 labels, and `--seed-list` runs it
-    alone."""
+    "uncertainty" is the library's: while the labelled studies lack one of the three grades
+    the bench passes them (as the registry does) and the queue is the cold start's k-center
+    order; once they hold every grade, the plain order without them. `no-cold-start` never
+    is one, and `one-grade-cold-start` (the default before session 23) only while they hold a
+    single grade. Seed 11 of a pool of 8 starts with three grade-1 labels and seed 1 with
+    grades 1, 2, 2 (its pool holds one grade-3 study); `--seed-list` runs them."""
     bench = _bench()
     calls: list[tuple[str, bool, bool | None, int]] = []
     real_score = bench.score_studies
@@ -1027,48 +1041,21 @@ def test_bench_default_is_a_cold_start_while_the_model_has_seen_one_grade(monkey
 
     monkeypatch.setattr(bench, "score_studies", score_spy)
     out = tmp_path / "run"
-    argv = ["bench_active_learning.py", "--settings", "clinical", "--seed-list", "11", "--pool",
-            "8", "--budget", "7", "--test", "6", "--init-steps", "2", "--round-steps", "2",
-            "--steps-per-epoch", "2", "--batch-size", "4", "--mc-samples", "2",
-            "--variants", "no-cold-start", "--out", str(out)]  # fmt: skip
-    monkeypatch.setattr("sys.argv", argv)
-    assert bench.main() == 0
-    (result,) = json.loads((out / "results.json").read_text())["results"]["clinical"]
-    assert result["seed"] == 11
-    default = [c[1:] for c in calls if c[0] == "uncertainty"]
-    assert len(default) == 4 and default[0] == (True, True, 1)
-    assert all(labeled == cold == (grades < 2) for labeled, cold, grades in default)
-    off = [c[1:] for c in calls if c[0] == "uncertainty-no-cold-start"]
-    assert len(off) == 4 and all(cold is False for _, cold, _ in off)
-    assert all(cold is None for name, _, cold, _ in calls if name == "random")
-
-
-def test_bench_kcenter_until_all_grades_queues_by_distance_only_while_a_grade_is_missing(
-    monkeypatch, tmp_path
-):
-    """The bench variant `kcenter-until-all-grades` passes the labelled studies in every round
-    and asks for the k-center order (diversity weight 1) exactly while they lack one of the
-    three grades; once they hold all three it ranks as the default. Seed 1 of a pool of 8
-    starts with grades 1, 2, 2 and its pool holds one grade-3 study, so both happen."""
-    bench = _bench()
-    variant: list[tuple[bool, float | None, int]] = []
-    real_score = bench.score_studies
-
-    def score_spy(folder, studies, **kwargs):
-        if folder.parent.name == "uncertainty-kcenter-until-all-grades":
-            counts = read_manifest(folder)["made_by_params"]["label_counts"]
-            grades = sum(n > 0 for n in counts.values())
-            variant.append(("labeled" in kwargs, kwargs.get("diversity_weight"), grades))
-        return real_score(folder, studies, **kwargs)
-
-    monkeypatch.setattr(bench, "score_studies", score_spy)
-    out = tmp_path / "run"
-    argv = ["bench_active_learning.py", "--settings", "clinical", "--seed-list", "1", "--pool",
+    argv = ["bench_active_learning.py", "--settings", "clinical", "--seed-list", "11,1", "--pool",
             "8", "--budget", "8", "--test", "6", "--init-steps", "2", "--round-steps", "2",
-            "--steps-per-epoch", "2", "--batch-size", "4", "--mc-samples", "2", "--variants",
-            "kcenter-until-all-grades", "--variants-only", "--out", str(out)]  # fmt: skip
+            "--steps-per-epoch", "2", "--batch-size", "4", "--mc-samples", "2",
+            "--variants", "no-cold-start,one-grade-cold-start", "--out", str(out)]  # fmt: skip
     monkeypatch.setattr("sys.argv", argv)
     assert bench.main() == 0
-    assert len(variant) == 5 and all(labeled for labeled, _, _ in variant)
-    assert {grades for _, _, grades in variant} == {2, 3}
-    assert all((weight == 1.0) == (grades < 3) for _, weight, grades in variant)
+    results = json.loads((out / "results.json").read_text())["results"]["clinical"]
+    assert [r["seed"] for r in results] == [11, 1]
+    default = [c[1:] for c in calls if c[0] == "uncertainty"]
+    assert len(default) == 10 and default[0] == (True, True, 1)
+    assert {grades for _, _, grades in default} >= {1, 2, 3}
+    assert all(labeled == cold == (grades < 3) for labeled, cold, grades in default)
+    off = [c[1:] for c in calls if c[0] == "uncertainty-no-cold-start"]
+    assert len(off) == 10 and all(cold is False for _, cold, _ in off)
+    one = [c[1:] for c in calls if c[0] == "uncertainty-one-grade-cold-start"]
+    assert len(one) == 10 and {grades for _, _, grades in one} >= {1, 2}
+    assert all(cold == (grades < 2) for _, cold, grades in one)
+    assert all(cold is None for name, _, cold, _ in calls if name == "random")

@@ -29,8 +29,12 @@ pytestmark = pytest.mark.django_db
 DETECTION, GRADING = "nodule_detection", "tumor_grading"
 
 
-def _scoring_job(project, *, strategy="uncertainty", task=DETECTION, start=True) -> Job:
-    job, created = active_learning.scoring_job_create(project=project, task=task, strategy=strategy)
+def _scoring_job(
+    project, *, strategy="uncertainty", task=DETECTION, start=True, options=None
+) -> Job:
+    job, created = active_learning.scoring_job_create(
+        project=project, task=task, strategy=strategy, options=options
+    )
     assert created
     if start:
         services.job_start(job_id=job.pk)
@@ -355,12 +359,12 @@ def test_scoring_run_ranks_unlabeled_studies_loaded_from_orthanc(
     assert uncertain[0].components["cold_start"] is False
     assert uncertain[0].components["min_cosine_distance"] is None
 
-    # A champion trained on a single grade is a cold start: the labelled study is read from
-    # Orthanc too and the queue counts every distance from it.
+    # A champion whose training set lacked a grade (here grade 3) is a cold start: the
+    # labelled study is read from Orthanc too and the queue counts every distance from it.
     from ai_engine.modelfolder import read_manifest, update_manifest
 
     made_by = read_manifest(champion.path).get("made_by_params") or {}
-    counts = {"1": 4, "2": 0, "3": 0}
+    counts = {"1": 4, "2": 2, "3": 0}
     update_manifest(champion.path, made_by_params={**made_by, "label_counts": counts})
     # a labelled study that cannot be read as a grading input (a CT study, nothing in
     # Orthanc) is left out of the distances; the run still succeeds
@@ -381,6 +385,14 @@ def test_scoring_run_ranks_unlabeled_studies_loaded_from_orthanc(
     assert {r.study.study_instance_uid for r in rows} == unlabeled
     assert all(r.components["cold_start"] is True for r in rows)
     assert all(r.components["min_cosine_distance"] is not None for r in rows)
+    # a project whose studies hold no case of some grade turns it off: no distances read
+    job = _scoring_job(project, task=GRADING, options={"cold_start": False})
+    assert active_learning.scoring_run(job=job) is True
+    job.refresh_from_db()
+    assert job.status == Job.Status.SUCCEEDED, job.error
+    rows = list(selectors.active_learning_queue(project=project, strategy="uncertainty"))
+    assert all(r.components["cold_start"] is False for r in rows)
+    assert rows[0].components["min_cosine_distance"] is None
 
     # Orthanc unreachable: the error propagates (the task retries) and the queue stays.
     before = _queue(project, task=GRADING)
@@ -432,6 +444,7 @@ SCORING_BAD = [
     ({"kind": "scoring", "task": DETECTION, "params": {"mc_samples": 0}}, 400, "mc_samples"),
     ({"kind": "scoring", "task": DETECTION, "params": {"mc_samples": "many"}}, 400, "mc_samples"),
     ({"kind": "scoring", "task": DETECTION, "params": {"diversity_weight": 2}}, 400, "diversity_weight"),
+    ({"kind": "scoring", "task": DETECTION, "params": {"cold_start": "sometimes"}}, 400, "cold_start"),
     ({"kind": "scoring", "task": DETECTION, "params": {"strategy": "random"}}, 400, "Unknown scoring params"),
     ({"kind": "scoring", "task": DETECTION, "params": "fast"}, 400, "params"),
 ]  # fmt: skip
