@@ -433,6 +433,28 @@ def test_admin_queues_scoring_with_either_strategy(project, admin_client, strate
     assert again.status_code == 200 and again.data[0]["id"] == job["id"]
 
 
+def test_admin_turns_the_cold_start_off_through_the_api(project, admin_client):
+    """`cold_start: false` (a project whose studies hold no case of some grade) reaches the
+    job's params as a boolean, where `scoring_run` reads it (without it the params hold no
+    such key and the run takes true: the test above)."""
+    make_version(project)
+    body = {"kind": "scoring", "task": DETECTION, "params": {"cold_start": False}}
+    response = admin_client.post(_jobs_url(project), body, format="json")
+    assert response.status_code == 201, response.data
+    (job,) = response.data
+    assert job["params"] == {"strategy": "uncertainty", "cold_start": False}
+    assert Job.objects.get(pk=job["id"]).params["cold_start"] is False
+
+
+def test_the_api_checks_every_option_the_scoring_run_passes_on():
+    """The options a scoring job's params may carry are listed twice: the serializer that
+    checks them and `SCORING_OPTIONS`, which `scoring_run` passes to the library. An option
+    in one list only would be refused by the API or never reach the library."""
+    from ai_engine.registry.serializers import ScoringOptionsSerializer
+
+    assert set(ScoringOptionsSerializer().fields) == set(active_learning.SCORING_OPTIONS)
+
+
 SCORING_BAD = [
     ({"kind": "scoring"}, 400, "needs a task"),
     ({"kind": "scoring", "task": "liver_volumetry"}, 400, "task"),
