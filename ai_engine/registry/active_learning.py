@@ -30,6 +30,10 @@ DEFAULT_STRATEGY = ActiveLearningScore.Strategy.UNCERTAINTY
 #: Scoring options a job may carry in `params` besides the strategy (checked by the API's
 #: serializer), passed to `score_studies` as keyword arguments.
 SCORING_OPTIONS = ("mc_samples", "tta", "diversity_weight", "seed", "cold_start")
+#: The options that act only on some runs; a run of another strategy or task would ignore
+#: them, so a job that names one is refused (`seed` acts on every run).
+_UNCERTAINTY_ONLY = ("mc_samples", "tta", "diversity_weight", "cold_start")
+_GRADING_ONLY = ("cold_start",)
 #: How many skipped studies a job's result lists by name (the count is always complete).
 SKIPPED_LISTED = 50
 
@@ -46,6 +50,24 @@ class ScoringConflict(RegistryError):
     code = "scoring_running"
 
 
+def ignored_options(*, task: str, strategy: str, options: dict[str, Any]) -> str | None:
+    """Why a run of `strategy` for `task` would ignore some of `options`, or None when each
+    one acts on it. The API refuses such a job (400) rather than queue a run that silently
+    differs from the one asked for."""
+    from ai_engine.registry.models import ModelTask
+
+    reasons = []
+    uncertainty_only = sorted(k for k in options if k in _UNCERTAINTY_ONLY)
+    if strategy != ActiveLearningScore.Strategy.UNCERTAINTY and uncertainty_only:
+        reasons.append(
+            f"{uncertainty_only} act only on uncertainty scoring; a {strategy} run takes `seed`."
+        )
+    grading_only = sorted(k for k in options if k in _GRADING_ONLY)
+    if task != ModelTask.TUMOR_GRADING and grading_only:
+        reasons.append(f"{grading_only} act only on {ModelTask.TUMOR_GRADING} scoring.")
+    return " ".join(reasons) or None
+
+
 def scoring_job_create(
     *,
     project: Project,
@@ -58,10 +80,15 @@ def scoring_job_create(
 
     Raises NoChampion (409) when the task has no champion and ScoringConflict (409) when a
     run with another strategy is live (one live scoring run per project and task). A live
-    run with the same strategy is returned as it is (created False).
+    run with the same strategy is returned as it is (created False). ValueError for an
+    unknown strategy or an option the run would ignore (`ignored_options`; the API checks
+    both first and answers 400).
     """
     if strategy not in STRATEGIES:
         raise ValueError(f"strategy must be one of {list(STRATEGIES)}, got {strategy!r}")
+    ignored = ignored_options(task=task, strategy=strategy, options=options or {})
+    if ignored:
+        raise ValueError(ignored)
     from ai_engine.registry.services import current_champion, run_job_create
 
     if current_champion(project=project, task=task) is None:

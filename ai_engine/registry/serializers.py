@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from rest_framework import serializers
 
+from ai_engine.registry.active_learning import ignored_options
 from ai_engine.registry.models import (
     ActiveLearningScore,
     Job,
@@ -86,7 +87,8 @@ class JobCreateSerializer(serializers.Serializer):
     """inference: `study` (StudyInstanceUID) and optional `task`, or `scope: "project"`
     for the whole project; training: `task`; scoring: `task` and `strategy` (uncertainty,
     the default, or random), optional `params` mc_samples, tta, diversity_weight, seed,
-    cold_start."""
+    cold_start (only those that act on the run: `seed` on every one, the others on
+    uncertainty runs, `cold_start` on tumor-grading ones)."""
 
     kind = serializers.ChoiceField(choices=Job.Kind.choices)
     task = serializers.ChoiceField(choices=ModelTask.choices, required=False)
@@ -123,6 +125,11 @@ class JobCreateSerializer(serializers.Serializer):
             if not options.is_valid():
                 raise serializers.ValidationError({"params": options.errors})
             attrs["params"] = dict(options.validated_data)
+            ignored = ignored_options(
+                task=attrs["task"], strategy=attrs["strategy"], options=attrs["params"]
+            )
+            if ignored:
+                raise serializers.ValidationError({"params": ignored})
         return attrs
 
 

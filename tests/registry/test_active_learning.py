@@ -419,15 +419,16 @@ def _queue_url(project) -> str:
 @pytest.mark.parametrize("strategy", ["uncertainty", "random", None])
 def test_admin_queues_scoring_with_either_strategy(project, admin_client, strategy):
     champion = make_version(project)
-    body = {"kind": "scoring", "task": DETECTION, "params": {"mc_samples": 4, "seed": 3}}
+    expected = strategy or "uncertainty"
+    params = {"mc_samples": 4, "seed": 3} if expected == "uncertainty" else {"seed": 3}
+    body = {"kind": "scoring", "task": DETECTION, "params": params}
     if strategy:
         body["strategy"] = strategy
     response = admin_client.post(_jobs_url(project), body, format="json")
     assert response.status_code == 201, response.data
     (job,) = response.data
-    expected = strategy or "uncertainty"
     assert (job["kind"], job["task"], job["status"]) == ("scoring", DETECTION, "queued")
-    assert job["params"] == {"strategy": expected, "mc_samples": 4, "seed": 3}
+    assert job["params"] == {"strategy": expected, **params}
     assert job["model_version"] == champion.pk
     again = admin_client.post(_jobs_url(project), body, format="json")
     assert again.status_code == 200 and again.data[0]["id"] == job["id"]
@@ -437,13 +438,33 @@ def test_admin_turns_the_cold_start_off_through_the_api(project, admin_client):
     """`cold_start: false` (a project whose studies hold no case of some grade) reaches the
     job's params as a boolean, where `scoring_run` reads it (without it the params hold no
     such key and the run takes true: the test above)."""
-    make_version(project)
-    body = {"kind": "scoring", "task": DETECTION, "params": {"cold_start": False}}
+    make_version(project, task=GRADING)
+    body = {"kind": "scoring", "task": GRADING, "params": {"cold_start": False}}
     response = admin_client.post(_jobs_url(project), body, format="json")
     assert response.status_code == 201, response.data
     (job,) = response.data
     assert job["params"] == {"strategy": "uncertainty", "cold_start": False}
     assert Job.objects.get(pk=job["id"]).params["cold_start"] is False
+
+
+def test_a_run_that_would_ignore_an_option_is_refused_below_the_api_too(project):
+    """`scoring_job_create` checks the options itself, so a caller that skips the API's
+    serializer cannot queue a run that differs from the one it asked for."""
+    make_version(project)
+    make_version(project, task=GRADING)
+    with pytest.raises(ValueError, match="act only on uncertainty scoring"):
+        active_learning.scoring_job_create(
+            project=project, task=GRADING, strategy="random", options={"cold_start": False}
+        )
+    with pytest.raises(ValueError, match="act only on tumor_grading scoring"):
+        active_learning.scoring_job_create(
+            project=project, task=DETECTION, options={"cold_start": True}
+        )
+    assert not Job.objects.exists()
+    job, created = active_learning.scoring_job_create(
+        project=project, task=GRADING, strategy="random", options={"seed": 5}
+    )
+    assert created and job.params == {"strategy": "random", "seed": 5}
 
 
 def test_the_api_checks_every_option_the_scoring_run_passes_on():
@@ -469,6 +490,10 @@ SCORING_BAD = [
     ({"kind": "scoring", "task": DETECTION, "params": {"cold_start": "sometimes"}}, 400, "cold_start"),
     ({"kind": "scoring", "task": DETECTION, "params": {"strategy": "random"}}, 400, "Unknown scoring params"),
     ({"kind": "scoring", "task": DETECTION, "params": "fast"}, 400, "params"),
+    # options the run would ignore: refused rather than queued and silently dropped
+    ({"kind": "scoring", "task": DETECTION, "strategy": "random", "params": {"mc_samples": 4}}, 400, "['mc_samples'] act only on uncertainty scoring"),
+    ({"kind": "scoring", "task": DETECTION, "strategy": "random", "params": {"tta": False, "diversity_weight": 0.5}}, 400, "['diversity_weight', 'tta'] act only on uncertainty"),
+    ({"kind": "scoring", "task": DETECTION, "params": {"cold_start": False}}, 400, "['cold_start'] act only on tumor_grading scoring"),
 ]  # fmt: skip
 
 
