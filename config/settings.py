@@ -188,6 +188,9 @@ HEALTH_WORKER_TIMEOUT_S = float(os.environ.get("HEALTH_WORKER_TIMEOUT_S", "5"))
 
 # --- Platform data ---------------------------------------------------------------------
 MODEL_STORE_DIR = Path(os.environ.get("PLATFORM_MODEL_STORE", VAR_DIR / "models"))
+# Weights the site's operators provide for transfer learning: training arguments that name a
+# file (--pretrained, --init-weights, --candidates-from) must point inside it.
+PRETRAINED_DIR = Path(os.environ.get("PLATFORM_PRETRAINED_DIR", VAR_DIR / "pretrained"))
 # Optional MLflow server training runs are logged to (needs the `mlflow` extra); empty: off.
 MLFLOW_TRACKING_URI = os.environ.get("MLFLOW_TRACKING_URI", "")
 # A job whose worker died this many times (SIGKILL, OOM, lost machine) fails instead of

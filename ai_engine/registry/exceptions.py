@@ -45,6 +45,13 @@ class NoTrainingData(RegistryError):
     code = "no_training_data"
 
 
+class TrainArgsRefused(RegistryError):
+    """Extra training arguments the platform cannot pass on (`training.train_args_problem`)."""
+
+    status_code = status.HTTP_400_BAD_REQUEST
+    code = "train_args_refused"
+
+
 class JobCancelled(Exception):
     """Raised inside a running job when its cancellation was requested (not user-facing)."""
 

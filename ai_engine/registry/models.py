@@ -9,6 +9,7 @@ what new studies are run through.
 from __future__ import annotations
 
 from django.conf import settings
+from django.core.exceptions import ValidationError
 from django.db import models
 from django.db.models import Q
 from django.utils import timezone
@@ -49,9 +50,11 @@ class ProjectAISettings(models.Model):
         default=0.1, help_text="Flag a version when a rolling figure falls this far below baseline."
     )
     train_args = models.JSONField(
-        default=list,
+        default=dict,
         blank=True,
-        help_text='Extra `python -m ai_engine <task> train` arguments, e.g. ["--epochs", "20"].',
+        help_text="Extra `python -m ai_engine <group> train` arguments per task, e.g. "
+        '{"tumor_grading": ["--epochs", "20"]}; a task without an entry trains with the '
+        "defaults. Paths (--pretrained, --init-weights) are names inside the pretrained folder.",
     )
     updated_at = models.DateTimeField(auto_now=True)
 
@@ -70,6 +73,14 @@ class ProjectAISettings(models.Model):
 
     def __str__(self) -> str:
         return f"AI settings of {self.project}"
+
+    def clean(self) -> None:
+        """The Django admin's check of `train_args` (the API's serializer runs the same)."""
+        from ai_engine.registry.training import train_args_by_task_problem
+
+        problem = train_args_by_task_problem(self.train_args)
+        if problem:
+            raise ValidationError({"train_args": problem})
 
 
 class DataSnapshot(models.Model):

@@ -14,6 +14,7 @@ from ai_engine.registry.models import (
     ProjectAISettings,
 )
 from ai_engine.registry.selectors import queue_position
+from ai_engine.registry.training import train_args_by_task_problem, train_args_problem
 
 
 class JobSerializer(serializers.ModelSerializer):
@@ -85,7 +86,8 @@ class ScoringOptionsSerializer(serializers.Serializer):
 
 class JobCreateSerializer(serializers.Serializer):
     """inference: `study` (StudyInstanceUID) and optional `task`, or `scope: "project"`
-    for the whole project; training: `task`; scoring: `task` and `strategy` (uncertainty,
+    for the whole project, no params; training: `task`, optional `params.train_args` (the
+    task's extra `train` arguments for this run, checked as the settings' are); scoring: `task` and `strategy` (uncertainty,
     the default, or random), optional `params` mc_samples, tta, diversity_weight, seed,
     cold_start (only those that act on the run: `seed` on every one, the others on
     uncertainty runs, `cold_start` on tumor-grading ones)."""
@@ -110,6 +112,18 @@ class JobCreateSerializer(serializers.Serializer):
                 )
         elif not attrs.get("task"):
             raise serializers.ValidationError({"task": f"A {kind} job needs a task."})
+        if kind == Job.Kind.INFERENCE and attrs["params"]:
+            raise serializers.ValidationError({"params": "Inference jobs take no params."})
+        if kind == Job.Kind.TRAINING:
+            unknown = sorted(set(attrs["params"]) - {"train_args"})
+            if unknown:
+                raise serializers.ValidationError(
+                    {"params": f"Unknown training params {unknown}; allowed: ['train_args']."}
+                )
+            if "train_args" in attrs["params"]:
+                problem = train_args_problem(attrs["task"], attrs["params"]["train_args"])
+                if problem:
+                    raise serializers.ValidationError({"params": {"train_args": problem}})
         if kind == Job.Kind.SCORING:
             attrs.setdefault("strategy", ActiveLearningScore.Strategy.UNCERTAINTY)
             options = ScoringOptionsSerializer(data=attrs["params"])
@@ -201,10 +215,9 @@ class AISettingsSerializer(serializers.ModelSerializer):
         }
 
     def validate_train_args(self, value):
-        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-            raise serializers.ValidationError(
-                "train_args must be a list of strings (CLI arguments)."
-            )
+        problem = train_args_by_task_problem(value)
+        if problem:
+            raise serializers.ValidationError(problem)
         return value
 
 

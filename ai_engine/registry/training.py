@@ -12,7 +12,10 @@ setting `MLFLOW_TRACKING_URI` is set (`tracking.py`; its failures never fail the
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import importlib
+import io
 import json
 import logging
 import os
@@ -27,7 +30,7 @@ from typing import Any
 from django.conf import settings
 
 from ai_engine.registry import tracking
-from ai_engine.registry.exceptions import JobCancelled, NoTrainingData
+from ai_engine.registry.exceptions import JobCancelled, NoTrainingData, TrainArgsRefused
 from ai_engine.registry.models import DataSnapshot, Job, ModelTask, ModelVersion
 
 logger = logging.getLogger(__name__)
@@ -35,11 +38,21 @@ logger = logging.getLogger(__name__)
 #: ai_engine CLI group and the metric the champion rule compares (higher is better).
 CLI_GROUP = {ModelTask.NODULE_DETECTION: "detection", ModelTask.TUMOR_GRADING: "grading"}
 VALIDATION_METRIC = {ModelTask.NODULE_DETECTION: "cpm", ModelTask.TUMOR_GRADING: "macro_f1"}
-#: Extra CLI arguments per task (overridable per job with params["train_args"]).
+#: Extra CLI arguments per task, unless the project's settings (`train_args[task]`) or the
+#: job (`params["train_args"]`) give others; `train_args_problem` checks those.
 DEFAULT_TRAIN_ARGS: dict[str, list[str]] = {
     ModelTask.NODULE_DETECTION: [],
     ModelTask.TUMOR_GRADING: ["--quiet"],
 }
+#: The datalist option the platform passes to each task's `train`.
+DATALIST_FLAG = {ModelTask.NODULE_DETECTION: "--data", ModelTask.TUMOR_GRADING: "--datalist"}
+#: `train` options the platform sets itself (its datalist and model folder; every run starts
+#: afresh), which train_args may not name.
+PLATFORM_TRAIN_OPTIONS = ("data", "datalist", "out", "demo", "resume")
+#: `train` options that name a file or folder on the server: only inside
+#: `settings.PRETRAINED_DIR`, where the site's operators put weights, never elsewhere.
+PATH_TRAIN_OPTIONS = ("pretrained", "init_weights", "candidates_from")
+_UNSET = "\x00set-by-the-platform"
 VALIDATION_EVERY = 4  # every 4th item (in hash order) is validation, at least one
 
 
@@ -188,6 +201,95 @@ def export_datalist(
 # -- train / evaluate ---------------------------------------------------------------------
 
 
+def train_args_problem(task: str, train_args: Any) -> str | None:
+    """Why `train_args` cannot be appended to the platform's `ai_engine <group> train` call
+    for `task`, or None when it can: not a list of strings, an option the task's `train`
+    does not take or a value it refuses (the CLI's own parser decides, abbreviations
+    included), an option the platform sets itself, or a path outside `PRETRAINED_DIR`.
+
+    A project admin sets these (project settings, training jobs): without the check
+    `--out` would let one write a model folder anywhere the worker may write.
+    """
+    from ai_engine.cli import GROUPS
+
+    if not isinstance(train_args, list) or not all(isinstance(a, str) for a in train_args):
+        return "train_args must be a list of strings (CLI arguments)."
+    group = CLI_GROUP[task]
+    parser = importlib.import_module(GROUPS[group][0]).build_parser(f"ai_engine {group}")
+    call = ["train", DATALIST_FLAG[task], _UNSET, "--out", _UNSET, *train_args]
+    said = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(said), contextlib.redirect_stdout(said):
+            parsed = parser.parse_args(call)
+    except SystemExit:
+        lines = [ln for ln in said.getvalue().splitlines() if "error:" in ln]
+        why = (
+            lines[-1].split("error:", 1)[1].strip() if lines else "-h/--help is no training option"
+        )
+        return f"{group} train refuses {train_args}: {why}."
+    owned = [
+        name
+        for name in PLATFORM_TRAIN_OPTIONS
+        if getattr(parsed, name, None) not in (None, False, _UNSET)
+    ]
+    if owned:
+        flags = ", ".join("--" + n.replace("_", "-") for n in owned)
+        return (
+            f"{flags}: set by the platform for every training run (its datalist and model "
+            "folder; each run starts afresh)."
+        )
+    root = Path(settings.PRETRAINED_DIR).resolve()
+    for name in PATH_TRAIN_OPTIONS:
+        value = getattr(parsed, name, None)
+        if value is None:
+            continue
+        flag = "--" + name.replace("_", "-")
+        if not any(a == flag or a.startswith(flag + "=") for a in train_args):
+            return f"write {flag} in full (its path is resolved in the pretrained folder)."
+        path = (root / value).resolve()
+        if not path.is_relative_to(root):
+            return f"{flag} {value}: weights must lie inside the pretrained folder ({root})."
+        if not path.exists():
+            return f"{flag} {value}: no such file or folder in the pretrained folder ({root})."
+    return None
+
+
+def train_args_by_task_problem(value: Any) -> str | None:
+    """Why a project's `train_args` setting ({task: [argument, ...]}) is refused, or None."""
+    if not isinstance(value, dict):
+        return (
+            "train_args must be an object of task -> arguments, "
+            'e.g. {"tumor_grading": ["--epochs", "20"]}.'
+        )
+    unknown = sorted(set(value) - set(CLI_GROUP))
+    if unknown:
+        return f"train_args names unknown tasks {unknown}; tasks: {sorted(CLI_GROUP)}."
+    problems = [
+        f"{task}: {problem}"
+        for task, args in value.items()
+        if (problem := train_args_problem(task, args))
+    ]
+    return " ".join(problems) or None
+
+
+def resolved_train_args(task: str, train_args: list[str]) -> list[str]:
+    """`train_args` (checked) with the path options' values made absolute inside
+    `PRETRAINED_DIR`, as the CLI (run from BASE_DIR) needs them."""
+    root = Path(settings.PRETRAINED_DIR).resolve()
+    flags = {"--" + n.replace("_", "-") for n in PATH_TRAIN_OPTIONS}
+    out, path_next = [], False
+    for arg in train_args:
+        if path_next:
+            arg, path_next = str((root / arg).resolve()), False
+        elif arg in flags:
+            path_next = True
+        elif "=" in arg and arg.split("=", 1)[0] in flags:
+            flag, value = arg.split("=", 1)
+            arg = f"{flag}={(root / value).resolve()}"
+        out.append(arg)
+    return out
+
+
 def _run_cli(
     args: list[str],
     *,
@@ -270,6 +372,18 @@ def training_run(*, job: Job) -> ModelVersion:
     from ai_engine.registry.services import current_champion, job_progress, training_complete
 
     project, task = job.project, job.task
+    from ai_engine.registry.services import ai_settings_for
+
+    train_args = list(
+        job.params.get("train_args")
+        or ai_settings_for(project=project).train_args.get(task)
+        or DEFAULT_TRAIN_ARGS[task]
+    )
+    # The API checked them when they were set; settings saved before that check (or edited
+    # in the database since) are checked again, before anything is read or written.
+    problem = train_args_problem(task, train_args)
+    if problem:
+        raise TrainArgsRefused(problem)
     job_progress(job_id=job.pk, progress=0.01, message="Snapshotting ground truth")
     items, n_labels = ground_truth(project=project, task=task)
     if len(items) < 2:
@@ -295,16 +409,16 @@ def training_run(*, job: Job) -> ModelVersion:
     )
     out_dir = folder / f"model-job-{job.pk}"
     shutil.rmtree(out_dir, ignore_errors=True)  # a redelivered run starts the training over
-    from ai_engine.registry.services import ai_settings_for
-
-    train_args = list(
-        job.params.get("train_args")
-        or ai_settings_for(project=project).train_args
-        or DEFAULT_TRAIN_ARGS[task]
-    )
-    flag = "--datalist" if task == ModelTask.TUMOR_GRADING else "--data"
     _run_cli(
-        [CLI_GROUP[task], "train", flag, str(datalist), "--out", str(out_dir), *train_args],
+        [
+            CLI_GROUP[task],
+            "train",
+            DATALIST_FLAG[task],
+            str(datalist),
+            "--out",
+            str(out_dir),
+            *resolved_train_args(task, train_args),
+        ],
         job_id=job.pk,
         log_path=log_path,
         progress_range=(0.3, 0.8),

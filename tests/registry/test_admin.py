@@ -297,11 +297,17 @@ def test_ai_settings_bad_values_get_form_errors(root, rows, project):
         "retrain_after_labels": 10,
         "monitoring_window": 50,
         "alert_margin": 2,
-        "train_args": "[]",
+        "train_args": "{}",
     }
     response = root.post(url, body)
     assert response.status_code == 200  # the form again, with the error
     assert "ai_settings_alert_margin_0_1" in response.content.decode()
+    # train_args the platform cannot pass on (tests/registry/test_train_args.py has them all)
+    bad = {**body, "alert_margin": 0.3, "train_args": '{"tumor_grading": ["--out", "/srv/x"]}'}
+    response = root.post(url, bad)
+    assert response.status_code == 200
+    assert "--out: set by the platform" in response.content.decode()
+    assert ProjectAISettings.objects.get(project=project).alert_margin != 0.3
     response = root.post(url, {**body, "alert_margin": 0.3})
     assert response.status_code == 302
     settings_row.refresh_from_db()

@@ -53,7 +53,10 @@ def training_job(orthanc, project, users, settings, tmp_path, monkeypatch, mlflo
     settings.MODEL_STORE_DIR = tmp_path / "models"
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     ProjectAISettings.objects.create(
-        project=project, auto_inference=False, retrain_after_labels=0, train_args=TINY_TRAIN_ARGS
+        project=project,
+        auto_inference=False,
+        retrain_after_labels=0,
+        train_args={"tumor_grading": TINY_TRAIN_ARGS},
     )
     for seed, grade in ((21, 1), (22, 3), (23, 2)):
         folder = tmp_path / f"mri{seed}"

@@ -82,7 +82,7 @@ def grading_model_dir(tmp_path_factory) -> Path:
 @pytest.fixture
 def grading_champion(project, grading_model_dir, live_worker):
     ProjectAISettings.objects.create(
-        project=project, retrain_after_labels=0, train_args=TINY_TRAIN_ARGS
+        project=project, retrain_after_labels=0, train_args={"tumor_grading": TINY_TRAIN_ARGS}
     )
     return services.model_version_register(
         project=project,
