@@ -105,11 +105,23 @@ class JobCreateSerializer(serializers.Serializer):
         kind = attrs["kind"]
         if kind != Job.Kind.SCORING and "strategy" in attrs:
             raise serializers.ValidationError({"strategy": "Only scoring jobs take a strategy."})
+        if kind != Job.Kind.INFERENCE:
+            for field in ("study", "scope"):
+                if field in self.initial_data:
+                    raise serializers.ValidationError(
+                        {field: f"Only inference jobs take a {field}; a {kind} job covers "
+                         "the project's labelled or unlabelled studies of its task."}
+                    )  # fmt: skip
         if kind == Job.Kind.INFERENCE:
             if attrs["scope"] == "study" and not attrs.get("study"):
                 raise serializers.ValidationError(
                     {"study": "Name the study (StudyInstanceUID) or use scope=project."}
                 )
+            if attrs["scope"] == "project" and attrs.get("study"):
+                raise serializers.ValidationError(
+                    {"study": "scope=project covers every study; leave out study, or use "
+                     "scope=study."}
+                )  # fmt: skip
         elif not attrs.get("task"):
             raise serializers.ValidationError({"task": f"A {kind} job needs a task."})
         if kind == Job.Kind.INFERENCE and attrs["params"]:

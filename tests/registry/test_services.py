@@ -209,6 +209,24 @@ def test_batch_inference_covers_fitting_studies_only(project, admin_client):
     assert again.status_code == 200 and Job.objects.count() == 3
 
 
+FIELDS_REFUSED = [
+    ({"kind": "training", "task": "tumor_grading", "study": "1.2.3"}, "study", "Only inference jobs take a study"),
+    ({"kind": "scoring", "task": "tumor_grading", "scope": "project"}, "scope", "Only inference jobs take a scope"),
+    ({"kind": "inference", "scope": "project", "study": "1.2.3"}, "study", "scope=project covers every study"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("body", "field", "reason"), FIELDS_REFUSED)
+def test_fields_a_job_would_ignore_are_400(project, admin_client, body, field, reason):
+    """A field the job would not read is refused rather than silently dropped."""
+    response = admin_client.post(
+        reverse("job-list", kwargs={"project": project.slug}), body, format="json"
+    )
+    assert response.status_code == 400, response.data
+    assert reason in str(response.data[field])
+    assert not Job.objects.exists()
+
+
 def test_bad_settings_are_refused(project, admin_client):
     url = reverse("ai-settings", kwargs={"project": project.slug})
     for body in ({"alert_margin": 2}, {"monitoring_window": 0}, {"retrain_after_labels": -1}):
