@@ -79,8 +79,9 @@ def scoring_job_create(
     """Queue a scoring run of `task`'s champion with `strategy`; returns (job, created).
 
     Raises NoChampion (409) when the task has no champion and ScoringConflict (409) when a
-    run with another strategy is live (one live scoring run per project and task). A live
-    run with the same strategy is returned as it is (created False). ValueError for an
+    run with another strategy or other options is live (one live scoring run per project
+    and task). A live run with the same strategy and options is returned as it is (created
+    False). ValueError for an
     unknown strategy or an option the run would ignore (`ignored_options`; the API checks
     both first and answers 400).
     """
@@ -108,6 +109,14 @@ def scoring_job_create(
         raise ScoringConflict(
             f"A {live_strategy} scoring run for {task} is already {job.status} (job {job.pk}); "
             f"wait for it or cancel it before starting a {strategy} run.",
+            extra={"job": job.pk},
+        )
+    live_options = {k: v for k, v in job.params.items() if k in SCORING_OPTIONS}
+    if not created and live_options != (options or {}):
+        raise ScoringConflict(
+            f"A {strategy} scoring run for {task} is already {job.status} (job {job.pk}) with "
+            f"options {live_options}; wait for it or cancel it before starting one with "
+            f"{options or {}}.",
             extra={"job": job.pk},
         )
     return job, created

@@ -12,7 +12,7 @@ from rest_framework import generics, status
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from ai_engine.registry import active_learning, monitoring, selectors, services
+from ai_engine.registry import active_learning, monitoring, selectors, services, training
 from ai_engine.registry.models import ActiveLearningScore, Job, ModelVersion
 from ai_engine.registry.serializers import (
     ActiveLearningQuerySerializer,
@@ -92,12 +92,11 @@ class JobListView(ProjectScopedMixin, generics.ListCreateAPIView):
             )
             jobs = [job]
         else:
-            job, created = services.run_job_create(
+            job, created = training.training_job_create(
                 project=self.project,
-                kind=kind,
                 task=task,
+                train_args=values["params"].get("train_args"),
                 created_by=request.user,
-                params=values["params"],
             )
             jobs = [job]
         return Response(

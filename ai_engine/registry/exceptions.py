@@ -52,6 +52,13 @@ class TrainArgsRefused(RegistryError):
     code = "train_args_refused"
 
 
+class TrainingConflict(RegistryError):
+    """A training run of the task with other training arguments is already queued or running."""
+
+    status_code = status.HTTP_409_CONFLICT
+    code = "training_running"
+
+
 class JobCancelled(Exception):
     """Raised inside a running job when its cancellation was requested (not user-facing)."""
 

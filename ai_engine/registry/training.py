@@ -30,7 +30,12 @@ from typing import Any
 from django.conf import settings
 
 from ai_engine.registry import tracking
-from ai_engine.registry.exceptions import JobCancelled, NoTrainingData, TrainArgsRefused
+from ai_engine.registry.exceptions import (
+    JobCancelled,
+    NoTrainingData,
+    TrainArgsRefused,
+    TrainingConflict,
+)
 from ai_engine.registry.models import DataSnapshot, Job, ModelTask, ModelVersion
 
 logger = logging.getLogger(__name__)
@@ -270,6 +275,32 @@ def train_args_by_task_problem(value: Any) -> str | None:
         if (problem := train_args_problem(task, args))
     ]
     return " ".join(problems) or None
+
+
+def training_job_create(
+    *, project, task: str, train_args: list[str] | None = None, created_by=None
+) -> tuple[Job, bool]:
+    """Queue a training run of `task` (one live run per project and task); returns (job,
+    created). A live run with the same `train_args` (None: the settings' or defaults) is
+    returned as it is; one with others raises TrainingConflict (409) rather than hand back
+    a run that does not use what was asked. TrainArgsRefused (400) for bad `train_args`."""
+    from ai_engine.registry.services import run_job_create
+
+    if train_args is not None and (problem := train_args_problem(task, train_args)):
+        raise TrainArgsRefused(problem)
+    params = {} if train_args is None else {"train_args": train_args}
+    job, created = run_job_create(
+        project=project, kind=Job.Kind.TRAINING, task=task, created_by=created_by, params=params
+    )
+    live_args = job.params.get("train_args")
+    if not created and live_args != train_args:
+        raise TrainingConflict(
+            f"A training run for {task} is already {job.status} (job {job.pk}) with "
+            f"train_args {live_args}; wait for it or cancel it before starting one with "
+            f"{train_args}.",
+            extra={"job": job.pk},
+        )
+    return job, created
 
 
 def resolved_train_args(task: str, train_args: list[str]) -> list[str]:

@@ -520,6 +520,24 @@ def test_scoring_with_another_strategy_while_one_is_live_is_a_conflict(project, 
     assert Job.objects.count() == 1
 
 
+def test_scoring_with_other_options_while_one_is_live_is_a_conflict(project, admin_client):
+    """The live run would not use the new options: 409 naming it, not the live job as if
+    it were the one asked for."""
+    make_version(project)
+    body = {"kind": "scoring", "task": DETECTION, "params": {"mc_samples": 4}}
+    first = admin_client.post(_jobs_url(project), body, format="json")
+    assert first.status_code == 201
+    other = {**body, "params": {"mc_samples": 16}}
+    response = admin_client.post(_jobs_url(project), other, format="json")
+    assert response.status_code == 409, response.data
+    assert response.data["code"] == "scoring_running" and "{'mc_samples': 4}" in str(response.data)
+    assert (
+        admin_client.post(_jobs_url(project), {**body, "params": {}}, format="json").status_code
+        == 409
+    )
+    assert Job.objects.count() == 1
+
+
 def test_only_admins_queue_scoring(project, radiologist_client, annotator_client):
     make_version(project)
     body = {"kind": "scoring", "task": DETECTION}

@@ -156,6 +156,22 @@ def test_a_training_job_carries_its_checked_train_args(project, admin_client):
     assert Job.objects.get().params == {"train_args": ["--epochs", "3"]}
 
 
+def test_a_training_run_with_other_train_args_while_one_is_live_is_a_conflict(
+    project, admin_client
+):
+    body = {"kind": "training", "task": GRADING, "params": {"train_args": ["--epochs", "3"]}}
+    first = admin_client.post(_jobs_url(project), body, format="json")
+    assert first.status_code == 201
+    again = admin_client.post(_jobs_url(project), body, format="json")
+    assert again.status_code == 200 and again.data[0]["id"] == first.data[0]["id"]
+    for other in ({"train_args": ["--epochs", "9"]}, {}):
+        response = admin_client.post(_jobs_url(project), {**body, "params": other}, format="json")
+        assert response.status_code == 409, response.data
+        assert response.data["code"] == "training_running"
+        assert response.data["job"] == first.data[0]["id"]
+    assert Job.objects.count() == 1
+
+
 def test_stored_settings_the_check_refuses_stop_the_run_before_it_reads_anything(project):
     """Settings stored before the check existed (or written to the database directly) are
     checked again when the run starts: the job fails with the reason, nothing is exported."""
