@@ -38,8 +38,6 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
-from ai_engine.detection.patches import extract_patches
-
 #: the numbers `context_features` returns, in order
 CONTEXT_FEATURES = (
     "blob_max_3mm",
@@ -157,6 +155,10 @@ def context_features(
         hu_range: the HU window `image` was mapped from.
         fine: (X, Y, Z) fine dot-filter response, or None (then `fine_max_2mm` is 0).
     """
+    # imported here: the detection CLI's parser (which the web process builds to check
+    # training arguments) reaches this module, and extract_patches needs torch
+    from ai_engine.detection.patches import extract_patches
+
     spacing = np.asarray(spacing_mm, dtype=np.float64).reshape(3)
     radius = max(float(diameter_mm) / 2.0, _MIN_RADIUS_MM)
     reach = radius + _REACH_MM

@@ -8,6 +8,9 @@ would write a model folder anywhere the worker may write, a path option would re
 from __future__ import annotations
 
 import importlib
+import os
+import subprocess
+import sys
 
 import pytest
 from django.urls import reverse
@@ -89,6 +92,23 @@ def test_path_values_reach_the_cli_absolute_inside_the_pretrained_folder(pretrai
         weights,
     ]
     assert resolved_train_args(GRADING, ["--pretrained=brain.pt"]) == [f"--pretrained={weights}"]
+
+
+def test_the_check_does_not_load_torch_into_the_web_process():
+    """The web process builds both CLIs' parsers to check train_args; torch (hundreds of MB
+    per web worker) must stay out of it."""
+    code = (
+        "import sys, django; django.setup()\n"
+        "from ai_engine.registry.training import train_args_problem\n"
+        "assert train_args_problem('nodule_detection', ['--epochs', '2']) is None\n"
+        "assert train_args_problem('tumor_grading', ['--epochs', '2']) is None\n"
+        "print(sorted(m for m in ('torch', 'monai') if m in sys.modules))\n"
+    )
+    env = {**os.environ, "DJANGO_SETTINGS_MODULE": "config.settings"}
+    done = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
+    )
+    assert done.stdout.strip() == "[]", done.stdout + done.stderr
 
 
 # -- project settings -------------------------------------------------------------------------
