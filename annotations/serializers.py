@@ -12,6 +12,7 @@ from annotations.models import (
     FindingKind,
     Verdict,
 )
+from projects.serializers import StrictInputMixin
 
 
 class FeedbackSerializer(serializers.ModelSerializer):
@@ -92,7 +93,7 @@ class FindingSerializer(serializers.ModelSerializer):
         return bool(obj.mask_path)
 
 
-class FeedbackInputSerializer(serializers.Serializer):
+class FeedbackInputSerializer(StrictInputMixin, serializers.Serializer):
     """Shape only; the service checks the verdict against the finding and the series geometry."""
 
     verdict = serializers.ChoiceField(choices=Verdict.choices)
@@ -128,7 +129,7 @@ class AddedFindingSerializer(serializers.ModelSerializer):
         read_only_fields = fields
 
 
-class AddedFindingInputSerializer(serializers.Serializer):
+class AddedFindingInputSerializer(StrictInputMixin, serializers.Serializer):
     series_instance_uid = serializers.CharField(max_length=64)
     kind = serializers.ChoiceField(choices=FindingKind.choices)
     center_lps_mm = serializers.ListField(

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from django.contrib.auth import get_user_model
 from rest_framework import serializers
 
@@ -9,7 +11,24 @@ from projects.selectors import roles_of
 User = get_user_model()
 
 
-class ProjectSerializer(serializers.ModelSerializer):
+class StrictInputMixin:
+    """For serializers of request bodies: a field the serializer does not know gets a 400
+    naming it instead of being dropped (DRF's default), so a typo such as
+    `retrain_after_label` or `coment` cannot answer 200 and change nothing. Read-only
+    fields are known: a client may send back what it read."""
+
+    def to_internal_value(self, data):
+        if isinstance(data, Mapping):
+            unknown = sorted(set(data) - set(self.fields))
+            if unknown:
+                allowed = sorted(n for n, f in self.fields.items() if not f.read_only)
+                raise serializers.ValidationError(
+                    {name: f"Unknown field; this request takes {allowed}." for name in unknown}
+                )
+        return super().to_internal_value(data)
+
+
+class ProjectSerializer(StrictInputMixin, serializers.ModelSerializer):
     my_roles = serializers.SerializerMethodField()
 
     class Meta:
@@ -26,7 +45,7 @@ class ProjectUpdateSerializer(ProjectSerializer):
         read_only_fields = ["slug", "created_at", "my_roles"]
 
 
-class MembershipSerializer(serializers.ModelSerializer):
+class MembershipSerializer(StrictInputMixin, serializers.ModelSerializer):
     username = serializers.SlugRelatedField(
         source="user", slug_field="username", queryset=User.objects.all()
     )
@@ -38,7 +57,7 @@ class MembershipSerializer(serializers.ModelSerializer):
         read_only_fields = ["id", "created_at"]
 
 
-class MembershipUpdateSerializer(serializers.ModelSerializer):
+class MembershipUpdateSerializer(StrictInputMixin, serializers.ModelSerializer):
     role = serializers.ChoiceField(choices=Role.choices)
 
     class Meta:

@@ -15,6 +15,7 @@ from ai_engine.registry.models import (
 )
 from ai_engine.registry.selectors import queue_position
 from ai_engine.registry.training import train_args_by_task_problem, train_args_problem
+from projects.serializers import StrictInputMixin
 
 
 class JobSerializer(serializers.ModelSerializer):
@@ -84,7 +85,7 @@ class ScoringOptionsSerializer(serializers.Serializer):
     )
 
 
-class JobCreateSerializer(serializers.Serializer):
+class JobCreateSerializer(StrictInputMixin, serializers.Serializer):
     """inference: `study` (StudyInstanceUID) and optional `task`, or `scope: "project"`
     for the whole project, no params; training: `task`, optional `params.train_args` (the
     task's extra `train` arguments for this run, checked as the settings' are); scoring: `task` and `strategy` (uncertainty,
@@ -205,11 +206,11 @@ class ModelVersionSerializer(serializers.ModelSerializer):
         return AlertSerializer(alert).data if alert else None
 
 
-class RollbackSerializer(serializers.Serializer):
+class RollbackSerializer(StrictInputMixin, serializers.Serializer):
     task = serializers.ChoiceField(choices=ModelTask.choices)
 
 
-class AISettingsSerializer(serializers.ModelSerializer):
+class AISettingsSerializer(StrictInputMixin, serializers.ModelSerializer):
     class Meta:
         model = ProjectAISettings
         fields = [

@@ -80,6 +80,7 @@ NODULE_BAD = [
     ({"verdict": "correct", "corrected_center_lps_mm": [1, 2]}, 400, "corrected_center_lps_mm"),
     ({"verdict": "correct", "corrected_diameter_mm": -2}, 400, "corrected_diameter_mm"),
     ({"verdict": "correct", "corrected_grade": 2}, 400, "grade"),
+    ({"verdict": "accept", "coment": "seen"}, 400, "Unknown field"),  # a typo is not dropped
 ]
 GRADE_BAD = [
     ({"verdict": "correct", "corrected_grade": 7}, 400, "corrected_grade"),
@@ -124,6 +125,7 @@ ADDED_BAD = [
     ({"kind": "grade", "grade": 0}, 400, "grade"),
     ({"kind": "grade", "grade": 4}, 400, "grade"),
     ({"kind": "tumour"}, 400, "kind"),
+    ({"kind": "grade", "grade": 2, "study": "1.2.3"}, 400, "Unknown field"),
 ]
 
 

@@ -75,12 +75,14 @@ BAD_INPUT = [
     ("project: duplicate slug", "staff", "post", lambda p, u: (reverse("project-list"), {"slug": p.slug, "name": "x"}), 400, "slug"),
     ("project: no name", "staff", "post", lambda p, u: (reverse("project-list"), {"slug": "no-name"}), 400, "name"),
     ("project: deidentify not a boolean", "staff", "post", lambda p, u: (reverse("project-list"), {"slug": "x-y", "name": "x", "deidentify": "perhaps"}), 400, "deidentify"),
+    ("project: unknown field", "staff", "post", lambda p, u: (reverse("project-list"), {"slug": "x-y", "name": "x", "deidentified": False}), 400, "Unknown field"),
     # Adding members (as project admin).
     ("member: unknown username", "admin", "post", lambda p, u: (reverse("membership-list", kwargs={"project": p.slug}), {"username": "nobody-here", "role": "annotator"}), 400, "username"),
     ("member: already a member", "admin", "post", lambda p, u: (reverse("membership-list", kwargs={"project": p.slug}), {"username": u["annotator"].username, "role": "radiologist"}), 400, "already a member"),
     ("member: unknown role", "admin", "post", lambda p, u: (reverse("membership-list", kwargs={"project": p.slug}), {"username": u["non_member"].username, "role": "owner"}), 400, "role"),
     ("member: no role", "admin", "post", lambda p, u: (reverse("membership-list", kwargs={"project": p.slug}), {"username": u["non_member"].username}), 400, "role"),
     # Changing and removing members.
+    ("member: change with an unknown field", "admin", "patch", lambda p, u: (reverse("membership-detail", kwargs={"project": p.slug, "pk": _own_admin_membership(p, u).pk}), {"rol": "radiologist"}), 400, "Unknown field"),
     ("member: change to unknown role", "admin", "patch", lambda p, u: (reverse("membership-detail", kwargs={"project": p.slug, "pk": _own_admin_membership(p, u).pk}), {"role": "superuser"}), 400, "role"),
     ("member: demote the last admin", "admin", "patch", lambda p, u: (reverse("membership-detail", kwargs={"project": p.slug, "pk": _own_admin_membership(p, u).pk}), {"role": "radiologist"}), 400, "at least one admin"),
     ("member: remove the last admin", "admin", "delete", lambda p, u: (reverse("membership-detail", kwargs={"project": p.slug, "pk": _own_admin_membership(p, u).pk}), None), 400, "at least one admin"),

@@ -231,6 +231,10 @@ def test_bad_settings_are_refused(project, admin_client):
     url = reverse("ai-settings", kwargs={"project": project.slug})
     for body in ({"alert_margin": 2}, {"monitoring_window": 0}, {"retrain_after_labels": -1}):
         assert admin_client.patch(url, body, format="json").status_code == 400
+    # a typo is a 400 naming the field, not a 200 that changes nothing
+    response = admin_client.patch(url, {"retrain_after_label": 5}, format="json")
+    assert response.status_code == 400 and "Unknown field" in str(response.data)
+    assert "retrain_after_labels" in str(response.data["retrain_after_label"])
     assert ProjectAISettings.objects.get(project=project).retrain_after_labels == 50
 
 
