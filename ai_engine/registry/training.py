@@ -277,6 +277,26 @@ def train_args_by_task_problem(value: Any) -> str | None:
     return " ".join(problems) or None
 
 
+def train_args_for(job: Job) -> list[str]:
+    """The extra `train` arguments of a training job: its own (`params["train_args"]`), else
+    the project's for its task, else the task's defaults; an empty list at either level
+    means none. Checked again here (the API checked them when they were set, but settings
+    may predate the check or be edited in the database): TrainArgsRefused."""
+    from ai_engine.registry.services import ai_settings_for
+
+    if "train_args" in job.params:
+        train_args = job.params["train_args"]
+    else:
+        configured = ai_settings_for(project=job.project).train_args
+        if not isinstance(configured, dict):
+            raise TrainArgsRefused(train_args_by_task_problem(configured))
+        train_args = configured.get(job.task, DEFAULT_TRAIN_ARGS[job.task])
+    problem = train_args_problem(job.task, train_args)
+    if problem:
+        raise TrainArgsRefused(problem)
+    return list(train_args)
+
+
 def training_job_create(
     *, project, task: str, train_args: list[str] | None = None, created_by=None
 ) -> tuple[Job, bool]:
@@ -403,18 +423,7 @@ def training_run(*, job: Job) -> ModelVersion:
     from ai_engine.registry.services import current_champion, job_progress, training_complete
 
     project, task = job.project, job.task
-    from ai_engine.registry.services import ai_settings_for
-
-    train_args = list(
-        job.params.get("train_args")
-        or ai_settings_for(project=project).train_args.get(task)
-        or DEFAULT_TRAIN_ARGS[task]
-    )
-    # The API checked them when they were set; settings saved before that check (or edited
-    # in the database since) are checked again, before anything is read or written.
-    problem = train_args_problem(task, train_args)
-    if problem:
-        raise TrainArgsRefused(problem)
+    train_args = train_args_for(job)
     job_progress(job_id=job.pk, progress=0.01, message="Snapshotting ground truth")
     items, n_labels = ground_truth(project=project, task=task)
     if len(items) < 2:

@@ -19,6 +19,7 @@ from ai_engine.registry.exceptions import TrainArgsRefused
 from ai_engine.registry.models import Job, ProjectAISettings
 from ai_engine.registry.training import (
     resolved_train_args,
+    train_args_for,
     train_args_problem,
     training_root,
     training_run,
@@ -190,6 +191,24 @@ def test_a_training_run_with_other_train_args_while_one_is_live_is_a_conflict(
         assert response.data["code"] == "training_running"
         assert response.data["job"] == first.data[0]["id"]
     assert Job.objects.count() == 1
+
+
+def test_a_run_takes_the_jobs_args_else_the_tasks_setting_else_the_defaults(project):
+    def job(**params):
+        return Job(project=project, kind=Job.Kind.TRAINING, task=GRADING, params=params)
+
+    assert train_args_for(job()) == ["--quiet"]  # no settings: the defaults
+    ProjectAISettings.objects.filter(project=project).update(
+        train_args={GRADING: ["--epochs", "4"], DETECTION: ["--fp-epochs", "1"]}
+    )
+    assert train_args_for(job()) == ["--epochs", "4"]
+    assert train_args_for(job(train_args=["--epochs", "9"])) == ["--epochs", "9"]
+    assert train_args_for(job(train_args=[])) == []  # none, not the settings'
+    ProjectAISettings.objects.filter(project=project).update(train_args={GRADING: []})
+    assert train_args_for(job()) == []
+    ProjectAISettings.objects.filter(project=project).update(train_args=["--epochs", "4"])
+    with pytest.raises(TrainArgsRefused, match="must be an object of task -> arguments"):
+        train_args_for(job())  # the old list form, written past the API and the migration
 
 
 def test_stored_settings_the_check_refuses_stop_the_run_before_it_reads_anything(project):
