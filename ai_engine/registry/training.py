@@ -252,10 +252,13 @@ def train_args_problem(task: str, train_args: Any) -> str | None:
         if not any(a == flag or a.startswith(flag + "=") for a in train_args):
             return f"write {flag} in full (its path is resolved in the pretrained folder)."
         path = (root / value).resolve()
-        if not path.is_relative_to(root):
-            return f"{flag} {value}: weights must lie inside the pretrained folder ({root})."
+        if not path.is_relative_to(root) or path == root:
+            return (
+                f"{flag} {value}: name a file or folder inside the pretrained folder (the "
+                "server's PLATFORM_PRETRAINED_DIR); weights must lie inside it."
+            )
         if not path.exists():
-            return f"{flag} {value}: no such file or folder in the pretrained folder ({root})."
+            return f"{flag} {value}: no such file or folder in the pretrained folder."
     return None
 
 
@@ -323,7 +326,7 @@ def training_job_create(
     return job, created
 
 
-def resolved_train_args(task: str, train_args: list[str]) -> list[str]:
+def resolved_train_args(train_args: list[str]) -> list[str]:
     """`train_args` (checked) with the path options' values made absolute inside
     `PRETRAINED_DIR`, as the CLI (run from BASE_DIR) needs them."""
     root = Path(settings.PRETRAINED_DIR).resolve()
@@ -457,7 +460,7 @@ def training_run(*, job: Job) -> ModelVersion:
             str(datalist),
             "--out",
             str(out_dir),
-            *resolved_train_args(task, train_args),
+            *resolved_train_args(train_args),
         ],
         job_id=job.pk,
         log_path=log_path,
