@@ -88,10 +88,11 @@ class ScoringOptionsSerializer(serializers.Serializer):
 class JobCreateSerializer(StrictInputMixin, serializers.Serializer):
     """inference: `study` (StudyInstanceUID) and optional `task`, or `scope: "project"`
     for the whole project, no params; training: `task`, optional `params.train_args` (the
-    task's extra `train` arguments for this run, checked as the settings' are); scoring: `task` and `strategy` (uncertainty,
-    the default, or random), optional `params` mc_samples, tta, diversity_weight, seed,
-    cold_start (only those that act on the run: `seed` on every one, the others on
-    uncertainty runs, `cold_start` on tumor-grading ones)."""
+    task's extra `train` arguments for this run, checked as the settings' are); scoring:
+    `task` and `strategy` (uncertainty, the default, or random), optional `params`
+    mc_samples, tta, diversity_weight, seed, cold_start (only those that act on the run:
+    `seed` on every one, the others on uncertainty runs, `cold_start` on tumor-grading
+    ones). A field the job would not read is a 400."""
 
     kind = serializers.ChoiceField(choices=Job.Kind.choices)
     task = serializers.ChoiceField(choices=ModelTask.choices, required=False)
