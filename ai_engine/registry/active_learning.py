@@ -21,7 +21,7 @@ from rest_framework import status
 
 from ai_engine.registry import selectors, services
 from ai_engine.registry.exceptions import NoChampion, RegistryError, StudyNotReady
-from ai_engine.registry.models import ActiveLearningScore, Job, ModelVersion
+from ai_engine.registry.models import ActiveLearningScore, Job, ModelTask, ModelVersion
 from imaging.models import Study
 from projects.models import Project
 
@@ -54,8 +54,6 @@ def ignored_options(*, task: str, strategy: str, options: dict[str, Any]) -> str
     """Why a run of `strategy` for `task` would ignore some of `options`, or None when each
     one acts on it. The API refuses such a job (400) rather than queue a run that silently
     differs from the one asked for."""
-    from ai_engine.registry.models import ModelTask
-
     reasons = []
     uncertainty_only = sorted(k for k in options if k in _UNCERTAINTY_ONLY)
     if strategy != ActiveLearningScore.Strategy.UNCERTAINTY and uncertainty_only:
@@ -81,9 +79,8 @@ def scoring_job_create(
     Raises NoChampion (409) when the task has no champion and ScoringConflict (409) when a
     run with another strategy or other options is live (one live scoring run per project
     and task). A live run with the same strategy and options is returned as it is (created
-    False). ValueError for an
-    unknown strategy or an option the run would ignore (`ignored_options`; the API checks
-    both first and answers 400).
+    False). ValueError for an unknown strategy or an option the run would ignore
+    (`ignored_options`; the API checks both first and answers 400).
     """
     if strategy not in STRATEGIES:
         raise ValueError(f"strategy must be one of {list(STRATEGIES)}, got {strategy!r}")
@@ -105,18 +102,12 @@ def scoring_job_create(
         params={"strategy": strategy, **(options or {})},
     )
     live_strategy = job.params.get("strategy", DEFAULT_STRATEGY)
-    if not created and live_strategy != strategy:
-        raise ScoringConflict(
-            f"A {live_strategy} scoring run for {task} is already {job.status} (job {job.pk}); "
-            f"wait for it or cancel it before starting a {strategy} run.",
-            extra={"job": job.pk},
-        )
     live_options = {k: v for k, v in job.params.items() if k in SCORING_OPTIONS}
-    if not created and live_options != (options or {}):
+    if not created and (live_strategy, live_options) != (strategy, options or {}):
         raise ScoringConflict(
-            f"A {strategy} scoring run for {task} is already {job.status} (job {job.pk}) with "
-            f"options {live_options}; wait for it or cancel it before starting one with "
-            f"{options or {}}.",
+            f"A {live_strategy} scoring run for {task} with options {live_options} is already "
+            f"{job.status} (job {job.pk}); wait for it or cancel it before starting a "
+            f"{strategy} run with options {options or {}}.",
             extra={"job": job.pk},
         )
     return job, created

@@ -8,6 +8,10 @@ training folder as NIfTI, writes a datalist in the ai_engine CLI's format, train
 model and the champion on the same validation split and registers the version through
 the champion rule. MLflow gets parameters, curves, metrics and the model folder when the
 setting `MLFLOW_TRACKING_URI` is set (`tracking.py`; its failures never fail the job).
+
+Extra `train` arguments come from project admins (settings per task, a job's params), so
+`train_args_problem` checks them against the task's own CLI parser, keeps the options the
+platform sets for itself out, and confines paths to `settings.PRETRAINED_DIR`.
 """
 
 from __future__ import annotations

@@ -21,6 +21,7 @@ from ai_engine.registry.training import (
     resolved_train_args,
     train_args_for,
     train_args_problem,
+    training_job_create,
     training_root,
     training_run,
 )
@@ -204,6 +205,14 @@ def test_a_training_run_with_other_train_args_while_one_is_live_is_a_conflict(
         assert response.data["code"] == "training_running"
         assert response.data["job"] == first.data[0]["id"]
     assert Job.objects.count() == 1
+
+
+def test_bad_train_args_are_refused_below_the_api_too(project):
+    """`training_job_create` checks them itself, so a caller that skips the API's serializer
+    cannot queue a run with them."""
+    with pytest.raises(TrainArgsRefused, match="--out: set by the platform"):
+        training_job_create(project=project, task=GRADING, train_args=["--out", "/srv/x"])
+    assert not Job.objects.exists()
 
 
 def test_a_run_takes_the_jobs_args_else_the_tasks_setting_else_the_defaults(project):
