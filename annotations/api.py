@@ -45,6 +45,7 @@ class FindingListView(ProjectScopedMixin, generics.ListAPIView):
     serializer_class = FindingSerializer
     filterset_fields = ["kind", "model_version"]
     ordering_fields = ["created_at", "score"]
+    extra_query_params = {"study": "StudyInstanceUID: only this study's findings"}
 
     def get_queryset(self):
         queryset = selectors.findings_of_project(project=self.project)
@@ -58,6 +59,7 @@ class StudyFindingListView(FindingListView):
     """Findings of one study (the viewer's overlay list)."""
 
     pagination_class = None
+    extra_query_params: dict = {}  # the study is in the URL
 
     def get_queryset(self):
         if getattr(self, "swagger_fake_view", False):  # schema generation: no request
@@ -136,6 +138,7 @@ class FeedbackHistoryView(ProjectScopedMixin, generics.ListAPIView):
     project_roles = MEMBERS_READ
     serializer_class = FeedbackHistorySerializer
     pagination_class = None
+    extra_query_params = {"radiologist": "username (default: you)"}
 
     def get_queryset(self):
         if getattr(self, "swagger_fake_view", False):  # schema generation: no request
@@ -152,6 +155,7 @@ class AddedFindingListView(ProjectScopedMixin, APIView):
     """Findings the model missed: members list them, radiologists add them."""
 
     project_roles = MEMBERS_READ_RADIOLOGISTS_WRITE
+    extra_query_params = {"study": "StudyInstanceUID: only this study's added findings"}
 
     @extend_schema(responses=AddedFindingSerializer(many=True))
     def get(self, request, project: str):

@@ -140,7 +140,7 @@ REST_FRAMEWORK = {
     "PAGE_SIZE": 50,
     "DEFAULT_FILTER_BACKENDS": [
         "django_filters.rest_framework.DjangoFilterBackend",
-        "rest_framework.filters.OrderingFilter",
+        "projects.query.StrictOrderingFilter",
         "rest_framework.filters.SearchFilter",
     ],
     "EXCEPTION_HANDLER": "projects.exceptions.api_exception_handler",

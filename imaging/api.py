@@ -6,7 +6,6 @@ from django.http import Http404
 from django_filters.rest_framework import DjangoFilterBackend
 from drf_spectacular.utils import extend_schema
 from rest_framework import generics, status
-from rest_framework.filters import OrderingFilter
 from rest_framework.parsers import FormParser, MultiPartParser
 from rest_framework.response import Response
 from rest_framework.views import APIView
@@ -32,6 +31,7 @@ from projects.permissions import (
     READ_METHODS,
     ProjectScopedMixin,
 )
+from projects.query import StrictOrderingFilter
 
 # Uploading: project admins and annotators (radiologists read, they do not curate data).
 UPLOADERS = {"POST": frozenset({Role.ADMIN, Role.ANNOTATOR})}
@@ -71,7 +71,7 @@ class StudyListView(ProjectScopedMixin, generics.ListAPIView):
 
     project_roles = {m: MEMBERS_READ_ADMIN_WRITE[m] for m in READ_METHODS}
     serializer_class = StudySerializer
-    filter_backends = [DjangoFilterBackend, OrderingFilter]
+    filter_backends = [DjangoFilterBackend, StrictOrderingFilter]
     filterset_class = StudyFilter
     ordering_fields = [
         "study_date",

@@ -14,6 +14,7 @@ from rest_framework.views import APIView
 from projects.health import platform_health
 from projects.models import Membership, Project
 from projects.permissions import ADMIN_ONLY, MEMBERS_READ_ADMIN_WRITE, ProjectScopedMixin
+from projects.query import StrictQueryMixin
 from projects.selectors import projects_visible_to, roles_of
 from projects.serializers import (
     HealthSerializer,
@@ -25,7 +26,7 @@ from projects.serializers import (
 )
 
 
-class HealthView(APIView):
+class HealthView(StrictQueryMixin, APIView):
     """Database, Redis and Orthanc, each up or down; 503 naming what is down.
 
     `?deep=1` also sends a `health_ping` task through the broker and waits for a Celery
@@ -34,6 +35,7 @@ class HealthView(APIView):
 
     permission_classes = [AllowAny]
     authentication_classes: list = []
+    extra_query_params = {"deep": "also round-trip a task through a Celery worker"}
 
     @extend_schema(
         parameters=[
@@ -61,7 +63,7 @@ class TokenView(ObtainAuthToken):
     permission_classes = [AllowAny]
 
 
-class MeView(APIView):
+class MeView(StrictQueryMixin, APIView):
     permission_classes = [IsAuthenticated]
 
     @extend_schema(responses=MeSerializer)
@@ -78,7 +80,7 @@ class MeView(APIView):
         )
 
 
-class ProjectListView(generics.ListCreateAPIView):
+class ProjectListView(StrictQueryMixin, generics.ListCreateAPIView):
     """Projects the user is a member of. Creating a project is for site staff."""
 
     serializer_class = ProjectSerializer

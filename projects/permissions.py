@@ -18,6 +18,7 @@ from rest_framework.exceptions import PermissionDenied
 from rest_framework.permissions import BasePermission
 
 from projects.models import ALL_ROLES, Project, Role
+from projects.query import StrictQueryMixin
 from projects.selectors import projects_visible_to, roles_of
 
 READ_METHODS = ("GET", "HEAD", "OPTIONS")
@@ -78,8 +79,9 @@ def required_roles(view, method: str) -> frozenset[str]:
     return frozenset(roles)
 
 
-class ProjectScopedMixin:
-    """Mixin for views under /api/projects/<project>/: sets permission and `self.project`."""
+class ProjectScopedMixin(StrictQueryMixin):
+    """Mixin for views under /api/projects/<project>/: sets permission and `self.project`
+    (and, through StrictQueryMixin, refuses query parameters the view does not read)."""
 
     permission_classes = [ProjectRolePermission]
     project_roles: Mapping[str, frozenset[str]] = MEMBERS_READ_ADMIN_WRITE

@@ -225,6 +225,7 @@ class ActiveLearningQueueView(ProjectScopedMixin, generics.ListAPIView):
     project_roles = MEMBERS_READ
     serializer_class = ActiveLearningScoreSerializer
     filter_backends: list = []  # the query is checked by ActiveLearningQuerySerializer
+    query_serializer = ActiveLearningQuerySerializer
 
     @extend_schema(parameters=[ActiveLearningQuerySerializer])
     def get(self, request, *args, **kwargs):
