@@ -135,13 +135,12 @@ REST_FRAMEWORK = {
     ],
     # Deny by default: each view opens access project by project (projects.permissions).
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAdminUser"],
-    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "DEFAULT_SCHEMA_CLASS": "config.schema.PlatformAutoSchema",
     "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.PageNumberPagination",
     "PAGE_SIZE": 50,
     "DEFAULT_FILTER_BACKENDS": [
         "django_filters.rest_framework.DjangoFilterBackend",
         "projects.query.StrictOrderingFilter",
-        "rest_framework.filters.SearchFilter",
     ],
     "EXCEPTION_HANDLER": "projects.exceptions.api_exception_handler",
 }

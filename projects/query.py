@@ -11,7 +11,9 @@ checks its query string once authentication and permissions have passed:
   page parameters;
 - a view that reads `request.query_params` itself declares the names in
   `extra_query_params`, or a `query_serializer` that validates them;
-- every view knows DRF's `format` override.
+- every view knows DRF's `format` override;
+- a write (POST, PUT, PATCH, DELETE) takes its input in the body: the format override is
+  the only query parameter it knows.
 
 Anything else gets a 400 naming the parameter and listing what the endpoint takes.
 """
@@ -47,11 +49,17 @@ def _filterset_fields_names(fields: Iterable[str] | Mapping[str, Iterable[str]])
     return set(fields)
 
 
-def known_query_params(view) -> set[str]:
-    """Every query parameter `view` reads."""
-    names = set(getattr(view, "extra_query_params", ()))
+READS = frozenset({"GET", "HEAD"})
+
+
+def known_query_params(view, method: str = "GET") -> set[str]:
+    """Every query parameter `view` reads when asked with `method`."""
+    names = set()
     if api_settings.URL_FORMAT_OVERRIDE:
         names.add(api_settings.URL_FORMAT_OVERRIDE)
+    if method.upper() not in READS:
+        return names
+    names |= set(getattr(view, "extra_query_params", ()))
     query_serializer = getattr(view, "query_serializer", None)
     if query_serializer is not None:
         names |= set(query_serializer().fields)
@@ -95,7 +103,7 @@ class StrictQueryMixin:
         super().initial(request, *args, **kwargs)  # authentication and permissions first
         if request.method == "OPTIONS":
             return
-        known = known_query_params(self)
+        known = known_query_params(self, request.method)
         unknown = sorted(set(request.query_params) - known)
         if unknown:
             takes = sorted(known) or "no query parameters"

@@ -4,10 +4,12 @@ after authentication and permissions, and an ordering term a list cannot order b
 from __future__ import annotations
 
 import pytest
-from django.urls import reverse
+from django.urls import resolve, reverse
+from drf_spectacular.generators import SchemaGenerator
 
 from ai_engine.registry.models import Job
 from annotations.models import Finding
+from projects.query import known_query_params
 from tests.annotations.factories import make_finding, make_job, make_study, make_version
 from tests.conftest import client_for
 from tests.support.permissions import ACTORS
@@ -134,3 +136,31 @@ def test_a_refused_query_writes_nothing(project, admin_client):
 def test_options_is_not_checked(project, admin_client):
     url = reverse("job-list", kwargs={"project": project.slug}) + "?no_such_param=1"
     assert admin_client.options(url).status_code == 200
+
+
+def test_a_write_takes_no_filter_or_page_parameters(project, admin_client):
+    url = reverse("job-list", kwargs={"project": project.slug})
+    response = admin_client.post(url + "?status=failed", {"kind": "inference"}, format="json")
+    assert response.status_code == 400
+    assert "['format']" in str(response.data["status"])
+
+
+def test_the_openapi_schema_lists_exactly_what_each_endpoint_takes():
+    """Every read in the schema names the query parameters its view reads, no fewer and
+    no more (spectacular alone listed `search` on lists with nothing to search, and none
+    of the parameters views read themselves)."""
+    schema = SchemaGenerator().get_schema(request=None, public=True)
+    sample = {"project": "p", "id": "1", "study_uid": "1.2.3"}
+    checked = 0
+    for path, operations in schema["paths"].items():
+        if "get" not in operations:
+            continue
+        match = resolve(path.format(**sample))
+        view = match.func.cls(**match.func.initkwargs)
+        view.kwargs, view.request, view.format_kwarg = match.kwargs, None, None
+        listed = {p["name"] for p in operations["get"].get("parameters", []) if p["in"] == "query"}
+        assert listed == known_query_params(view) - {"format"}, path
+        checked += 1
+    assert checked >= 20
+    findings = schema["paths"]["/api/projects/{project}/findings"]["get"]["parameters"]
+    assert "study" in {p["name"] for p in findings}
