@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from django.db import IntegrityError, transaction
-from drf_spectacular.utils import OpenApiParameter, extend_schema
+from drf_spectacular.utils import extend_schema
 from rest_framework import generics, status
 from rest_framework.authtoken.views import ObtainAuthToken
 from rest_framework.exceptions import ValidationError
@@ -17,6 +17,7 @@ from projects.permissions import ADMIN_ONLY, MEMBERS_READ_ADMIN_WRITE, ProjectSc
 from projects.query import StrictQueryMixin
 from projects.selectors import projects_visible_to, roles_of
 from projects.serializers import (
+    HealthQuerySerializer,
     HealthSerializer,
     MembershipSerializer,
     MembershipUpdateSerializer,
@@ -35,19 +36,16 @@ class HealthView(StrictQueryMixin, APIView):
 
     permission_classes = [AllowAny]
     authentication_classes: list = []
-    extra_query_params = {"deep": "also round-trip a task through a Celery worker"}
+    query_serializer = HealthQuerySerializer
 
     @extend_schema(
-        parameters=[
-            OpenApiParameter(
-                "deep", bool, description="Also round-trip a task through a Celery worker."
-            )
-        ],
+        parameters=[HealthQuerySerializer],
         responses={200: HealthSerializer, 503: HealthSerializer},
     )
     def get(self, request):
-        deep = request.query_params.get("deep", "").lower() in {"1", "true", "yes"}
-        components = platform_health(deep=deep)
+        query = HealthQuerySerializer(data=request.query_params)
+        query.is_valid(raise_exception=True)
+        components = platform_health(deep=query.validated_data["deep"])
         down = sorted(name for name, health in components.items() if not health.up)
         body = {
             "status": "degraded" if down else "ok",

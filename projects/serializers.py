@@ -72,6 +72,14 @@ class MeSerializer(serializers.Serializer):
     projects = serializers.DictField(child=serializers.ListField(child=serializers.CharField()))
 
 
+class HealthQuerySerializer(serializers.Serializer):
+    """`?deep=`: true/false, 1/0, yes/no; anything else is a 400 (not a silent shallow check)."""
+
+    deep = serializers.BooleanField(
+        default=False, help_text="Also round-trip a task through a Celery worker."
+    )
+
+
 class HealthSerializer(serializers.Serializer):
     status = serializers.ChoiceField(choices=["ok", "degraded"])
     components = serializers.DictField()

@@ -52,11 +52,15 @@ def test_every_endpoint_takes_the_format_override(case, project, users, request)
     assert response.status_code == 200, (case.id, response.data)
 
 
-def test_health_refuses_an_unknown_parameter_before_asking_any_service(api_client):
+def test_health_refuses_an_unknown_parameter_or_value_before_asking_any_service(api_client):
     # Health is public: the 400 comes without touching the database, Redis or Orthanc.
     response = api_client.get("/api/health?deeep=1")
     assert response.status_code == 400
     assert "['deep', 'format']" in str(response.data["deeep"])
+    # ?deep=2 used to run the shallow check and answer 200 as if asked for it.
+    response = api_client.get("/api/health?deep=2")
+    assert response.status_code == 400
+    assert "deep" in response.data
 
 
 def test_a_typo_in_a_filter_is_refused_not_answered_with_the_whole_list(project, admin_client):
