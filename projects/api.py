@@ -43,9 +43,7 @@ class HealthView(StrictQueryMixin, APIView):
         responses={200: HealthSerializer, 503: HealthSerializer},
     )
     def get(self, request):
-        query = HealthQuerySerializer(data=request.query_params)
-        query.is_valid(raise_exception=True)
-        components = platform_health(deep=query.validated_data["deep"])
+        components = platform_health(deep=self.query["deep"])
         down = sorted(name for name, health in components.items() if not health.up)
         body = {
             "status": "degraded" if down else "ok",
@@ -55,7 +53,7 @@ class HealthView(StrictQueryMixin, APIView):
         return Response(body, status=status.HTTP_503_SERVICE_UNAVAILABLE if down else 200)
 
 
-class TokenView(ObtainAuthToken):
+class TokenView(StrictQueryMixin, ObtainAuthToken):
     """POST username and password, get the API token (for the CLI and scripts)."""
 
     permission_classes = [AllowAny]

@@ -96,8 +96,10 @@ class StrictQueryMixin:
 
     # Parameters the view reads from request.query_params itself, e.g. {"study": "..."}.
     extra_query_params: Mapping[str, str] = {}
-    # Or a serializer the view validates its query with (its fields are the names).
+    # Or a serializer for the query (its fields are the names): a read's query is
+    # validated with it here (400 on a bad value) and handed to the view as `self.query`.
     query_serializer: type[serializers.Serializer] | None = None
+    query: dict = {}
 
     def initial(self, request, *args, **kwargs):
         super().initial(request, *args, **kwargs)  # authentication and permissions first
@@ -110,6 +112,10 @@ class StrictQueryMixin:
             raise serializers.ValidationError(
                 {name: f"Unknown query parameter; this endpoint takes {takes}." for name in unknown}
             )
+        if self.query_serializer is not None and request.method in READS:
+            query = self.query_serializer(data=request.query_params)
+            query.is_valid(raise_exception=True)
+            self.query = query.validated_data
 
 
 class StrictOrderingFilter(OrderingFilter):

@@ -224,7 +224,7 @@ class ActiveLearningQueueView(ProjectScopedMixin, generics.ListAPIView):
 
     project_roles = MEMBERS_READ
     serializer_class = ActiveLearningScoreSerializer
-    filter_backends: list = []  # the query is checked by ActiveLearningQuerySerializer
+    filter_backends: list = []  # the query is checked by its query_serializer
     query_serializer = ActiveLearningQuerySerializer
 
     @extend_schema(parameters=[ActiveLearningQuerySerializer])
@@ -234,10 +234,8 @@ class ActiveLearningQueueView(ProjectScopedMixin, generics.ListAPIView):
     def get_queryset(self):
         if getattr(self, "swagger_fake_view", False):
             return ActiveLearningScore.objects.none()
-        query = ActiveLearningQuerySerializer(data=self.request.query_params)
-        query.is_valid(raise_exception=True)
         return selectors.active_learning_queue(
             project=self.project,
-            strategy=query.validated_data["strategy"],
-            task=query.validated_data.get("task"),
+            strategy=self.query["strategy"],
+            task=self.query.get("task"),
         )
