@@ -59,10 +59,13 @@ class ProjectRolePermission(BasePermission):
         view.project = project
         required = required_roles(view, request.method)
         if not (roles_of(request.user, project) & required):
-            raise PermissionDenied(
-                f"This action needs one of the roles {sorted(required)} in project "
-                f"'{project.slug}'."
+            names = sorted(str(role) for role in required)  # "radiologist", not Role.RADIOLOGIST
+            needs = (
+                f"the role {names[0]}"
+                if len(names) == 1
+                else f"one of the roles {', '.join(names)}"
             )
+            raise PermissionDenied(f"This action needs {needs} in project '{project.slug}'.")
         return True
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import re
 from pathlib import Path
 
 import pytest
@@ -87,3 +88,8 @@ def test_permission_table(case: Case, actor: str, project, users, request):
         f"{case.id} as {actor}: got {response.status_code}, expected {case.expected[actor]}: "
         f"{getattr(response, 'data', b'')!r}"
     )
+    if response.status_code == 403 and "needs" in str(response.data.get("detail", "")):
+        # The reason names roles as users know them ("radiologist"), not Python enums.
+        detail = str(response.data["detail"])
+        assert "Role." not in detail, detail
+        assert re.match(r"This action needs (the role|one of the roles) [a-z]", detail), detail
