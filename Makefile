@@ -13,11 +13,12 @@ export PLATFORM_HTTP_HOST := $(HTTP_HOST)
 export PLATFORM_HTTP_PORT := $(HTTP_PORT)
 export PLATFORM_VENV := $(abspath $(VENV))
 
-.PHONY: help venv services demo test stop status lint format bench clean-var
+.PHONY: help venv frontend services demo test stop status lint format bench clean-var
 
 help:
 	@echo "make demo    set up everything and run the platform at http://$(HTTP_HOST):$(HTTP_PORT)/"
 	@echo "make test    run every test except the GPU ones"
+	@echo "make frontend build the viewer (frontend/, Vite + Cornerstone3D) into frontend/dist/"
 	@echo "make stop    stop the web server, workers, Orthanc and the Redis started here"
 	@echo "make status  show what runs"
 	@echo "make lint    ruff check and ruff format --check"
@@ -33,11 +34,28 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PY) -m pip install --quiet -c constraints.txt '.[dev]'
 	@touch $@
 
+# The viewer: npm ci when the lock file changes, a Vite build (with a type check) when a
+# source changes. Django serves frontend/dist/viewer/ as /static/viewer/.
+FRONTEND_SOURCES := $(wildcard frontend/src/*) frontend/vite.config.ts frontend/tsconfig.json
+frontend: frontend/dist/viewer/viewer.js
+
+frontend/node_modules/.package-lock.json: frontend/package.json frontend/package-lock.json
+	bash $(SERVICES) install node
+	cd frontend && npm ci --no-audit --no-fund --loglevel=error
+	@touch $@
+
+frontend/dist/viewer/viewer.js: frontend/node_modules/.package-lock.json $(FRONTEND_SOURCES)
+	@# Vite warns for every Node built-in a codec's Emscripten glue names; those are not used.
+	@cd frontend && { npm run --silent build -- --logLevel warn >.build.log 2>&1; rc=$$?; \
+	  grep -v 'externalized for browser' .build.log; rm -f .build.log; \
+	  [ $$rc = 0 ] || echo "make frontend: the viewer build failed (exit $$rc)" >&2; exit $$rc; }
+	@touch $@
+
 services:
 	bash $(SERVICES) install all
 	bash $(SERVICES) start all
 
-demo: venv services
+demo: venv frontend services
 	$(PY) manage.py migrate --noinput
 	$(PY) manage.py collectstatic --noinput --verbosity 0
 	$(PY) manage.py demo
@@ -48,8 +66,8 @@ demo: venv services
 	@echo "Logs are in var/log/. Stop everything with: make stop"
 
 # Tests start their own Orthanc (a temporary one per session) and need Redis.
-test: venv
-	bash $(SERVICES) install all
+test: venv frontend
+	bash $(SERVICES) install all chromium
 	bash $(SERVICES) start redis
 	@# pytest exits 5 when it collected nothing: that is a failure, said plainly.
 	@rc=0; $(PY) -m pytest -m "not gpu" $(PYTEST_ARGS) || rc=$$?; \

@@ -1,14 +1,16 @@
-"""URL map: /api/... (DRF), /dicom-web/... (authorizing DICOMweb proxy), admin, docs."""
+"""URL map: pages (home, a project's viewer), /api/... (DRF), /dicom-web/... (authorizing
+DICOMweb proxy), admin, docs."""
 
 from django.contrib import admin
 from django.contrib.auth import views as auth_views
 from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
-from config.views import home
+from config.views import home, viewer
 
 urlpatterns = [
     path("", home, name="home"),
+    path("projects/<slug:project>/viewer/", viewer, name="viewer"),
     path("admin/", admin.site.urls),
     path("accounts/login/", auth_views.LoginView.as_view(), name="login"),
     path("accounts/logout/", auth_views.LogoutView.as_view(), name="logout"),

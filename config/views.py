@@ -1,9 +1,15 @@
-"""The landing page: who you are, your projects, where the API and viewer are."""
+"""The pages: the landing page (who you are, your projects) and a project's viewer."""
 
+from django.conf import settings
 from django.contrib.auth.decorators import login_required
+from django.http import Http404
+from django.middleware.csrf import get_token
 from django.shortcuts import render
 
 from projects.selectors import projects_visible_to, roles_of
+
+# What `make frontend` builds (frontend/, Vite) and Django serves as static files.
+VIEWER_BUNDLE = settings.BASE_DIR / "frontend" / "dist" / "viewer" / "viewer.js"
 
 
 @login_required
@@ -13,3 +19,20 @@ def home(request):
         for p in projects_visible_to(request.user)
     ]
     return render(request, "home.html", {"projects": projects})
+
+
+@login_required
+def viewer(request, project: str):
+    """The Cornerstone3D viewer for one project: the page only hosts it; the data comes
+    from the API and the DICOMweb proxy, which check the user's role on every request."""
+    found = projects_visible_to(request.user).filter(slug=project).first()
+    if found is None:  # as the API: another project's existence is not revealed
+        raise Http404("No such project.")
+    context = {
+        "project": found,
+        "roles": " ".join(sorted(roles_of(request.user, found))),
+        "csrf_token": get_token(request),
+    }
+    if not VIEWER_BUNDLE.exists():
+        return render(request, "viewer_missing.html", context, status=503)
+    return render(request, "viewer.html", context)

@@ -2,7 +2,7 @@
 # Local services for development and the demo: Orthanc, Redis, and the platform's own
 # processes (web server, Celery worker, Celery beat).
 #
-#   platform/services.sh install [orthanc|redis|chromium|compose|all]   Debian packages, when missing
+#   platform/services.sh install [orthanc|redis|chromium|node|compose|all]   Debian packages, when missing
 #   platform/services.sh start   [orthanc|redis|web|worker|beat|all|app|everything]
 #   platform/services.sh stop    [same]
 #   platform/services.sh status  [same]
@@ -139,6 +139,16 @@ install_chromium() {
     say "chromium: installed ($(command -v chromium))"; return 0
   fi
   apt_install chromium
+}
+
+install_node() { # Node.js >= 20 and npm, to build the viewer (frontend/)
+  if command -v node >/dev/null && command -v npm >/dev/null \
+    && [[ "$(node -p 'process.versions.node.split(".")[0]')" -ge 20 ]]; then
+    say "node: installed ($(command -v node), $(node --version))"; return 0
+  fi
+  apt_install nodejs npm
+  local major; major="$(node -p 'process.versions.node.split(".")[0]')"
+  [[ "$major" -ge 20 ]] || die "node: Debian gave Node.js $major; the viewer's build (Vite 8) needs 20 or newer"
 }
 
 install_compose() { # only to validate docker-compose.yml in tests (no Docker engine needed)
@@ -310,8 +320,8 @@ expand() { # target -> components
     all) echo "orthanc redis" ;;
     app) echo "web worker beat" ;;
     everything) echo "orthanc redis web worker beat" ;;
-    orthanc|redis|web|worker|beat|chromium|compose) echo "$1" ;;
-    *) die "unknown target '$1' (orthanc, redis, web, worker, beat, chromium, compose, all, app, everything)" ;;
+    orthanc|redis|web|worker|beat|chromium|node|compose) echo "$1" ;;
+    *) die "unknown target '$1' (orthanc, redis, web, worker, beat, chromium, node, compose, all, app, everything)" ;;
   esac
 }
 
@@ -329,21 +339,21 @@ main() {
   case "$action" in
     install)
       for c in "${components[@]}"; do
-        case "$c" in orthanc|redis|chromium|compose) "install_$c" ;; *) say "$c: nothing to install" ;; esac
+        case "$c" in orthanc|redis|chromium|node|compose) "install_$c" ;; *) say "$c: nothing to install" ;; esac
       done ;;
     start)
       for c in "${components[@]}"; do
-        [[ "$c" == chromium || "$c" == compose ]] && die "$c is not a service"
+        [[ "$c" == chromium || "$c" == node || "$c" == compose ]] && die "$c is not a service"
         "start_$c"
       done ;;
     stop)
       # Stop in reverse order: the app before the services it uses.
       for ((i = ${#components[@]} - 1; i >= 0; i--)); do
-        [[ "${components[i]}" == chromium || "${components[i]}" == compose ]] || "stop_${components[i]}"
+        [[ "${components[i]}" == chromium || "${components[i]}" == node || "${components[i]}" == compose ]] || "stop_${components[i]}"
       done ;;
     status)
       for c in "${components[@]}"; do
-        [[ "$c" == chromium || "$c" == compose ]] && continue
+        [[ "$c" == chromium || "$c" == node || "$c" == compose ]] && continue
         "status_$c" || rc=3
       done ;;
     -h|--help|help|"") usage; [[ -n "$action" ]] || exit 2 ;;

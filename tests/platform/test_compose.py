@@ -184,8 +184,14 @@ def test_env_example_names_are_used():
 
 def test_dockerfile_copies_and_runs_what_exists():
     dockerfile = (REPO / "platform/docker/Dockerfile").read_text()
-    for path in re.findall(r"^COPY (?!\. )(.+) \./$", dockerfile, re.M)[0].split():
-        assert (REPO / path).is_file(), path
+    copied = re.findall(r"^COPY (?!\. )(?!--from)(.+) \./$", dockerfile, re.M)
+    assert len(copied) >= 3, copied  # the viewer's npm files, its sources, Python's
+    for line in copied:
+        for path in line.split():
+            assert (REPO / path).exists(), path
+    # The viewer is built in its own stage and its static files copied before collectstatic.
+    assert "npm run build" in dockerfile
+    assert dockerfile.index("COPY --from=viewer") < dockerfile.index("manage.py collectstatic")
     assert "collectstatic" in dockerfile
     # The image's default command is the web server, as compose's web service runs it.
     import json

@@ -1,0 +1,384 @@
+// The radiologist's viewer: a project's worklist, a study's images (Cornerstone3D stack
+// viewport over the platform's DICOMweb proxy), its AI findings drawn on the images, and
+// accept / reject feedback sent to the platform's API.
+//
+// The Django page (config/templates/viewer.html) gives the project, the user and the CSRF
+// token as data attributes of #viewer; everything else comes from the API.
+import {
+  Enums,
+  RenderingEngine,
+  type Types,
+  init as initCore,
+} from "@cornerstonejs/core";
+import { init as initLoader } from "@cornerstonejs/dicom-image-loader";
+import {
+  Enums as ToolEnums,
+  PanTool,
+  StackScrollTool,
+  ToolGroupManager,
+  WindowLevelTool,
+  ZoomTool,
+  addTool,
+  init as initTools,
+} from "@cornerstonejs/tools";
+
+import { Api, ApiError, type Finding, type Study, type StudyDetail, type Verdict } from "./api";
+import { type Vec3, nearestSlice } from "./geometry";
+import { describeFinding, drawFindings } from "./overlay";
+import { type LoadedSeries, loadSeries } from "./series";
+
+import "./viewer.css";
+
+const VIEWPORT_ID = "main";
+const TOOL_GROUP_ID = "viewer";
+
+interface State {
+  study: StudyDetail | null;
+  series: LoadedSeries | null;
+  seriesUid: string | null;
+  findings: Finding[];
+  selected: number | null;
+  /** When the radiologist started on this study, or gave the last verdict. */
+  clock: number;
+}
+
+function element<K extends keyof HTMLElementTagNameMap>(
+  tag: K,
+  attributes: Record<string, string> = {},
+  text = "",
+): HTMLElementTagNameMap[K] {
+  const node = document.createElement(tag);
+  for (const [name, value] of Object.entries(attributes)) node.setAttribute(name, value);
+  if (text) node.textContent = text;
+  return node;
+}
+
+class Viewer {
+  private readonly state: State = {
+    study: null,
+    series: null,
+    seriesUid: null,
+    findings: [],
+    selected: null,
+    clock: performance.now(),
+  };
+  private readonly studyList = element("ul", { class: "studies", "data-testid": "studies" });
+  private readonly moreStudies = element("button", { class: "more", hidden: "" }, "More studies");
+  private readonly seriesSelect = element("select", { "aria-label": "Series", hidden: "" });
+  private readonly viewportElement = element("div", { class: "viewport", "data-testid": "viewport" });
+  private readonly overlay = document.createElementNS("http://www.w3.org/2000/svg", "svg");
+  private readonly statusLine = element("div", { class: "status", "data-testid": "status" });
+  private readonly findingList = element("ul", { class: "findings", "data-testid": "findings" });
+  private readonly findingTitle = element("h2", {}, "Findings");
+  private readonly message = element("div", { class: "message", role: "alert", "data-testid": "message" });
+  private nextStudies: string | null = null;
+  private engine!: RenderingEngine;
+
+  constructor(
+    private readonly root: HTMLElement,
+    private readonly api: Api,
+    private readonly username: string,
+    /** Verdicts are the radiologists' (the API refuses others); the buttons say so. */
+    private readonly canJudge: boolean,
+  ) {}
+
+  async start(): Promise<void> {
+    this.layout();
+    await initCore();
+    initLoader({ maxWebWorkers: Math.max(1, Math.min(4, navigator.hardwareConcurrency || 1)) });
+    initTools();
+    this.engine = new RenderingEngine("platform-viewer");
+    this.engine.enableElement({
+      viewportId: VIEWPORT_ID,
+      type: Enums.ViewportType.STACK,
+      element: this.viewportElement,
+    });
+    this.tools();
+    for (const event of [Enums.Events.IMAGE_RENDERED, Enums.Events.STACK_NEW_IMAGE]) {
+      this.viewportElement.addEventListener(event, () => this.redraw());
+    }
+    new ResizeObserver(() => this.engine.resize(true, true)).observe(this.viewportElement);
+    document.addEventListener("keydown", (event) => this.key(event));
+    this.root.dataset.state = "ready";
+    await this.loadStudies();
+  }
+
+  private layout(): void {
+    const left = element("section", { class: "panel worklist" });
+    left.append(element("h2", {}, "Studies"), this.studyList, this.moreStudies);
+    this.moreStudies.addEventListener("click", () => void this.loadStudies());
+
+    const centre = element("section", { class: "centre" });
+    const stage = element("div", { class: "stage" });
+    this.overlay.setAttribute("class", "overlay");
+    this.overlay.setAttribute("data-testid", "overlay");
+    stage.append(this.viewportElement, this.overlay);
+    this.seriesSelect.addEventListener("change", () => void this.openSeries(this.seriesSelect.value));
+    centre.append(this.seriesSelect, stage, this.statusLine);
+    this.viewportElement.addEventListener("contextmenu", (event) => event.preventDefault());
+
+    const right = element("section", { class: "panel" });
+    const help = element(
+      "p",
+      { class: "help" },
+      "Wheel: slices · left drag: window/level · right drag: zoom · middle drag: pan · " +
+        "A / R: accept / reject the selected finding · N: next finding",
+    );
+    right.append(this.findingTitle, this.findingList, help);
+    this.root.append(this.message, left, centre, right);
+  }
+
+  private tools(): void {
+    for (const tool of [StackScrollTool, WindowLevelTool, ZoomTool, PanTool]) addTool(tool);
+    const group = ToolGroupManager.createToolGroup(TOOL_GROUP_ID);
+    if (!group) throw new Error("the tool group already exists");
+    const { MouseBindings } = ToolEnums;
+    // Refer to tools by their static toolName: minifiers rename classes.
+    group.addTool(StackScrollTool.toolName);
+    group.addTool(WindowLevelTool.toolName);
+    group.addTool(ZoomTool.toolName);
+    group.addTool(PanTool.toolName);
+    group.setToolActive(StackScrollTool.toolName, { bindings: [{ mouseButton: MouseBindings.Wheel }] });
+    group.setToolActive(WindowLevelTool.toolName, { bindings: [{ mouseButton: MouseBindings.Primary }] });
+    group.setToolActive(ZoomTool.toolName, { bindings: [{ mouseButton: MouseBindings.Secondary }] });
+    group.setToolActive(PanTool.toolName, { bindings: [{ mouseButton: MouseBindings.Auxiliary }] });
+    group.addViewport(VIEWPORT_ID, this.engine.id);
+  }
+
+  private viewport(): Types.IStackViewport {
+    return this.engine.getViewport(VIEWPORT_ID) as Types.IStackViewport;
+  }
+
+  private show(error: unknown): void {
+    const text = error instanceof ApiError || error instanceof Error ? error.message : String(error);
+    this.message.textContent = text;
+    this.message.hidden = false;
+  }
+
+  private clearMessage(): void {
+    this.message.textContent = "";
+    this.message.hidden = true;
+  }
+
+  // --- worklist ----------------------------------------------------------------------
+
+  private async loadStudies(): Promise<void> {
+    try {
+      const page = await this.api.studies(this.nextStudies);
+      for (const study of page.results) this.studyList.append(this.studyRow(study));
+      this.nextStudies = page.next;
+      this.moreStudies.hidden = !page.next;
+      if (!this.studyList.children.length) {
+        this.studyList.append(element("li", { class: "empty" }, "No studies in this project yet."));
+      }
+    } catch (error) {
+      this.show(error);
+    }
+  }
+
+  private studyRow(study: Study): HTMLLIElement {
+    const row = element("li", { "data-testid": "study", "data-study": study.study_instance_uid });
+    const button = element("button", { class: "study" });
+    button.append(
+      element("strong", {}, study.patient_id || "(no patient id)"),
+      element("span", {}, [study.study_date ?? "", study.modalities_in_study.join("/")].join(" ").trim()),
+      element("span", { class: "muted" }, study.study_description || `${study.number_of_instances} images`),
+      element("span", { class: `ai ai-${study.ai_status}` }, `AI: ${study.ai_status.replace(/_/g, " ")}`),
+    );
+    button.addEventListener("click", () => void this.openStudy(study.study_instance_uid, row));
+    row.append(button);
+    return row;
+  }
+
+  // --- a study -----------------------------------------------------------------------
+
+  private async openStudy(uid: string, row: HTMLElement): Promise<void> {
+    this.clearMessage();
+    for (const other of this.studyList.querySelectorAll("li")) other.classList.remove("open");
+    row.classList.add("open");
+    try {
+      const [study, findings] = await Promise.all([this.api.study(uid), this.api.findings(uid)]);
+      this.state.study = study;
+      this.state.findings = findings;
+      this.state.selected = null;
+      this.state.clock = performance.now();
+      this.seriesSelect.replaceChildren(
+        ...study.series.map((series) =>
+          element(
+            "option",
+            { value: series.series_instance_uid },
+            `${series.modality} #${series.series_number ?? "?"} ${series.series_description} (${series.number_of_instances})`,
+          ),
+        ),
+      );
+      this.seriesSelect.hidden = study.series.length < 2;
+      // The series the AI read first, else the largest.
+      const withFindings = findings.find((finding) => finding.series_instance_uid)?.series_instance_uid;
+      const largest = [...study.series].sort((a, b) => b.number_of_instances - a.number_of_instances)[0];
+      const seriesUid = withFindings ?? largest?.series_instance_uid;
+      if (!seriesUid) throw new ApiError(404, "the study has no series");
+      this.seriesSelect.value = seriesUid;
+      await this.openSeries(seriesUid);
+    } catch (error) {
+      this.show(error);
+    }
+  }
+
+  private async openSeries(seriesUid: string): Promise<void> {
+    const study = this.state.study;
+    if (!study) return;
+    this.viewportElement.dataset.state = "loading";
+    try {
+      const series = await loadSeries(this.api.dicomWebRoot(), study.study_instance_uid, seriesUid);
+      this.state.series = series;
+      this.state.seriesUid = seriesUid;
+      this.renderFindings();
+      const first = this.firstSliceOfInterest(series);
+      await this.viewport().setStack(series.slices.map((slice) => slice.imageId), first);
+      this.viewport().render();
+      this.viewportElement.dataset.state = "shown";
+      this.redraw();
+    } catch (error) {
+      this.viewportElement.dataset.state = "failed";
+      this.show(error);
+    }
+  }
+
+  private firstSliceOfInterest(series: LoadedSeries): number {
+    const finding = this.seriesFindings().find((item) => item.center_lps_mm);
+    const index = finding ? this.sliceOf(finding, series) : null;
+    return index ?? Math.floor(series.slices.length / 2);
+  }
+
+  private seriesFindings(): Finding[] {
+    return this.state.findings.filter(
+      (finding) => !finding.series_instance_uid || finding.series_instance_uid === this.state.seriesUid,
+    );
+  }
+
+  private sliceOf(finding: Finding, series = this.state.series): number | null {
+    if (!series?.normal || !finding.center_lps_mm) return null;
+    return nearestSlice(finding.center_lps_mm as Vec3, series.slices.map((slice) => slice.position), series.normal);
+  }
+
+  // --- findings ----------------------------------------------------------------------
+
+  private renderFindings(): void {
+    const findings = this.seriesFindings();
+    this.findingTitle.textContent = `Findings (${findings.length})`;
+    if (!findings.length) {
+      this.findingList.replaceChildren(element("li", { class: "empty" }, "No AI findings for this series."));
+      return;
+    }
+    this.findingList.replaceChildren(...findings.map((finding) => this.findingRow(finding)));
+  }
+
+  private findingRow(finding: Finding): HTMLLIElement {
+    const mine = finding.feedback.find((item) => item.radiologist === this.username);
+    const others = finding.feedback.filter((item) => item.radiologist !== this.username);
+    const row = element("li", {
+      "data-testid": "finding",
+      "data-finding": String(finding.id),
+      class: finding.id === this.state.selected ? "selected" : "",
+    });
+    const title = element("button", { class: "finding-title" }, describeFinding(finding));
+    title.addEventListener("click", () => void this.select(finding.id));
+    const verdict = element(
+      "div",
+      { class: `verdict ${mine ? `verdict-${mine.verdict}` : ""}`, "data-testid": "verdict" },
+      mine ? `Your verdict: ${mine.verdict}` : "No verdict from you yet",
+    );
+    const actions = element("div", { class: "actions" });
+    for (const [verdictName, label] of [
+      ["accept", "Accept"],
+      ["reject", "Reject"],
+    ] as const) {
+      const button = element("button", { class: `act act-${verdictName}`, "data-verdict": verdictName }, label);
+      if (this.canJudge) {
+        button.addEventListener("click", () => void this.give(finding.id, verdictName));
+      } else {
+        button.disabled = true;
+        button.title = "Verdicts need the radiologist role in this project";
+      }
+      actions.append(button);
+    }
+    row.append(title, verdict, actions);
+    if (others.length) {
+      const counts = others.map((item) => `${item.radiologist}: ${item.verdict}`).join(", ");
+      row.append(element("div", { class: "muted" }, `Others: ${counts}`));
+    }
+    return row;
+  }
+
+  private async select(id: number): Promise<void> {
+    this.state.selected = id;
+    this.renderFindings();
+    const finding = this.state.findings.find((item) => item.id === id);
+    const index = finding ? this.sliceOf(finding) : null;
+    if (index !== null && index !== this.viewport().getCurrentImageIdIndex()) {
+      await this.viewport().setImageIdIndex(index);
+    }
+    this.redraw();
+  }
+
+  private async give(id: number, verdict: Verdict): Promise<void> {
+    this.clearMessage();
+    const spent = (performance.now() - this.state.clock) / 1000;
+    try {
+      const feedback = await this.api.feedback(id, verdict, spent);
+      this.state.clock = performance.now();
+      const finding = this.state.findings.find((item) => item.id === id);
+      if (finding) {
+        finding.feedback = [...finding.feedback.filter((item) => item.radiologist !== feedback.radiologist), feedback];
+      }
+      this.state.selected = id;
+      this.renderFindings();
+      this.redraw();
+    } catch (error) {
+      this.show(error);
+    }
+  }
+
+  private key(event: KeyboardEvent): void {
+    if (event.target instanceof HTMLInputElement || event.target instanceof HTMLSelectElement) return;
+    const findings = this.seriesFindings();
+    if (event.key === "n" && findings.length) {
+      const at = findings.findIndex((item) => item.id === this.state.selected);
+      void this.select(findings[(at + 1) % findings.length].id);
+    } else if ((event.key === "a" || event.key === "r") && this.state.selected !== null && this.canJudge) {
+      void this.give(this.state.selected, event.key === "a" ? "accept" : "reject");
+    }
+  }
+
+  // --- drawing -----------------------------------------------------------------------
+
+  private redraw(): void {
+    const series = this.state.series;
+    if (!series) return;
+    const viewport = this.viewport();
+    const index = viewport.getCurrentImageIdIndex();
+    const drawn = drawFindings(this.overlay, viewport, series, index, this.seriesFindings(), this.state.selected, this.username);
+    const voi = viewport.getProperties().voiRange;
+    const window = voi ? `W ${Math.round(voi.upper - voi.lower)} L ${Math.round((voi.upper + voi.lower) / 2)}` : "";
+    this.statusLine.textContent = `Image ${index + 1} / ${series.slices.length}  ${window}  ${drawn} finding(s) on this image`;
+    this.statusLine.dataset.image = String(index + 1);
+  }
+}
+
+async function main(): Promise<void> {
+  const root = document.getElementById("viewer");
+  if (!root) throw new Error("the page has no #viewer element");
+  const { project, username, csrf, roles } = root.dataset;
+  if (!project || !username || !csrf) throw new Error("#viewer lacks its project, user or CSRF token");
+  const canJudge = (roles ?? "").split(" ").includes("radiologist");
+  const viewer = new Viewer(root, new Api(project, csrf), username, canJudge);
+  try {
+    await viewer.start();
+  } catch (error) {
+    root.dataset.state = "failed";
+    root.prepend(element("div", { class: "message", role: "alert" }, `The viewer could not start: ${String(error)}`));
+    throw error;
+  }
+}
+
+void main();

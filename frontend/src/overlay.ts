@@ -1,0 +1,67 @@
+// AI findings drawn over the image: a nodule is a sphere (centre and diameter in patient
+// coordinates), drawn as the circle where it cuts the shown image plane; the selected finding
+// is highlighted, and the colour says the user's verdict.
+import type { Types } from "@cornerstonejs/core";
+
+import type { Finding } from "./api";
+import { type Vec3, add, sphereCut } from "./geometry";
+import type { LoadedSeries } from "./series";
+
+const SVG = "http://www.w3.org/2000/svg";
+
+export function describeFinding(finding: Finding): string {
+  const parts = [`#${finding.index + 1} ${finding.kind}`];
+  if (finding.diameter_mm !== null) parts.push(`${finding.diameter_mm.toFixed(1)} mm`);
+  if (finding.grade !== null) parts.push(`grade ${finding.grade}`);
+  if (finding.score !== null) parts.push(`score ${finding.score.toFixed(2)}`);
+  if (finding.grade !== null && finding.class_probabilities) {
+    const p = finding.class_probabilities[String(finding.grade)];
+    if (p !== undefined) parts.push(`p ${p.toFixed(2)}`);
+  }
+  parts.push(`model v${finding.model.version}`);
+  return parts.join(" · ");
+}
+
+/** Draws the findings that cut image `index`; returns how many were drawn. */
+export function drawFindings(
+  svg: SVGSVGElement,
+  viewport: Types.IStackViewport,
+  series: LoadedSeries,
+  index: number,
+  findings: Finding[],
+  selected: number | null,
+  username: string,
+): number {
+  svg.replaceChildren();
+  const { width, height } = svg.getBoundingClientRect();
+  svg.setAttribute("viewBox", `0 0 ${width} ${height}`);
+  const origin = series.slices[index]?.position;
+  if (!origin || !series.normal) return 0;
+  const imageData = viewport.getImageData();
+  // A direction within the image plane, to turn the cut's radius (mm) into canvas pixels.
+  const inPlane = (imageData?.direction ? Array.from(imageData.direction).slice(0, 3) : [1, 0, 0]) as Vec3;
+  let drawn = 0;
+  for (const finding of findings) {
+    if (!finding.center_lps_mm || !finding.diameter_mm) continue;
+    const cut = sphereCut(finding.center_lps_mm as Vec3, finding.diameter_mm, origin, series.normal);
+    if (!cut) continue;
+    const centre = viewport.worldToCanvas(cut.center as Types.Point3);
+    const rim = viewport.worldToCanvas(add(cut.center, [inPlane[0] * cut.radius, inPlane[1] * cut.radius, inPlane[2] * cut.radius]) as Types.Point3);
+    const radius = Math.max(3, Math.hypot(rim[0] - centre[0], rim[1] - centre[1]));
+    const verdict = finding.feedback.find((item) => item.radiologist === username)?.verdict ?? "none";
+    const circle = document.createElementNS(SVG, "circle");
+    circle.setAttribute("cx", String(centre[0]));
+    circle.setAttribute("cy", String(centre[1]));
+    circle.setAttribute("r", String(radius));
+    circle.setAttribute("class", `finding verdict-${verdict}${finding.id === selected ? " selected" : ""}`);
+    circle.setAttribute("data-finding", String(finding.id));
+    const label = document.createElementNS(SVG, "text");
+    label.setAttribute("x", String(centre[0] + radius + 4));
+    label.setAttribute("y", String(centre[1] - radius));
+    label.setAttribute("class", "finding-label");
+    label.textContent = `#${finding.index + 1}`;
+    svg.append(circle, label);
+    drawn += 1;
+  }
+  return drawn;
+}

@@ -1,0 +1,233 @@
+"""The viewer in a real browser: headless Chromium, the built frontend (Vite +
+Cornerstone3D), Django's live server, a real Orthanc behind the DICOMweb proxy.
+
+What a radiologist does: log in, open a study from the worklist, see its images and the AI
+finding drawn where the model put it, scroll, and accept or reject the finding; the verdict
+lands in the database with the time spent. What others get: an annotator is not offered
+verdicts (the API refuses them too); a verdict the API refuses shows its reason and changes
+nothing; a non-member gets 404; a visitor without a session is sent to the login page; an
+installation without a built viewer says so (503).
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import re
+from pathlib import Path
+
+import pytest
+from django.urls import reverse
+from PIL import Image, ImageStat
+
+from annotations.models import FeedbackHistory, FindingFeedback
+from config import views
+from imaging import proxy
+from tests.annotations.factories import make_finding
+from tests.dicomweb.dicom_factory import index_series, make_ct_series, store_series
+from tests.factories import PASSWORD
+
+pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+
+
+@pytest.fixture(scope="module")
+def browser():
+    from playwright.sync_api import sync_playwright
+
+    # Playwright's sync API keeps an event loop in this thread while it runs; the ORM calls
+    # the tests and pytest-django make meanwhile are plain synchronous ones.
+    with pytest.MonkeyPatch.context() as patch, sync_playwright() as playwright:
+        patch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
+        launched = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield launched
+        launched.close()
+
+
+@pytest.fixture
+def scene(orthanc, project, users):
+    """An 8-slice CT study in Orthanc, indexed in `project`, with one AI nodule finding
+    (centre (20, 20, 5) mm LPS, 8 mm: it cuts slices 1-7, nearest slice index 5)."""
+    proxy.index_cache.clear()
+    series = make_ct_series(patient_id="VIEW-1", seed=7)
+    store_series(series, url=orthanc.url, auth=(orthanc.username, orthanc.password))
+    study = index_series(project, series)
+    finding = make_finding(project, study=study)
+    yield {"study": study, "finding": finding, "users": users, "project": project}
+    proxy.index_cache.clear()
+
+
+def open_viewer(browser, live_server, project, username: str):
+    """A fresh browser context that logs in through the login form and lands on the viewer."""
+    context = browser.new_context(viewport={"width": 1400, "height": 900})
+    page = context.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda error: errors.append(str(error)))
+    target = reverse("viewer", kwargs={"project": project.slug})
+    page.goto(f"{live_server.url}/accounts/login/?next={target}")
+    page.fill("input[name=username]", username)
+    page.fill("input[name=password]", PASSWORD)
+    page.click("button[type=submit]")
+    page.wait_for_url(f"**{target}")
+    page.wait_for_selector("#viewer[data-state=ready]")
+    return context, page, errors
+
+
+def open_first_study(page, study_uid: str) -> None:
+    page.click(f"[data-study='{study_uid}'] button")
+    page.wait_for_selector("[data-testid=viewport][data-state=shown]", timeout=30_000)
+
+
+def keep_screenshot(page, name: str) -> None:
+    """With VIEWER_SCREENSHOTS=<folder>, keep what the browser showed (to look at by eye)."""
+    folder = os.environ.get("VIEWER_SCREENSHOTS")
+    if folder:
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(Path(folder) / f"{name}.png"))
+
+
+def image_number(page) -> int:
+    return int(page.get_attribute("[data-testid=status]", "data-image"))
+
+
+def test_radiologist_reviews_a_finding(browser, live_server, scene):
+    radiologist = scene["users"]["radiologist"]
+    finding = scene["finding"]
+    context, page, errors = open_viewer(
+        browser, live_server, scene["project"], radiologist.username
+    )
+    try:
+        rows = page.locator("[data-testid=study]")
+        assert rows.count() == 1
+        assert "VIEW-1" in rows.first.inner_text()
+        open_first_study(page, scene["study"].study_instance_uid)
+
+        # The study opens on the finding's slice (nearest to its centre: index 5 of 8).
+        page.wait_for_function(
+            "document.querySelector('[data-testid=status]')?.dataset.image === '6'"
+        )
+        assert re.search(r"Image 6 / 8", page.inner_text("[data-testid=status]"))
+
+        # The pixels came through the proxy and were drawn: the series is noise in [-1000,
+        # 1000] HU, so a rendered image is far from uniform.
+        shot = Image.open(io.BytesIO(page.locator("[data-testid=viewport]").screenshot()))
+        assert ImageStat.Stat(shot.convert("L")).stddev[0] > 20
+        keep_screenshot(page, "radiologist-opened")
+
+        # The finding is listed and drawn where it cuts this slice.
+        row = page.locator(f"[data-testid=finding][data-finding='{finding.pk}']")
+        assert "nodule" in row.inner_text() and "8.0 mm" in row.inner_text()
+        circle = page.locator(f"svg.overlay circle[data-finding='{finding.pk}']")
+        assert circle.count() == 1
+        radius_here = float(circle.get_attribute("r"))
+
+        # Scrolling moves through the stack; one slice away the cut is smaller.
+        page.hover("[data-testid=viewport]")
+        page.mouse.wheel(0, 120)
+        page.wait_for_function(
+            "document.querySelector('[data-testid=status]')?.dataset.image !== '6'"
+        )
+        assert image_number(page) in (5, 7)
+        assert float(circle.get_attribute("r")) < radius_here
+
+        # Selecting the finding (N) goes back to its slice; Accept records the verdict.
+        page.keyboard.press("n")
+        page.wait_for_function(
+            "document.querySelector('[data-testid=status]')?.dataset.image === '6'"
+        )
+        row.locator("button[data-verdict=accept]").click()
+        page.wait_for_function(
+            f"document.querySelector(\"[data-finding='{finding.pk}'] [data-testid=verdict]\")"
+            "?.textContent === 'Your verdict: accept'"
+        )
+        feedback = FindingFeedback.objects.get(finding=finding, radiologist=radiologist)
+        assert feedback.verdict == "accept"
+        assert feedback.time_spent_s is not None and feedback.time_spent_s > 0
+
+        # Changing one's mind with the keyboard (R): one current verdict, history kept.
+        page.keyboard.press("r")
+        page.wait_for_function(
+            f"document.querySelector(\"[data-finding='{finding.pk}'] [data-testid=verdict]\")"
+            "?.textContent === 'Your verdict: reject'"
+        )
+        feedback.refresh_from_db()
+        assert feedback.verdict == "reject"
+        assert FeedbackHistory.objects.filter(feedback=feedback).count() == 2
+        assert "verdict-reject" in circle.get_attribute("class")
+        keep_screenshot(page, "radiologist-rejected")
+        assert page.inner_text("[data-testid=message]") == ""
+        assert errors == []
+    finally:
+        context.close()
+
+
+def test_annotator_sees_the_finding_but_cannot_judge_it(browser, live_server, scene):
+    annotator = scene["users"]["annotator"]
+    finding = scene["finding"]
+    context, page, errors = open_viewer(browser, live_server, scene["project"], annotator.username)
+    try:
+        open_first_study(page, scene["study"].study_instance_uid)
+        assert page.locator(f"svg.overlay circle[data-finding='{finding.pk}']").count() == 1
+        accept = page.locator(f"[data-finding='{finding.pk}'] button[data-verdict=accept]")
+        assert accept.is_disabled()
+        assert "radiologist role" in accept.get_attribute("title")
+        page.keyboard.press("n")
+        page.keyboard.press("a")  # the shortcut does nothing either
+        keep_screenshot(page, "annotator")
+        assert not FindingFeedback.objects.filter(finding=finding).exists()
+        assert errors == []
+    finally:
+        context.close()
+
+
+def test_a_refused_verdict_shows_the_servers_reason_and_writes_nothing(
+    browser, live_server, scene
+):
+    """The finding went away (its study was removed) while the radiologist had it open."""
+    radiologist = scene["users"]["radiologist"]
+    finding = scene["finding"]
+    context, page, errors = open_viewer(browser, live_server, scene["project"], radiologist.username)
+    try:
+        open_first_study(page, scene["study"].study_instance_uid)
+        finding_id = finding.pk
+        finding.delete()
+        page.locator(f"[data-finding='{finding_id}'] button[data-verdict=accept]").click()
+        message = page.locator("[data-testid=message]")
+        message.wait_for(state="visible")
+        assert message.inner_text() == "No Finding matches the given query."
+        assert page.inner_text(f"[data-finding='{finding_id}'] [data-testid=verdict]") == (
+            "No verdict from you yet"
+        )
+        assert not FindingFeedback.objects.filter(radiologist=radiologist).exists()
+        assert errors == []
+    finally:
+        context.close()
+
+
+def test_viewer_page_for_non_members_anonymous_and_without_a_build(client, scene, monkeypatch):
+    url = reverse("viewer", kwargs={"project": scene["project"].slug})
+    anonymous = client.get(url)
+    assert anonymous.status_code == 302 and anonymous["Location"].startswith("/accounts/login/")
+
+    client.force_login(scene["users"]["non_member"])
+    assert client.get(url).status_code == 404
+    assert client.get(reverse("viewer", kwargs={"project": "no-such-project"})).status_code == 404
+
+    client.force_login(scene["users"]["radiologist"])
+    page = client.get(url)
+    assert page.status_code == 200
+    assert b"viewer/viewer.js" in page.content and b'data-project="' in page.content
+
+    monkeypatch.setattr(views, "VIEWER_BUNDLE", views.VIEWER_BUNDLE.with_name("missing.js"))
+    missing = client.get(url)
+    assert missing.status_code == 503
+    assert b"make frontend" in missing.content
