@@ -134,6 +134,10 @@ export class Api {
     });
   }
 
+  heatMapUrl(finding: number): string {
+    return `${this.base()}/findings/${finding}/heatmap`;
+  }
+
   /** Base URL of the project's authorizing DICOMweb proxy (WADO-RS, QIDO-RS). */
   dicomWebRoot(): string {
     return `${window.location.origin}/dicom-web/projects/${encodeURIComponent(this.project)}`;

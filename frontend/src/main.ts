@@ -24,6 +24,7 @@ import {
 
 import { Api, ApiError, type Finding, type Study, type StudyDetail, type Verdict } from "./api";
 import { type Vec3, nearestSlice } from "./geometry";
+import { type HeatMap, drawHeatMap, fetchHeatMap } from "./heatmap";
 import { describeFinding, drawFindings } from "./overlay";
 import { type LoadedSeries, loadSeries } from "./series";
 
@@ -40,6 +41,8 @@ interface State {
   selected: number | null;
   /** When the radiologist started on this study, or gave the last verdict. */
   clock: number;
+  /** Whether the selected finding's explanation heat map is drawn. */
+  showHeat: boolean;
 }
 
 function element<K extends keyof HTMLElementTagNameMap>(
@@ -61,7 +64,11 @@ class Viewer {
     findings: [],
     selected: null,
     clock: performance.now(),
+    showHeat: true,
   };
+  private readonly heatMaps = new Map<number, HeatMap>();
+  private readonly heatCanvas = element("canvas", { class: "heat", "data-testid": "heatmap" });
+  private readonly heatToggle = element("input", { type: "checkbox", checked: "", "data-testid": "heat-toggle" });
   private readonly studyList = element("ul", { class: "studies", "data-testid": "studies" });
   private readonly moreStudies = element("button", { class: "more", hidden: "" }, "More studies");
   private readonly seriesSelect = element("select", { "aria-label": "Series", hidden: "" });
@@ -112,7 +119,7 @@ class Viewer {
     const stage = element("div", { class: "stage" });
     this.overlay.setAttribute("class", "overlay");
     this.overlay.setAttribute("data-testid", "overlay");
-    stage.append(this.viewportElement, this.overlay);
+    stage.append(this.viewportElement, this.heatCanvas, this.overlay);
     this.seriesSelect.addEventListener("change", () => void this.openSeries(this.seriesSelect.value));
     centre.append(this.seriesSelect, stage, this.statusLine);
     this.viewportElement.addEventListener("contextmenu", (event) => event.preventDefault());
@@ -122,9 +129,12 @@ class Viewer {
       "p",
       { class: "help" },
       "Wheel: slices · left drag: window/level · right drag: zoom · middle drag: pan · " +
-        "A / R: accept / reject the selected finding · N: next finding",
+        "A / R: accept / reject the selected finding · N: next finding · H: heat map",
     );
-    right.append(this.findingTitle, this.findingList, help);
+    const heatLabel = element("label", { class: "toggle" });
+    heatLabel.append(this.heatToggle, document.createTextNode(" Explanation heat map of the selected finding (H)"));
+    this.heatToggle.addEventListener("change", () => void this.setHeat(this.heatToggle.checked));
+    right.append(this.findingTitle, this.findingList, heatLabel, help);
     this.root.append(this.message, left, centre, right);
   }
 
@@ -282,6 +292,7 @@ class Viewer {
       class: finding.id === this.state.selected ? "selected" : "",
     });
     const title = element("button", { class: "finding-title" }, describeFinding(finding));
+    if (finding.has_heatmap) title.append(element("span", { class: "muted" }, " · explained"));
     title.addEventListener("click", () => void this.select(finding.id));
     const verdict = element(
       "div",
@@ -318,7 +329,26 @@ class Viewer {
     if (index !== null && index !== this.viewport().getCurrentImageIdIndex()) {
       await this.viewport().setImageIdIndex(index);
     }
+    await this.loadHeat();
     this.redraw();
+  }
+
+  private async setHeat(show: boolean): Promise<void> {
+    this.state.showHeat = show;
+    this.heatToggle.checked = show;
+    await this.loadHeat();
+    this.redraw();
+  }
+
+  /** Fetches the selected finding's heat map once, when it has one and it is to be shown. */
+  private async loadHeat(): Promise<void> {
+    const finding = this.state.findings.find((item) => item.id === this.state.selected);
+    if (!this.state.showHeat || !finding?.has_heatmap || this.heatMaps.has(finding.id)) return;
+    try {
+      this.heatMaps.set(finding.id, await fetchHeatMap(this.api.heatMapUrl(finding.id)));
+    } catch (error) {
+      this.show(error);
+    }
   }
 
   private async give(id: number, verdict: Verdict): Promise<void> {
@@ -345,6 +375,8 @@ class Viewer {
     if (event.key === "n" && findings.length) {
       const at = findings.findIndex((item) => item.id === this.state.selected);
       void this.select(findings[(at + 1) % findings.length].id);
+    } else if (event.key === "h") {
+      void this.setHeat(!this.state.showHeat);
     } else if ((event.key === "a" || event.key === "r") && this.state.selected !== null && this.canJudge) {
       void this.give(this.state.selected, event.key === "a" ? "accept" : "reject");
     }
@@ -358,9 +390,15 @@ class Viewer {
     const viewport = this.viewport();
     const index = viewport.getCurrentImageIdIndex();
     const drawn = drawFindings(this.overlay, viewport, series, index, this.seriesFindings(), this.state.selected, this.username);
+    const heat =
+      this.state.showHeat && this.state.selected !== null ? (this.heatMaps.get(this.state.selected) ?? null) : null;
+    const heatShown = drawHeatMap(this.heatCanvas, viewport, heat, series.slices[index]?.position ?? null);
+    this.heatCanvas.dataset.shown = String(heatShown);
     const voi = viewport.getProperties().voiRange;
     const window = voi ? `W ${Math.round(voi.upper - voi.lower)} L ${Math.round((voi.upper + voi.lower) / 2)}` : "";
-    this.statusLine.textContent = `Image ${index + 1} / ${series.slices.length}  ${window}  ${drawn} finding(s) on this image`;
+    this.statusLine.textContent =
+      `Image ${index + 1} / ${series.slices.length}  ${window}  ${drawn} finding(s) on this image` +
+      (heatShown ? "  heat map shown" : "");
     this.statusLine.dataset.image = String(index + 1);
   }
 }

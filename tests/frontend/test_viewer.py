@@ -16,10 +16,13 @@ import os
 import re
 from pathlib import Path
 
+import numpy as np
 import pytest
 from django.urls import reverse
 from PIL import Image, ImageStat
 
+from ai_engine.explain.heatmap import save_heatmap
+from ai_engine.io import Volume
 from annotations.models import FeedbackHistory, FindingFeedback
 from config import views
 from imaging import proxy
@@ -170,6 +173,84 @@ def test_radiologist_reviews_a_finding(browser, live_server, scene):
         context.close()
 
 
+def test_explanation_heat_map_lies_on_the_finding(browser, live_server, scene, settings, tmp_path):
+    """A heat map written as inference writes it (ai_engine's save_heatmap: NIfTI, RAS
+    affine, on the series grid), hot around the finding's centre: drawn in the browser, its
+    hot spot sits on the finding's circle (a flipped or transposed axis would put it
+    elsewhere: the spot is off the image's centre and diagonal)."""
+    settings.MEDIA_ROOT = str(tmp_path)
+    finding = scene["finding"]
+    # Off the diagonal and off the centre: a transposed or flipped axis would show.
+    finding.center_lps_mm = [14.0, 24.5, 5.0]
+    centre = np.array(finding.center_lps_mm) / np.array([0.7, 0.7, 1.0])  # voxel (20, 35, 5)
+    i, j, k = np.meshgrid(np.arange(64), np.arange(64), np.arange(8), indexing="ij")
+    heat = np.exp(-((i - centre[0]) ** 2 + (j - centre[1]) ** 2 + (k - centre[2]) ** 2) / 18.0)
+    affine = np.diag([0.7, 0.7, 1.0, 1.0])  # the series: LPS, origin 0, 0.7 mm pixels, 1 mm
+    save_heatmap(Volume(heat, affine), tmp_path / "findings" / "heat.nii.gz")
+    finding.heatmap_path = "findings/heat.nii.gz"
+    finding.save(update_fields=["heatmap_path", "center_lps_mm"])
+
+    radiologist = scene["users"]["radiologist"]
+    context, page, errors = open_viewer(
+        browser, live_server, scene["project"], radiologist.username
+    )
+    try:
+        open_first_study(page, scene["study"].study_instance_uid)
+        page.click(f"[data-finding='{finding.pk}'] .finding-title")
+        page.wait_for_selector("[data-testid=heatmap][data-shown=true]")
+        centroid = page.evaluate(
+            """() => {
+              const canvas = document.querySelector('[data-testid=heatmap]');
+              const { data, width, height } =
+                canvas.getContext('2d').getImageData(0, 0, canvas.width, canvas.height);
+              let sum = 0, x = 0, y = 0;
+              for (let row = 0; row < height; row++) for (let col = 0; col < width; col++) {
+                const alpha = data[4 * (row * width + col) + 3];
+                sum += alpha; x += alpha * col; y += alpha * row;
+              }
+              const ratio = canvas.width / canvas.clientWidth;
+              return [x / sum / ratio, y / sum / ratio];
+            }"""
+        )
+        circle = page.locator(f"svg.overlay circle[data-finding='{finding.pk}']")
+        cx, cy = float(circle.get_attribute("cx")), float(circle.get_attribute("cy"))
+        radius = float(circle.get_attribute("r"))
+        assert abs(centroid[0] - cx) < radius / 8 and abs(centroid[1] - cy) < radius / 8, (
+            centroid,
+            (cx, cy),
+        )
+        keep_screenshot(page, "heat-map")
+        page.keyboard.press("h")  # hidden again
+        page.wait_for_selector("[data-testid=heatmap][data-shown=false]")
+        assert not page.is_checked("[data-testid=heat-toggle]")
+        assert errors == []
+    finally:
+        context.close()
+
+
+def test_compressed_series_is_decoded_in_the_browser(browser, live_server, scene, orthanc):
+    """JPEG-LS frames come through the proxy as stored; the loader's WebAssembly codec
+    (served from /static/viewer/assets/) decodes them in its worker."""
+    series = make_ct_series(patient_id="VIEW-JLS", jpeg_ls=True, seed=8)
+    store_series(series, url=orthanc.url, auth=(orthanc.username, orthanc.password))
+    study = index_series(scene["project"], series)
+    radiologist = scene["users"]["radiologist"]
+    context, page, errors = open_viewer(
+        browser, live_server, scene["project"], radiologist.username
+    )
+    try:
+        open_first_study(page, study.study_instance_uid)
+        page.wait_for_function(
+            "document.querySelector('[data-testid=status]')?.dataset.image === '5'"
+        )  # no finding: the middle slice (index 4 of 8)
+        shot = Image.open(io.BytesIO(page.locator("[data-testid=viewport]").screenshot()))
+        assert ImageStat.Stat(shot.convert("L")).stddev[0] > 20
+        assert "No AI findings" in page.inner_text("[data-testid=findings]")
+        assert errors == []
+    finally:
+        context.close()
+
+
 def test_annotator_sees_the_finding_but_cannot_judge_it(browser, live_server, scene):
     annotator = scene["users"]["annotator"]
     finding = scene["finding"]
@@ -189,13 +270,13 @@ def test_annotator_sees_the_finding_but_cannot_judge_it(browser, live_server, sc
         context.close()
 
 
-def test_a_refused_verdict_shows_the_servers_reason_and_writes_nothing(
-    browser, live_server, scene
-):
+def test_a_refused_verdict_shows_the_servers_reason_and_writes_nothing(browser, live_server, scene):
     """The finding went away (its study was removed) while the radiologist had it open."""
     radiologist = scene["users"]["radiologist"]
     finding = scene["finding"]
-    context, page, errors = open_viewer(browser, live_server, scene["project"], radiologist.username)
+    context, page, errors = open_viewer(
+        browser, live_server, scene["project"], radiologist.username
+    )
     try:
         open_first_study(page, scene["study"].study_instance_uid)
         finding_id = finding.pk
