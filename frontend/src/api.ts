@@ -37,6 +37,9 @@ export interface Feedback {
   id: number;
   radiologist: string;
   verdict: Verdict;
+  corrected_center_lps_mm: [number, number, number] | null;
+  corrected_diameter_mm: number | null;
+  corrected_grade: number | null;
   comment: string;
   time_spent_s: number | null;
   updated_at: string;
@@ -56,6 +59,13 @@ export interface Finding {
   class_probabilities: Record<string, number> | null;
   has_heatmap: boolean;
   feedback: Feedback[];
+}
+
+/** What a `correct` verdict changes: a nodule's centre and/or diameter, or a grade. */
+export interface Correction {
+  corrected_center_lps_mm?: [number, number, number];
+  corrected_diameter_mm?: number;
+  corrected_grade?: number;
 }
 
 export class ApiError extends Error {
@@ -127,10 +137,10 @@ export class Api {
     return this.request(`${this.base()}/studies/${encodeURIComponent(studyUid)}/findings`);
   }
 
-  feedback(finding: number, verdict: Verdict, timeSpentS: number): Promise<Feedback> {
+  feedback(finding: number, verdict: Verdict, timeSpentS: number, correction: Correction = {}): Promise<Feedback> {
     return this.request(`${this.base()}/findings/${finding}/feedback`, {
       method: "POST",
-      body: JSON.stringify({ verdict, time_spent_s: Math.round(timeSpentS * 10) / 10 }),
+      body: JSON.stringify({ verdict, time_spent_s: Math.round(timeSpentS * 10) / 10, ...correction }),
     });
   }
 

@@ -22,10 +22,10 @@ import {
   init as initTools,
 } from "@cornerstonejs/tools";
 
-import { Api, ApiError, type Finding, type Study, type StudyDetail, type Verdict } from "./api";
+import { Api, ApiError, type Correction, type Finding, type Study, type StudyDetail, type Verdict } from "./api";
 import { type Vec3, nearestSlice } from "./geometry";
 import { type HeatMap, drawHeatMap, fetchHeatMap } from "./heatmap";
-import { describeFinding, drawFindings } from "./overlay";
+import { type PlacedNodule, describeFinding, drawFindings } from "./overlay";
 import { type LoadedSeries, loadSeries } from "./series";
 
 import "./viewer.css";
@@ -43,7 +43,14 @@ interface State {
   clock: number;
   /** Whether the selected finding's explanation heat map is drawn. */
   showHeat: boolean;
+  /** The correction being made: a nodule's new centre (a click on the image) and diameter,
+   * or another grade. */
+  editing: { id: number; center: Vec3 | null; diameter: number | null; grade: number | null } | null;
 }
+
+const GRADES = [1, 2, 3];
+/** A press and release this close (CSS px) is a click that places, not a window/level drag. */
+const CLICK_SLOP_PX = 4;
 
 function element<K extends keyof HTMLElementTagNameMap>(
   tag: K,
@@ -65,6 +72,7 @@ class Viewer {
     selected: null,
     clock: performance.now(),
     showHeat: true,
+    editing: null,
   };
   private readonly heatMaps = new Map<number, HeatMap>();
   private readonly heatCanvas = element("canvas", { class: "heat", "data-testid": "heatmap" });
@@ -123,6 +131,17 @@ class Viewer {
     this.seriesSelect.addEventListener("change", () => void this.openSeries(this.seriesSelect.value));
     centre.append(this.seriesSelect, stage, this.statusLine);
     this.viewportElement.addEventListener("contextmenu", (event) => event.preventDefault());
+    let pressed: [number, number] | null = null;
+    stage.addEventListener("pointerdown", (event) => (pressed = [event.clientX, event.clientY]), true);
+    stage.addEventListener(
+      "pointerup",
+      (event) => {
+        const moved = pressed ? Math.hypot(event.clientX - pressed[0], event.clientY - pressed[1]) : Infinity;
+        pressed = null;
+        if (event.button === 0 && moved <= CLICK_SLOP_PX) this.place(event);
+      },
+      true,
+    );
 
     const right = element("section", { class: "panel" });
     const help = element(
@@ -135,7 +154,10 @@ class Viewer {
     heatLabel.append(this.heatToggle, document.createTextNode(" Explanation heat map of the selected finding (H)"));
     this.heatToggle.addEventListener("change", () => void this.setHeat(this.heatToggle.checked));
     right.append(this.findingTitle, this.findingList, heatLabel, help);
-    this.root.append(this.message, left, centre, right);
+    this.message.title = "Click to dismiss";
+    this.message.addEventListener("click", () => this.clearMessage());
+    this.clearMessage();
+    this.root.append(left, centre, right, this.message);
   }
 
   private tools(): void {
@@ -303,10 +325,13 @@ class Viewer {
     for (const [verdictName, label] of [
       ["accept", "Accept"],
       ["reject", "Reject"],
+      ["correct", "Correct…"],
     ] as const) {
       const button = element("button", { class: `act act-${verdictName}`, "data-verdict": verdictName }, label);
       if (this.canJudge) {
-        button.addEventListener("click", () => void this.give(finding.id, verdictName));
+        button.addEventListener("click", () =>
+          verdictName === "correct" ? this.startCorrection(finding) : void this.give(finding.id, verdictName),
+        );
       } else {
         button.disabled = true;
         button.title = "Verdicts need the radiologist role in this project";
@@ -314,6 +339,8 @@ class Viewer {
       actions.append(button);
     }
     row.append(title, verdict, actions);
+    if (this.state.editing?.id === finding.id) row.append(this.correctionEditor(finding));
+    if (mine?.verdict === "correct") row.append(element("div", { class: "muted" }, describeCorrection(mine)));
     if (others.length) {
       const counts = others.map((item) => `${item.radiologist}: ${item.verdict}`).join(", ");
       row.append(element("div", { class: "muted" }, `Others: ${counts}`));
@@ -331,6 +358,120 @@ class Viewer {
     }
     await this.loadHeat();
     this.redraw();
+  }
+
+  // --- corrections -------------------------------------------------------------------
+
+  private startCorrection(finding: Finding): void {
+    const mine = finding.feedback.find((item) => item.radiologist === this.username);
+    this.state.editing = {
+      id: finding.id,
+      center: (mine?.corrected_center_lps_mm as Vec3 | null) ?? null,
+      diameter: mine?.corrected_diameter_mm ?? finding.diameter_mm,
+      grade: mine?.corrected_grade ?? null,
+    };
+    void this.select(finding.id);
+  }
+
+  private correctionEditor(finding: Finding): HTMLElement {
+    const editing = this.state.editing!;
+    const box = element("div", { class: "editor", "data-testid": "correction" });
+    const save = element("button", { "data-testid": "save-correction" }, "Save correction");
+    const cancel = element("button", {}, "Cancel");
+    cancel.addEventListener("click", () => {
+      this.state.editing = null;
+      this.renderFindings();
+      this.redraw();
+    });
+    if (finding.grade !== null) {
+      const select = element("select", { "data-testid": "grade", "aria-label": "Corrected grade" });
+      select.append(element("option", { value: "" }, "Grade…"));
+      for (const grade of GRADES.filter((g) => g !== finding.grade)) {
+        select.append(element("option", { value: String(grade) }, `grade ${grade}`));
+      }
+      select.value = editing.grade ? String(editing.grade) : "";
+      select.addEventListener("change", () => (editing.grade = select.value ? Number(select.value) : null));
+      box.append(select);
+    } else {
+      const diameter = element("input", {
+        type: "number",
+        min: "0.5",
+        step: "0.5",
+        "data-testid": "diameter",
+        "aria-label": "Corrected diameter (mm)",
+        value: editing.diameter !== null ? String(editing.diameter) : "",
+      });
+      diameter.addEventListener("input", () => {
+        editing.diameter = diameter.value ? Number(diameter.value) : null;
+        this.redraw();
+      });
+      box.append(
+        element("div", { class: "muted" }, "Click the image at the nodule's centre; set its diameter (mm)."),
+        diameter,
+      );
+    }
+    save.addEventListener("click", () => void this.saveCorrection(finding));
+    box.append(save, cancel);
+    return box;
+  }
+
+  /** A click on the image while correcting a nodule: its new centre, on the shown plane. */
+  private place(event: PointerEvent): void {
+    const editing = this.state.editing;
+    const finding = this.state.findings.find((item) => item.id === editing?.id);
+    if (!editing || !finding || finding.grade !== null) return;
+    const box = this.viewportElement.getBoundingClientRect();
+    const world = this.viewport().canvasToWorld([event.clientX - box.left, event.clientY - box.top]);
+    editing.center = [world[0], world[1], world[2]];
+    this.redraw();
+  }
+
+  private async saveCorrection(finding: Finding): Promise<void> {
+    const editing = this.state.editing;
+    if (!editing) return;
+    const correction: Correction = {};
+    if (finding.grade !== null) {
+      if (editing.grade !== null) correction.corrected_grade = editing.grade;
+    } else {
+      if (editing.center) correction.corrected_center_lps_mm = editing.center;
+      if (editing.diameter !== null && editing.diameter !== finding.diameter_mm) {
+        correction.corrected_diameter_mm = editing.diameter;
+      }
+    }
+    // An empty correction goes to the API too: its refusal says what is missing.
+    if (await this.give(finding.id, "correct", correction)) {
+      this.state.editing = null;
+      this.renderFindings();
+      this.redraw();
+    }
+  }
+
+  /** Nodules the user placed: the correction being made, and corrections given. */
+  private placed(): PlacedNodule[] {
+    const placed: PlacedNodule[] = [];
+    for (const finding of this.seriesFindings()) {
+      if (!finding.center_lps_mm || !finding.diameter_mm) continue;
+      const editing = this.state.editing?.id === finding.id ? this.state.editing : null;
+      if (editing) {
+        placed.push({
+          finding: finding.id,
+          center: editing.center ?? (finding.center_lps_mm as Vec3),
+          diameter: editing.diameter ?? finding.diameter_mm,
+          kind: "proposed",
+        });
+        continue;
+      }
+      const mine = finding.feedback.find((item) => item.radiologist === this.username);
+      if (mine?.verdict === "correct") {
+        placed.push({
+          finding: finding.id,
+          center: (mine.corrected_center_lps_mm as Vec3 | null) ?? (finding.center_lps_mm as Vec3),
+          diameter: mine.corrected_diameter_mm ?? finding.diameter_mm,
+          kind: "corrected",
+        });
+      }
+    }
+    return placed;
   }
 
   private async setHeat(show: boolean): Promise<void> {
@@ -351,26 +492,36 @@ class Viewer {
     }
   }
 
-  private async give(id: number, verdict: Verdict): Promise<void> {
+  /** Sends a verdict; true when the API recorded it (else its reason is shown). */
+  private async give(id: number, verdict: Verdict, correction: Correction = {}): Promise<boolean> {
     this.clearMessage();
     const spent = (performance.now() - this.state.clock) / 1000;
     try {
-      const feedback = await this.api.feedback(id, verdict, spent);
+      const feedback = await this.api.feedback(id, verdict, spent, correction);
       this.state.clock = performance.now();
       const finding = this.state.findings.find((item) => item.id === id);
       if (finding) {
         finding.feedback = [...finding.feedback.filter((item) => item.radiologist !== feedback.radiologist), feedback];
       }
       this.state.selected = id;
+      if (verdict !== "correct") this.state.editing = null;
       this.renderFindings();
       this.redraw();
+      return true;
     } catch (error) {
       this.show(error);
+      return false;
     }
   }
 
   private key(event: KeyboardEvent): void {
     if (event.target instanceof HTMLInputElement || event.target instanceof HTMLSelectElement) return;
+    if (event.key === "Escape" && this.state.editing) {
+      this.state.editing = null;
+      this.renderFindings();
+      this.redraw();
+      return;
+    }
     const findings = this.seriesFindings();
     if (event.key === "n" && findings.length) {
       const at = findings.findIndex((item) => item.id === this.state.selected);
@@ -389,7 +540,16 @@ class Viewer {
     if (!series) return;
     const viewport = this.viewport();
     const index = viewport.getCurrentImageIdIndex();
-    const drawn = drawFindings(this.overlay, viewport, series, index, this.seriesFindings(), this.state.selected, this.username);
+    const drawn = drawFindings(
+      this.overlay,
+      viewport,
+      series,
+      index,
+      this.seriesFindings(),
+      this.state.selected,
+      this.username,
+      this.placed(),
+    );
     const heat =
       this.state.showHeat && this.state.selected !== null ? (this.heatMaps.get(this.state.selected) ?? null) : null;
     const heatShown = drawHeatMap(this.heatCanvas, viewport, heat, series.slices[index]?.position ?? null);
@@ -401,6 +561,16 @@ class Viewer {
       (heatShown ? "  heat map shown" : "");
     this.statusLine.dataset.image = String(index + 1);
   }
+}
+
+function describeCorrection(feedback: { corrected_center_lps_mm: number[] | null; corrected_diameter_mm: number | null; corrected_grade: number | null }): string {
+  const parts: string[] = [];
+  if (feedback.corrected_center_lps_mm) {
+    parts.push(`centre (${feedback.corrected_center_lps_mm.map((v) => v.toFixed(1)).join(", ")}) mm`);
+  }
+  if (feedback.corrected_diameter_mm !== null) parts.push(`${feedback.corrected_diameter_mm.toFixed(1)} mm across`);
+  if (feedback.corrected_grade !== null) parts.push(`grade ${feedback.corrected_grade}`);
+  return `Your correction: ${parts.join(", ")}`;
 }
 
 async function main(): Promise<void> {

@@ -23,6 +23,35 @@ export function describeFinding(finding: Finding): string {
 }
 
 /** Draws the findings that cut image `index`; returns how many were drawn. */
+/** A nodule the radiologist places (a correction being made, or one given). */
+export interface PlacedNodule {
+  finding: number;
+  center: Vec3;
+  diameter: number;
+  kind: "proposed" | "corrected";
+}
+
+function circleAt(
+  svg: SVGSVGElement,
+  viewport: Types.IStackViewport,
+  inPlane: Vec3,
+  center: Vec3,
+  diameter: number,
+  origin: Vec3,
+  normal: Vec3,
+): SVGCircleElement | null {
+  const cut = sphereCut(center, diameter, origin, normal);
+  if (!cut) return null;
+  const centre = viewport.worldToCanvas(cut.center as Types.Point3);
+  const rim = viewport.worldToCanvas(add(cut.center, [inPlane[0] * cut.radius, inPlane[1] * cut.radius, inPlane[2] * cut.radius]) as Types.Point3);
+  const circle = document.createElementNS(SVG, "circle");
+  circle.setAttribute("cx", String(centre[0]));
+  circle.setAttribute("cy", String(centre[1]));
+  circle.setAttribute("r", String(Math.max(3, Math.hypot(rim[0] - centre[0], rim[1] - centre[1]))));
+  svg.append(circle);
+  return circle;
+}
+
 export function drawFindings(
   svg: SVGSVGElement,
   viewport: Types.IStackViewport,
@@ -31,6 +60,7 @@ export function drawFindings(
   findings: Finding[],
   selected: number | null,
   username: string,
+  placed: PlacedNodule[] = [],
 ): number {
   svg.replaceChildren();
   const { width, height } = svg.getBoundingClientRect();
@@ -43,25 +73,24 @@ export function drawFindings(
   let drawn = 0;
   for (const finding of findings) {
     if (!finding.center_lps_mm || !finding.diameter_mm) continue;
-    const cut = sphereCut(finding.center_lps_mm as Vec3, finding.diameter_mm, origin, series.normal);
-    if (!cut) continue;
-    const centre = viewport.worldToCanvas(cut.center as Types.Point3);
-    const rim = viewport.worldToCanvas(add(cut.center, [inPlane[0] * cut.radius, inPlane[1] * cut.radius, inPlane[2] * cut.radius]) as Types.Point3);
-    const radius = Math.max(3, Math.hypot(rim[0] - centre[0], rim[1] - centre[1]));
+    const circle = circleAt(svg, viewport, inPlane, finding.center_lps_mm as Vec3, finding.diameter_mm, origin, series.normal);
+    if (!circle) continue;
     const verdict = finding.feedback.find((item) => item.radiologist === username)?.verdict ?? "none";
-    const circle = document.createElementNS(SVG, "circle");
-    circle.setAttribute("cx", String(centre[0]));
-    circle.setAttribute("cy", String(centre[1]));
-    circle.setAttribute("r", String(radius));
     circle.setAttribute("class", `finding verdict-${verdict}${finding.id === selected ? " selected" : ""}`);
     circle.setAttribute("data-finding", String(finding.id));
     const label = document.createElementNS(SVG, "text");
-    label.setAttribute("x", String(centre[0] + radius + 4));
-    label.setAttribute("y", String(centre[1] - radius));
+    const [x, y, r] = ["cx", "cy", "r"].map((name) => Number(circle.getAttribute(name)));
+    label.setAttribute("x", String(x + r + 4));
+    label.setAttribute("y", String(y - r));
     label.setAttribute("class", "finding-label");
     label.textContent = `#${finding.index + 1}`;
-    svg.append(circle, label);
+    svg.append(label);
     drawn += 1;
+  }
+  for (const nodule of placed) {
+    const circle = circleAt(svg, viewport, inPlane, nodule.center, nodule.diameter, origin, series.normal);
+    circle?.setAttribute("class", `placed ${nodule.kind}`);
+    circle?.setAttribute("data-placed", `${nodule.kind}-${nodule.finding}`);
   }
   return drawn;
 }

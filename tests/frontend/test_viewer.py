@@ -23,7 +23,7 @@ from PIL import Image, ImageStat
 
 from ai_engine.explain.heatmap import save_heatmap
 from ai_engine.io import Volume
-from annotations.models import FeedbackHistory, FindingFeedback
+from annotations.models import FeedbackHistory, FindingFeedback, FindingKind
 from config import views
 from imaging import proxy
 from tests.annotations.factories import make_finding
@@ -64,9 +64,23 @@ def scene(orthanc, project, users):
     series = make_ct_series(patient_id="VIEW-1", seed=7)
     store_series(series, url=orthanc.url, auth=(orthanc.username, orthanc.password))
     study = index_series(project, series)
+    with_geometry(study, series)
     finding = make_finding(project, study=study)
     yield {"study": study, "finding": finding, "users": users, "project": project}
     proxy.index_cache.clear()
+
+
+def with_geometry(study, series) -> None:
+    """The index rows' geometry, as ingest records it (corrections are checked against it)."""
+    row = study.series.get()
+    first = series.datasets[0]
+    row.pixel_spacing = [float(v) for v in first.PixelSpacing]
+    row.image_orientation_patient = [float(v) for v in first.ImageOrientationPatient]
+    row.save(update_fields=["pixel_spacing", "image_orientation_patient"])
+    for ds in series.datasets:
+        row.instances.filter(sop_instance_uid=str(ds.SOPInstanceUID)).update(
+            image_position_patient=[float(v) for v in ds.ImagePositionPatient]
+        )
 
 
 def open_viewer(browser, live_server, project, username: str):
@@ -168,6 +182,87 @@ def test_radiologist_reviews_a_finding(browser, live_server, scene):
         assert "verdict-reject" in circle.get_attribute("class")
         keep_screenshot(page, "radiologist-rejected")
         assert page.inner_text("[data-testid=message]") == ""
+        assert errors == []
+    finally:
+        context.close()
+
+
+def test_radiologist_corrects_a_nodule_by_clicking_its_centre(browser, live_server, scene):
+    radiologist = scene["users"]["radiologist"]
+    finding = scene["finding"]
+    context, page, errors = open_viewer(
+        browser, live_server, scene["project"], radiologist.username
+    )
+    try:
+        open_first_study(page, scene["study"].study_instance_uid)
+        row = page.locator(f"[data-testid=finding][data-finding='{finding.pk}']")
+        circle = page.locator(f"svg.overlay circle[data-finding='{finding.pk}']")
+        cx, cy = float(circle.get_attribute("cx")), float(circle.get_attribute("cy"))
+        px_per_mm = float(circle.get_attribute("r")) / 4.0  # the 8 mm sphere's widest cut
+        row.locator("button[data-verdict=correct]").click()
+        editor = row.locator("[data-testid=correction]")
+        editor.wait_for()
+
+        # A diameter of 0 is refused by the API: its reason is shown, nothing is recorded.
+        editor.locator("[data-testid=diameter]").fill("0")
+        editor.locator("[data-testid=save-correction]").click()
+        message = page.locator("[data-testid=message]")
+        message.wait_for(state="visible")
+        assert message.inner_text().startswith("corrected_diameter_mm must be in (0, ")
+        assert not FindingFeedback.objects.filter(finding=finding).exists()
+
+        # The centre is where the radiologist clicks (30 px right of the AI's), on this slice.
+        box = page.locator("[data-testid=viewport]").bounding_box()
+        page.mouse.click(box["x"] + cx + 30, box["y"] + cy)
+        editor.locator("[data-testid=diameter]").fill("6")
+        proposed = page.locator(f"svg.overlay [data-placed='proposed-{finding.pk}']")
+        proposed.wait_for()
+        assert abs(float(proposed.get_attribute("cx")) - (cx + 30)) < 1.0
+        editor.locator("[data-testid=save-correction]").click()
+        page.wait_for_function(
+            f"document.querySelector(\"[data-finding='{finding.pk}'] [data-testid=verdict]\")"
+            "?.textContent === 'Your verdict: correct'"
+        )
+        feedback = FindingFeedback.objects.get(finding=finding, radiologist=radiologist)
+        assert feedback.verdict == "correct" and feedback.corrected_diameter_mm == 6.0
+        expected = [20.0 + 30 / px_per_mm, 20.0, 5.0]
+        assert np.allclose(feedback.corrected_center_lps_mm, expected, atol=0.15), (
+            feedback.corrected_center_lps_mm,
+            expected,
+        )
+        assert page.locator(f"svg.overlay [data-placed='corrected-{finding.pk}']").count() == 1
+        assert "Your correction: centre (" in row.inner_text()
+        keep_screenshot(page, "corrected")
+        assert errors == []
+    finally:
+        context.close()
+
+
+def test_radiologist_corrects_a_grade(browser, live_server, scene):
+    """A grade finding (no position: listed, not drawn) corrected to another grade."""
+    radiologist = scene["users"]["radiologist"]
+    graded = make_finding(scene["project"], study=scene["study"], kind=FindingKind.GRADE, index=1)
+    context, page, errors = open_viewer(
+        browser, live_server, scene["project"], radiologist.username
+    )
+    try:
+        open_first_study(page, scene["study"].study_instance_uid)
+        row = page.locator(f"[data-testid=finding][data-finding='{graded.pk}']")
+        assert "grade 2" in row.inner_text() and "p 0.70" in row.inner_text()
+        assert page.locator(f"svg.overlay circle[data-finding='{graded.pk}']").count() == 0
+        row.locator("button[data-verdict=correct]").click()
+        grade = row.locator("[data-testid=grade]")
+        options = grade.locator("option").all_inner_texts()
+        assert options == ["Grade…", "grade 1", "grade 3"]  # not the model's own grade
+        grade.select_option("3")
+        row.locator("[data-testid=save-correction]").click()
+        page.wait_for_function(
+            f"document.querySelector(\"[data-finding='{graded.pk}'] [data-testid=verdict]\")"
+            "?.textContent === 'Your verdict: correct'"
+        )
+        feedback = FindingFeedback.objects.get(finding=graded, radiologist=radiologist)
+        assert (feedback.verdict, feedback.corrected_grade) == ("correct", 3)
+        assert "Your correction: grade 3" in row.inner_text()
         assert errors == []
     finally:
         context.close()
