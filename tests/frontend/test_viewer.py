@@ -14,6 +14,7 @@ from __future__ import annotations
 import io
 import os
 import re
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -83,20 +84,34 @@ def with_geometry(study, series) -> None:
         )
 
 
-def open_viewer(browser, live_server, project, username: str):
-    """A fresh browser context that logs in through the login form and lands on the viewer."""
+@contextmanager
+def viewing(browser, live_server, scene, user, *, study=None):
+    """The viewer as `user`, logged in through the form, with `study` (default: the scene's)
+    open; no uncaught script error may happen in the page meanwhile."""
     context = browser.new_context(viewport={"width": 1400, "height": 900})
     page = context.new_page()
     errors: list[str] = []
     page.on("pageerror", lambda error: errors.append(str(error)))
-    target = reverse("viewer", kwargs={"project": project.slug})
-    page.goto(f"{live_server.url}/accounts/login/?next={target}")
-    page.fill("input[name=username]", username)
-    page.fill("input[name=password]", PASSWORD)
-    page.click("button[type=submit]")
-    page.wait_for_url(f"**{target}")
-    page.wait_for_selector("#viewer[data-state=ready]")
-    return context, page, errors
+    target = reverse("viewer", kwargs={"project": scene["project"].slug})
+    try:
+        page.goto(f"{live_server.url}/accounts/login/?next={target}")
+        page.fill("input[name=username]", user.username)
+        page.fill("input[name=password]", PASSWORD)
+        page.click("button[type=submit]")
+        page.wait_for_url(f"**{target}")
+        page.wait_for_selector("#viewer[data-state=ready]")
+        open_first_study(page, (study or scene["study"]).study_instance_uid)
+        yield page
+        assert errors == []
+    finally:
+        context.close()
+
+
+def wait_for_verdict(page, finding_id: int, text: str) -> None:
+    page.wait_for_function(
+        f"document.querySelector(\"[data-finding='{finding_id}'] [data-testid=verdict]\")"
+        f"?.textContent === {text!r}"
+    )
 
 
 def open_first_study(page, study_uid: str) -> None:
@@ -119,14 +134,11 @@ def image_number(page) -> int:
 def test_radiologist_reviews_a_finding(browser, live_server, scene):
     radiologist = scene["users"]["radiologist"]
     finding = scene["finding"]
-    context, page, errors = open_viewer(
-        browser, live_server, scene["project"], radiologist.username
-    )
-    try:
+    with viewing(browser, live_server, scene, radiologist) as page:
         rows = page.locator("[data-testid=study]")
         assert rows.count() == 1
         assert "VIEW-1" in rows.first.inner_text()
-        open_first_study(page, scene["study"].study_instance_uid)
+        assert "open" in rows.first.get_attribute("class")
 
         # The study opens on the finding's slice (nearest to its centre: index 5 of 8).
         page.wait_for_function(
@@ -162,39 +174,26 @@ def test_radiologist_reviews_a_finding(browser, live_server, scene):
             "document.querySelector('[data-testid=status]')?.dataset.image === '6'"
         )
         row.locator("button[data-verdict=accept]").click()
-        page.wait_for_function(
-            f"document.querySelector(\"[data-finding='{finding.pk}'] [data-testid=verdict]\")"
-            "?.textContent === 'Your verdict: accept'"
-        )
+        wait_for_verdict(page, finding.pk, "Your verdict: accept")
         feedback = FindingFeedback.objects.get(finding=finding, radiologist=radiologist)
         assert feedback.verdict == "accept"
         assert feedback.time_spent_s is not None and feedback.time_spent_s > 0
 
         # Changing one's mind with the keyboard (R): one current verdict, history kept.
         page.keyboard.press("r")
-        page.wait_for_function(
-            f"document.querySelector(\"[data-finding='{finding.pk}'] [data-testid=verdict]\")"
-            "?.textContent === 'Your verdict: reject'"
-        )
+        wait_for_verdict(page, finding.pk, "Your verdict: reject")
         feedback.refresh_from_db()
         assert feedback.verdict == "reject"
         assert FeedbackHistory.objects.filter(feedback=feedback).count() == 2
         assert "verdict-reject" in circle.get_attribute("class")
         keep_screenshot(page, "radiologist-rejected")
         assert page.inner_text("[data-testid=message]") == ""
-        assert errors == []
-    finally:
-        context.close()
 
 
 def test_radiologist_corrects_a_nodule_by_clicking_its_centre(browser, live_server, scene):
     radiologist = scene["users"]["radiologist"]
     finding = scene["finding"]
-    context, page, errors = open_viewer(
-        browser, live_server, scene["project"], radiologist.username
-    )
-    try:
-        open_first_study(page, scene["study"].study_instance_uid)
+    with viewing(browser, live_server, scene, radiologist) as page:
         row = page.locator(f"[data-testid=finding][data-finding='{finding.pk}']")
         circle = page.locator(f"svg.overlay circle[data-finding='{finding.pk}']")
         cx, cy = float(circle.get_attribute("cx")), float(circle.get_attribute("cy"))
@@ -219,10 +218,7 @@ def test_radiologist_corrects_a_nodule_by_clicking_its_centre(browser, live_serv
         proposed.wait_for()
         assert abs(float(proposed.get_attribute("cx")) - (cx + 30)) < 1.0
         editor.locator("[data-testid=save-correction]").click()
-        page.wait_for_function(
-            f"document.querySelector(\"[data-finding='{finding.pk}'] [data-testid=verdict]\")"
-            "?.textContent === 'Your verdict: correct'"
-        )
+        wait_for_verdict(page, finding.pk, "Your verdict: correct")
         feedback = FindingFeedback.objects.get(finding=finding, radiologist=radiologist)
         assert feedback.verdict == "correct" and feedback.corrected_diameter_mm == 6.0
         expected = [20.0 + 30 / px_per_mm, 20.0, 5.0]
@@ -233,20 +229,13 @@ def test_radiologist_corrects_a_nodule_by_clicking_its_centre(browser, live_serv
         assert page.locator(f"svg.overlay [data-placed='corrected-{finding.pk}']").count() == 1
         assert "Your correction: centre (" in row.inner_text()
         keep_screenshot(page, "corrected")
-        assert errors == []
-    finally:
-        context.close()
 
 
 def test_radiologist_corrects_a_grade(browser, live_server, scene):
     """A grade finding (no position: listed, not drawn) corrected to another grade."""
     radiologist = scene["users"]["radiologist"]
     graded = make_finding(scene["project"], study=scene["study"], kind=FindingKind.GRADE, index=1)
-    context, page, errors = open_viewer(
-        browser, live_server, scene["project"], radiologist.username
-    )
-    try:
-        open_first_study(page, scene["study"].study_instance_uid)
+    with viewing(browser, live_server, scene, radiologist) as page:
         row = page.locator(f"[data-testid=finding][data-finding='{graded.pk}']")
         assert "grade 2" in row.inner_text() and "p 0.70" in row.inner_text()
         assert page.locator(f"svg.overlay circle[data-finding='{graded.pk}']").count() == 0
@@ -256,16 +245,10 @@ def test_radiologist_corrects_a_grade(browser, live_server, scene):
         assert options == ["Grade…", "grade 1", "grade 3"]  # not the model's own grade
         grade.select_option("3")
         row.locator("[data-testid=save-correction]").click()
-        page.wait_for_function(
-            f"document.querySelector(\"[data-finding='{graded.pk}'] [data-testid=verdict]\")"
-            "?.textContent === 'Your verdict: correct'"
-        )
+        wait_for_verdict(page, graded.pk, "Your verdict: correct")
         feedback = FindingFeedback.objects.get(finding=graded, radiologist=radiologist)
         assert (feedback.verdict, feedback.corrected_grade) == ("correct", 3)
         assert "Your correction: grade 3" in row.inner_text()
-        assert errors == []
-    finally:
-        context.close()
 
 
 def test_explanation_heat_map_lies_on_the_finding(browser, live_server, scene, settings, tmp_path):
@@ -286,11 +269,7 @@ def test_explanation_heat_map_lies_on_the_finding(browser, live_server, scene, s
     finding.save(update_fields=["heatmap_path", "center_lps_mm"])
 
     radiologist = scene["users"]["radiologist"]
-    context, page, errors = open_viewer(
-        browser, live_server, scene["project"], radiologist.username
-    )
-    try:
-        open_first_study(page, scene["study"].study_instance_uid)
+    with viewing(browser, live_server, scene, radiologist) as page:
         page.click(f"[data-finding='{finding.pk}'] .finding-title")
         page.wait_for_selector("[data-testid=heatmap][data-shown=true]")
         centroid = page.evaluate(
@@ -318,9 +297,6 @@ def test_explanation_heat_map_lies_on_the_finding(browser, live_server, scene, s
         page.keyboard.press("h")  # hidden again
         page.wait_for_selector("[data-testid=heatmap][data-shown=false]")
         assert not page.is_checked("[data-testid=heat-toggle]")
-        assert errors == []
-    finally:
-        context.close()
 
 
 def test_compressed_series_is_decoded_in_the_browser(browser, live_server, scene, orthanc):
@@ -330,28 +306,19 @@ def test_compressed_series_is_decoded_in_the_browser(browser, live_server, scene
     store_series(series, url=orthanc.url, auth=(orthanc.username, orthanc.password))
     study = index_series(scene["project"], series)
     radiologist = scene["users"]["radiologist"]
-    context, page, errors = open_viewer(
-        browser, live_server, scene["project"], radiologist.username
-    )
-    try:
-        open_first_study(page, study.study_instance_uid)
+    with viewing(browser, live_server, scene, radiologist, study=study) as page:
         page.wait_for_function(
             "document.querySelector('[data-testid=status]')?.dataset.image === '5'"
         )  # no finding: the middle slice (index 4 of 8)
         shot = Image.open(io.BytesIO(page.locator("[data-testid=viewport]").screenshot()))
         assert ImageStat.Stat(shot.convert("L")).stddev[0] > 20
         assert "No AI findings" in page.inner_text("[data-testid=findings]")
-        assert errors == []
-    finally:
-        context.close()
 
 
 def test_annotator_sees_the_finding_but_cannot_judge_it(browser, live_server, scene):
     annotator = scene["users"]["annotator"]
     finding = scene["finding"]
-    context, page, errors = open_viewer(browser, live_server, scene["project"], annotator.username)
-    try:
-        open_first_study(page, scene["study"].study_instance_uid)
+    with viewing(browser, live_server, scene, annotator) as page:
         assert page.locator(f"svg.overlay circle[data-finding='{finding.pk}']").count() == 1
         accept = page.locator(f"[data-finding='{finding.pk}'] button[data-verdict=accept]")
         assert accept.is_disabled()
@@ -360,20 +327,13 @@ def test_annotator_sees_the_finding_but_cannot_judge_it(browser, live_server, sc
         page.keyboard.press("a")  # the shortcut does nothing either
         keep_screenshot(page, "annotator")
         assert not FindingFeedback.objects.filter(finding=finding).exists()
-        assert errors == []
-    finally:
-        context.close()
 
 
 def test_a_refused_verdict_shows_the_servers_reason_and_writes_nothing(browser, live_server, scene):
     """The finding went away (its study was removed) while the radiologist had it open."""
     radiologist = scene["users"]["radiologist"]
     finding = scene["finding"]
-    context, page, errors = open_viewer(
-        browser, live_server, scene["project"], radiologist.username
-    )
-    try:
-        open_first_study(page, scene["study"].study_instance_uid)
+    with viewing(browser, live_server, scene, radiologist) as page:
         finding_id = finding.pk
         finding.delete()
         page.locator(f"[data-finding='{finding_id}'] button[data-verdict=accept]").click()
@@ -384,9 +344,6 @@ def test_a_refused_verdict_shows_the_servers_reason_and_writes_nothing(browser, 
             "No verdict from you yet"
         )
         assert not FindingFeedback.objects.filter(radiologist=radiologist).exists()
-        assert errors == []
-    finally:
-        context.close()
 
 
 def test_viewer_page_for_non_members_anonymous_and_without_a_build(client, scene, monkeypatch):
