@@ -68,6 +68,18 @@ export interface Correction {
   corrected_grade?: number;
 }
 
+/** A finding the model missed, added by a radiologist. */
+export interface AddedFinding {
+  id: number;
+  series_instance_uid: string;
+  radiologist: string;
+  kind: string;
+  center_lps_mm: [number, number, number] | null;
+  diameter_mm: number | null;
+  grade: number | null;
+  comment: string;
+}
+
 export class ApiError extends Error {
   constructor(
     readonly status: number,
@@ -141,6 +153,20 @@ export class Api {
     return this.request(`${this.base()}/findings/${finding}/feedback`, {
       method: "POST",
       body: JSON.stringify({ verdict, time_spent_s: Math.round(timeSpentS * 10) / 10, ...correction }),
+    });
+  }
+
+  addedFindings(studyUid: string): Promise<AddedFinding[]> {
+    return this.request(`${this.base()}/added-findings?study=${encodeURIComponent(studyUid)}`);
+  }
+
+  addFinding(
+    seriesUid: string,
+    nodule: { center_lps_mm?: [number, number, number]; diameter_mm?: number; comment: string; time_spent_s: number },
+  ): Promise<AddedFinding> {
+    return this.request(`${this.base()}/added-findings`, {
+      method: "POST",
+      body: JSON.stringify({ series_instance_uid: seriesUid, kind: "nodule", ...nodule }),
     });
   }
 

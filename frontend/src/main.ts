@@ -22,7 +22,16 @@ import {
   init as initTools,
 } from "@cornerstonejs/tools";
 
-import { Api, ApiError, type Correction, type Finding, type Study, type StudyDetail, type Verdict } from "./api";
+import {
+  type AddedFinding,
+  Api,
+  ApiError,
+  type Correction,
+  type Finding,
+  type Study,
+  type StudyDetail,
+  type Verdict,
+} from "./api";
 import { type Vec3, nearestSlice } from "./geometry";
 import { type HeatMap, drawHeatMap, fetchHeatMap } from "./heatmap";
 import { type PlacedNodule, describeFinding, drawFindings } from "./overlay";
@@ -46,7 +55,13 @@ interface State {
   /** The correction being made: a nodule's new centre (a click on the image) and diameter,
    * or another grade. */
   editing: { id: number; center: Vec3 | null; diameter: number | null; grade: number | null } | null;
+  /** Missed findings radiologists added to this study. */
+  added: AddedFinding[];
+  /** A missed nodule being added: its centre (a click on the image), diameter, comment. */
+  adding: { center: Vec3 | null; diameter: number; comment: string } | null;
 }
+
+const DEFAULT_ADDED_DIAMETER_MM = 6;
 
 const GRADES = [1, 2, 3];
 /** A press and release this close (CSS px) is a click that places, not a window/level drag. */
@@ -73,7 +88,11 @@ class Viewer {
     clock: performance.now(),
     showHeat: true,
     editing: null,
+    added: [],
+    adding: null,
   };
+  private readonly addedTitle = element("h2", {}, "Added by radiologists");
+  private readonly addedList = element("ul", { class: "findings added", "data-testid": "added" });
   private readonly heatMaps = new Map<number, HeatMap>();
   private readonly heatCanvas = element("canvas", { class: "heat", "data-testid": "heatmap" });
   private readonly heatToggle = element("input", { type: "checkbox", checked: "", "data-testid": "heat-toggle" });
@@ -153,7 +172,7 @@ class Viewer {
     const heatLabel = element("label", { class: "toggle" });
     heatLabel.append(this.heatToggle, document.createTextNode(" Explanation heat map of the selected finding (H)"));
     this.heatToggle.addEventListener("change", () => void this.setHeat(this.heatToggle.checked));
-    right.append(this.findingTitle, this.findingList, heatLabel, help);
+    right.append(this.findingTitle, this.findingList, this.addedTitle, this.addedList, heatLabel, help);
     this.message.title = "Click to dismiss";
     this.message.addEventListener("click", () => this.clearMessage());
     this.clearMessage();
@@ -229,9 +248,16 @@ class Viewer {
     for (const other of this.studyList.querySelectorAll("li")) other.classList.remove("open");
     row.classList.add("open");
     try {
-      const [study, findings] = await Promise.all([this.api.study(uid), this.api.findings(uid)]);
+      const [study, findings, added] = await Promise.all([
+        this.api.study(uid),
+        this.api.findings(uid),
+        this.api.addedFindings(uid),
+      ]);
       this.state.study = study;
       this.state.findings = findings;
+      this.state.added = added;
+      this.state.adding = null;
+      this.state.editing = null;
       this.state.selected = null;
       this.state.clock = performance.now();
       this.seriesSelect.replaceChildren(
@@ -296,6 +322,7 @@ class Viewer {
   // --- findings ----------------------------------------------------------------------
 
   private renderFindings(): void {
+    this.renderAdded();
     const findings = this.seriesFindings();
     this.findingTitle.textContent = `Findings (${findings.length})`;
     if (!findings.length) {
@@ -360,9 +387,105 @@ class Viewer {
     this.redraw();
   }
 
+  // --- missed findings ---------------------------------------------------------------
+
+  private renderAdded(): void {
+    const added = this.state.added.filter((item) => item.series_instance_uid === this.state.seriesUid);
+    this.addedTitle.textContent = `Added by radiologists (${added.length})`;
+    const rows = added.map((item) => {
+      const size = item.diameter_mm !== null ? ` · ${item.diameter_mm.toFixed(1)} mm` : "";
+      const who = item.radiologist === this.username ? "you" : item.radiologist;
+      const row = element("li", { "data-testid": "added-finding", "data-added": String(item.id) });
+      row.append(element("div", {}, `${item.kind}${size} · by ${who}`));
+      if (item.comment) row.append(element("div", { class: "muted" }, item.comment));
+      return row;
+    });
+    if (this.state.adding) {
+      rows.push(this.addingEditor());
+    } else if (this.canJudge && this.state.series?.normal) {
+      const start = element("button", { "data-testid": "add-nodule" }, "Add a missed nodule…");
+      start.addEventListener("click", () => {
+        this.state.editing = null;
+        this.state.adding = { center: null, diameter: DEFAULT_ADDED_DIAMETER_MM, comment: "" };
+        this.renderFindings();
+        this.redraw();
+      });
+      const holder = element("li", { class: "plain" });
+      holder.append(start);
+      rows.push(holder);
+    }
+    this.addedList.replaceChildren(...rows);
+  }
+
+  private addingEditor(): HTMLLIElement {
+    const adding = this.state.adding!;
+    const box = element("li", { class: "editor", "data-testid": "adding" });
+    const diameter = element("input", {
+      type: "number",
+      min: "0.5",
+      step: "0.5",
+      value: String(adding.diameter),
+      "data-testid": "added-diameter",
+      "aria-label": "Diameter (mm)",
+    });
+    diameter.addEventListener("input", () => {
+      adding.diameter = Number(diameter.value);
+      this.redraw();
+    });
+    const comment = element("input", {
+      type: "text",
+      placeholder: "Comment (optional)",
+      "data-testid": "added-comment",
+      "aria-label": "Comment",
+    });
+    comment.value = adding.comment;
+    comment.addEventListener("input", () => (adding.comment = comment.value));
+    const save = element("button", { "data-testid": "save-added" }, "Save nodule");
+    save.addEventListener("click", () => void this.saveAdded());
+    const cancel = element("button", {}, "Cancel");
+    cancel.addEventListener("click", () => this.stopEditing());
+    box.append(
+      element("div", { class: "muted" }, "Click the image at the nodule's centre; set its diameter (mm)."),
+      diameter,
+      comment,
+      save,
+      cancel,
+    );
+    return box;
+  }
+
+  private async saveAdded(): Promise<void> {
+    const adding = this.state.adding;
+    const seriesUid = this.state.seriesUid;
+    if (!adding || !seriesUid) return;
+    this.clearMessage();
+    try {
+      // Without a click there is no centre: the API's refusal says so.
+      const added = await this.api.addFinding(seriesUid, {
+        ...(adding.center ? { center_lps_mm: adding.center } : {}),
+        diameter_mm: adding.diameter,
+        comment: adding.comment,
+        time_spent_s: Math.round(((performance.now() - this.state.clock) / 1000) * 10) / 10,
+      });
+      this.state.clock = performance.now();
+      this.state.added = [...this.state.added, added];
+      this.stopEditing();
+    } catch (error) {
+      this.show(error);
+    }
+  }
+
+  private stopEditing(): void {
+    this.state.editing = null;
+    this.state.adding = null;
+    this.renderFindings();
+    this.redraw();
+  }
+
   // --- corrections -------------------------------------------------------------------
 
   private startCorrection(finding: Finding): void {
+    this.state.adding = null;
     const mine = finding.feedback.find((item) => item.radiologist === this.username);
     this.state.editing = {
       id: finding.id,
@@ -378,11 +501,7 @@ class Viewer {
     const box = element("div", { class: "editor", "data-testid": "correction" });
     const save = element("button", { "data-testid": "save-correction" }, "Save correction");
     const cancel = element("button", {}, "Cancel");
-    cancel.addEventListener("click", () => {
-      this.state.editing = null;
-      this.renderFindings();
-      this.redraw();
-    });
+    cancel.addEventListener("click", () => this.stopEditing());
     if (finding.grade !== null) {
       const select = element("select", { "data-testid": "grade", "aria-label": "Corrected grade" });
       select.append(element("option", { value: "" }, "Grade…"));
@@ -417,12 +536,20 @@ class Viewer {
 
   /** A click on the image while correcting a nodule: its new centre, on the shown plane. */
   private place(event: PointerEvent): void {
+    const box = this.viewportElement.getBoundingClientRect();
+    const at = (): Vec3 => {
+      const world = this.viewport().canvasToWorld([event.clientX - box.left, event.clientY - box.top]);
+      return [world[0], world[1], world[2]];
+    };
+    if (this.state.adding) {
+      this.state.adding.center = at();
+      this.redraw();
+      return;
+    }
     const editing = this.state.editing;
     const finding = this.state.findings.find((item) => item.id === editing?.id);
     if (!editing || !finding || finding.grade !== null) return;
-    const box = this.viewportElement.getBoundingClientRect();
-    const world = this.viewport().canvasToWorld([event.clientX - box.left, event.clientY - box.top]);
-    editing.center = [world[0], world[1], world[2]];
+    editing.center = at();
     this.redraw();
   }
 
@@ -454,7 +581,7 @@ class Viewer {
       const editing = this.state.editing?.id === finding.id ? this.state.editing : null;
       if (editing) {
         placed.push({
-          finding: finding.id,
+          key: `proposed-${finding.id}`,
           center: editing.center ?? (finding.center_lps_mm as Vec3),
           diameter: editing.diameter ?? finding.diameter_mm,
           kind: "proposed",
@@ -464,12 +591,20 @@ class Viewer {
       const mine = finding.feedback.find((item) => item.radiologist === this.username);
       if (mine?.verdict === "correct") {
         placed.push({
-          finding: finding.id,
+          key: `corrected-${finding.id}`,
           center: (mine.corrected_center_lps_mm as Vec3 | null) ?? (finding.center_lps_mm as Vec3),
           diameter: mine.corrected_diameter_mm ?? finding.diameter_mm,
           kind: "corrected",
         });
       }
+    }
+    for (const item of this.state.added) {
+      if (item.series_instance_uid !== this.state.seriesUid || !item.center_lps_mm || !item.diameter_mm) continue;
+      placed.push({ key: `added-${item.id}`, center: item.center_lps_mm as Vec3, diameter: item.diameter_mm, kind: "added" });
+    }
+    const adding = this.state.adding;
+    if (adding?.center && adding.diameter > 0) {
+      placed.push({ key: "proposed-new", center: adding.center, diameter: adding.diameter, kind: "proposed" });
     }
     return placed;
   }
@@ -516,10 +651,8 @@ class Viewer {
 
   private key(event: KeyboardEvent): void {
     if (event.target instanceof HTMLInputElement || event.target instanceof HTMLSelectElement) return;
-    if (event.key === "Escape" && this.state.editing) {
-      this.state.editing = null;
-      this.renderFindings();
-      this.redraw();
+    if (event.key === "Escape" && (this.state.editing || this.state.adding)) {
+      this.stopEditing();
       return;
     }
     const findings = this.seriesFindings();

@@ -23,12 +23,13 @@ export function describeFinding(finding: Finding): string {
 }
 
 /** Draws the findings that cut image `index`; returns how many were drawn. */
-/** A nodule the radiologist places (a correction being made, or one given). */
+/** A nodule a radiologist placed: a correction or an addition being made, one given, or a
+ * missed nodule added. `key` names it in the drawing (`data-placed`). */
 export interface PlacedNodule {
-  finding: number;
+  key: string;
   center: Vec3;
   diameter: number;
-  kind: "proposed" | "corrected";
+  kind: "proposed" | "corrected" | "added";
 }
 
 function circleAt(
@@ -90,7 +91,7 @@ export function drawFindings(
   for (const nodule of placed) {
     const circle = circleAt(svg, viewport, inPlane, nodule.center, nodule.diameter, origin, series.normal);
     circle?.setAttribute("class", `placed ${nodule.kind}`);
-    circle?.setAttribute("data-placed", `${nodule.kind}-${nodule.finding}`);
+    circle?.setAttribute("data-placed", nodule.key);
   }
   return drawn;
 }

@@ -24,7 +24,7 @@ from PIL import Image, ImageStat
 
 from ai_engine.explain.heatmap import save_heatmap
 from ai_engine.io import Volume
-from annotations.models import FeedbackHistory, FindingFeedback, FindingKind
+from annotations.models import AddedFinding, FeedbackHistory, FindingFeedback, FindingKind
 from config import views
 from imaging import proxy
 from tests.annotations.factories import make_finding
@@ -229,6 +229,49 @@ def test_radiologist_corrects_a_nodule_by_clicking_its_centre(browser, live_serv
         assert page.locator(f"svg.overlay [data-placed='corrected-{finding.pk}']").count() == 1
         assert "Your correction: centre (" in row.inner_text()
         keep_screenshot(page, "corrected")
+
+
+def test_radiologist_adds_a_missed_nodule(browser, live_server, scene):
+    radiologist = scene["users"]["radiologist"]
+    finding = scene["finding"]
+    with viewing(browser, live_server, scene, radiologist) as page:
+        circle = page.locator(f"svg.overlay circle[data-finding='{finding.pk}']")
+        cx, cy = float(circle.get_attribute("cx")), float(circle.get_attribute("cy"))
+        px_per_mm = float(circle.get_attribute("r")) / 4.0
+        page.click("[data-testid=add-nodule]")
+        editor = page.locator("[data-testid=adding]")
+
+        # Saved before a click on the image: no centre, and the API says so.
+        editor.locator("[data-testid=save-added]").click()
+        message = page.locator("[data-testid=message]")
+        message.wait_for(state="visible")
+        assert message.inner_text() == "A nodule needs center_lps_mm and diameter_mm."
+        assert not AddedFinding.objects.exists()
+
+        box = page.locator("[data-testid=viewport]").bounding_box()
+        page.mouse.click(box["x"] + cx - 60, box["y"] + cy + 40)
+        editor.locator("[data-testid=added-diameter]").fill("5")
+        editor.locator("[data-testid=added-comment]").fill("second nodule, posterior")
+        page.locator("svg.overlay [data-placed=proposed-new]").wait_for()
+        editor.locator("[data-testid=save-added]").click()
+        page.locator("[data-testid=added-finding]").wait_for()
+
+        added = AddedFinding.objects.get()
+        assert (added.radiologist, added.kind, added.diameter_mm, added.comment) == (
+            radiologist,
+            "nodule",
+            5.0,
+            "second nodule, posterior",
+        )
+        expected = [20.0 - 60 / px_per_mm, 20.0 + 40 / px_per_mm, 5.0]
+        assert np.allclose(added.center_lps_mm, expected, atol=0.15), (
+            added.center_lps_mm,
+            expected,
+        )
+        assert added.time_spent_s is not None and added.time_spent_s > 0
+        assert "nodule · 5.0 mm · by you" in page.inner_text("[data-testid=added]")
+        assert page.locator(f"svg.overlay [data-placed=added-{added.pk}]").count() == 1
+        keep_screenshot(page, "added")
 
 
 def test_radiologist_corrects_a_grade(browser, live_server, scene):
