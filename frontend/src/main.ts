@@ -34,8 +34,10 @@ import {
 } from "./api";
 import { type Vec3, nearestSlice } from "./geometry";
 import { type HeatMap, drawHeatMap, fetchHeatMap } from "./heatmap";
-import { type PlacedNodule, describeFinding, drawFindings } from "./overlay";
+import { element } from "./dom";
+import { type PlacedNodule, drawFindings } from "./overlay";
 import { type LoadedSeries, loadSeries } from "./series";
+import { describeCorrection, describeFinding } from "./text";
 
 import "./viewer.css";
 
@@ -66,17 +68,6 @@ const DEFAULT_ADDED_DIAMETER_MM = 6;
 const GRADES = [1, 2, 3];
 /** A press and release this close (CSS px) is a click that places, not a window/level drag. */
 const CLICK_SLOP_PX = 4;
-
-function element<K extends keyof HTMLElementTagNameMap>(
-  tag: K,
-  attributes: Record<string, string> = {},
-  text = "",
-): HTMLElementTagNameMap[K] {
-  const node = document.createElement(tag);
-  for (const [name, value] of Object.entries(attributes)) node.setAttribute(name, value);
-  if (text) node.textContent = text;
-  return node;
-}
 
 class Viewer {
   private readonly state: State = {
@@ -694,16 +685,6 @@ class Viewer {
       (heatShown ? "  heat map shown" : "");
     this.statusLine.dataset.image = String(index + 1);
   }
-}
-
-function describeCorrection(feedback: { corrected_center_lps_mm: number[] | null; corrected_diameter_mm: number | null; corrected_grade: number | null }): string {
-  const parts: string[] = [];
-  if (feedback.corrected_center_lps_mm) {
-    parts.push(`centre (${feedback.corrected_center_lps_mm.map((v) => v.toFixed(1)).join(", ")}) mm`);
-  }
-  if (feedback.corrected_diameter_mm !== null) parts.push(`${feedback.corrected_diameter_mm.toFixed(1)} mm across`);
-  if (feedback.corrected_grade !== null) parts.push(`grade ${feedback.corrected_grade}`);
-  return `Your correction: ${parts.join(", ")}`;
 }
 
 async function main(): Promise<void> {

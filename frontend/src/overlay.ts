@@ -9,20 +9,6 @@ import type { LoadedSeries } from "./series";
 
 const SVG = "http://www.w3.org/2000/svg";
 
-export function describeFinding(finding: Finding): string {
-  const parts = [`#${finding.index + 1} ${finding.kind}`];
-  if (finding.diameter_mm !== null) parts.push(`${finding.diameter_mm.toFixed(1)} mm`);
-  if (finding.grade !== null) parts.push(`grade ${finding.grade}`);
-  if (finding.score !== null) parts.push(`score ${finding.score.toFixed(2)}`);
-  if (finding.grade !== null && finding.class_probabilities) {
-    const p = finding.class_probabilities[String(finding.grade)];
-    if (p !== undefined) parts.push(`p ${p.toFixed(2)}`);
-  }
-  parts.push(`model v${finding.model.version}`);
-  return parts.join(" · ");
-}
-
-/** Draws the findings that cut image `index`; returns how many were drawn. */
 /** A nodule a radiologist placed: a correction or an addition being made, one given, or a
  * missed nodule added. `key` names it in the drawing (`data-placed`). */
 export interface PlacedNodule {
@@ -53,6 +39,8 @@ function circleAt(
   return circle;
 }
 
+/** Draws the findings that cut image `index`, and the nodules radiologists placed; returns
+ * how many findings were drawn. */
 export function drawFindings(
   svg: SVGSVGElement,
   viewport: Types.IStackViewport,
