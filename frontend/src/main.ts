@@ -299,10 +299,11 @@ class Viewer {
     return index ?? Math.floor(series.slices.length / 2);
   }
 
+  /** The shown series' findings, the model's most confident first (the order N follows). */
   private seriesFindings(): Finding[] {
-    return this.state.findings.filter(
-      (finding) => !finding.series_instance_uid || finding.series_instance_uid === this.state.seriesUid,
-    );
+    return this.state.findings
+      .filter((finding) => !finding.series_instance_uid || finding.series_instance_uid === this.state.seriesUid)
+      .sort((a, b) => (b.score ?? -Infinity) - (a.score ?? -Infinity) || a.index - b.index);
   }
 
   private sliceOf(finding: Finding, series = this.state.series): number | null {

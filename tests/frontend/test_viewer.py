@@ -278,7 +278,12 @@ def test_radiologist_corrects_a_grade(browser, live_server, scene):
     """A grade finding (no position: listed, not drawn) corrected to another grade."""
     radiologist = scene["users"]["radiologist"]
     graded = make_finding(scene["project"], study=scene["study"], kind=FindingKind.GRADE, index=1)
+    graded.score = 0.95  # above the nodule's 0.90: listed first, though the model gave it second
+    graded.save(update_fields=["score"])
     with viewing(browser, live_server, scene, radiologist) as page:
+        listed = page.locator("[data-testid=finding]")
+        order = [listed.nth(n).get_attribute("data-finding") for n in range(listed.count())]
+        assert order == [str(graded.pk), str(scene["finding"].pk)]
         row = page.locator(f"[data-testid=finding][data-finding='{graded.pk}']")
         assert "grade 2" in row.inner_text() and "p 0.70" in row.inner_text()
         assert page.locator(f"svg.overlay circle[data-finding='{graded.pk}']").count() == 0
