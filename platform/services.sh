@@ -46,6 +46,13 @@ pid_alive() { # pidfile -> 0 when the process it names runs
   [[ -n "$pid" ]] && kill -0 "$pid" 2>/dev/null
 }
 
+settled_pid() { # pidfile -> the pid, once the file reads again (celery rewrites it once
+  # while it detaches); "?" when it does not within 5 s
+  local pid="" tries=0
+  until pid=$(cat "$1" 2>/dev/null) && [[ -n "$pid" ]] || (( ++tries > 25 )); do sleep 0.2; done
+  echo "${pid:-?}"
+}
+
 http_ok() { # url [user pass] -> 0 on a 2xx answer
   python3 - "$@" <<'PY' 2>/dev/null
 import base64, sys, urllib.request
@@ -282,10 +289,7 @@ start_worker() {
     --concurrency "${CELERY_CONCURRENCY:-1}" --hostname "platform@%h" \
     --detach --pidfile "$WORKER_PID" --logfile "$LOG/worker.log")
   wait_for 30 worker pid_alive "$WORKER_PID"
-  # celery rewrites its pid file once while it detaches: read it when it is there again
-  local pid="" tries=0
-  until pid=$(cat "$WORKER_PID" 2>/dev/null) && [[ -n "$pid" ]] || (( ++tries > 25 )); do sleep 0.2; done
-  say "worker: started (pid ${pid:-?}, queues ${CELERY_QUEUES:-cpu,gpu}, log $LOG/worker.log)"
+  say "worker: started (pid $(settled_pid "$WORKER_PID"), queues ${CELERY_QUEUES:-cpu,gpu}, log $LOG/worker.log)"
 }
 
 start_beat() {
@@ -294,7 +298,7 @@ start_beat() {
   (cd "$REPO" && "$VENV/bin/celery" -A worker beat --schedule "$VAR/celerybeat-schedule" \
     --detach --pidfile "$BEAT_PID" --logfile "$LOG/beat.log")
   wait_for 30 beat pid_alive "$BEAT_PID"
-  say "beat: started (pid $(cat "$BEAT_PID"), log $LOG/beat.log)"
+  say "beat: started (pid $(settled_pid "$BEAT_PID"), log $LOG/beat.log)"
 }
 
 stop_web() { stop_pidfile web "$WEB_PID" 30; }
