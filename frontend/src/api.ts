@@ -58,6 +58,7 @@ export interface Finding {
   grade: number | null;
   class_probabilities: Record<string, number> | null;
   has_heatmap: boolean;
+  has_mask: boolean;
   feedback: Feedback[];
 }
 
@@ -170,8 +171,9 @@ export class Api {
     });
   }
 
-  heatMapUrl(finding: number): string {
-    return `${this.base()}/findings/${finding}/heatmap`;
+  /** A finding's heat map or mask: NIfTI on the series grid. */
+  fileUrl(finding: number, file: "heatmap" | "mask"): string {
+    return `${this.base()}/findings/${finding}/${file}`;
   }
 
   /** Base URL of the project's authorizing DICOMweb proxy (WADO-RS, QIDO-RS). */

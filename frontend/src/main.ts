@@ -33,7 +33,7 @@ import {
   type Verdict,
 } from "./api";
 import { type Vec3, nearestSlice } from "./geometry";
-import { type HeatMap, drawHeatMap, fetchHeatMap } from "./heatmap";
+import { type NiftiVolume, drawPlane, fetchNifti, heatColour, labelColour } from "./nifti";
 import { element } from "./dom";
 import { type PlacedNodule, drawFindings } from "./overlay";
 import { type LoadedSeries, loadSeries } from "./series";
@@ -54,6 +54,8 @@ interface State {
   clock: number;
   /** Whether the selected finding's explanation heat map is drawn. */
   showHeat: boolean;
+  /** Whether the selected finding's mask (where the model gives one) is drawn. */
+  showMask: boolean;
   /** The correction being made: a nodule's new centre (a click on the image) and diameter,
    * or another grade. */
   editing: { id: number; center: Vec3 | null; diameter: number | null; grade: number | null } | null;
@@ -78,15 +80,19 @@ class Viewer {
     selected: null,
     clock: performance.now(),
     showHeat: true,
+    showMask: true,
     editing: null,
     added: [],
     adding: null,
   };
   private readonly addedTitle = element("h2", {}, "Added by radiologists");
   private readonly addedList = element("ul", { class: "findings added", "data-testid": "added" });
-  private readonly heatMaps = new Map<number, HeatMap>();
+  /** Heat maps and masks by URL: a study's findings share them. */
+  private readonly volumes = new Map<string, NiftiVolume>();
   private readonly heatCanvas = element("canvas", { class: "heat", "data-testid": "heatmap" });
+  private readonly maskCanvas = element("canvas", { class: "heat", "data-testid": "mask" });
   private readonly heatToggle = element("input", { type: "checkbox", checked: "", "data-testid": "heat-toggle" });
+  private readonly maskToggle = element("input", { type: "checkbox", checked: "", "data-testid": "mask-toggle" });
   private readonly studyList = element("ul", { class: "studies", "data-testid": "studies" });
   private readonly moreStudies = element("button", { class: "more", hidden: "" }, "More studies");
   private readonly seriesSelect = element("select", { "aria-label": "Series", hidden: "" });
@@ -137,7 +143,7 @@ class Viewer {
     const stage = element("div", { class: "stage" });
     this.overlay.setAttribute("class", "overlay");
     this.overlay.setAttribute("data-testid", "overlay");
-    stage.append(this.viewportElement, this.heatCanvas, this.overlay);
+    stage.append(this.viewportElement, this.heatCanvas, this.maskCanvas, this.overlay);
     this.seriesSelect.addEventListener("change", () => void this.openSeries(this.seriesSelect.value));
     centre.append(this.seriesSelect, stage, this.statusLine);
     this.viewportElement.addEventListener("contextmenu", (event) => event.preventDefault());
@@ -158,12 +164,15 @@ class Viewer {
       "p",
       { class: "help" },
       "Wheel: slices · left drag: window/level · right drag: zoom · middle drag: pan · " +
-        "A / R: accept / reject the selected finding · N: next finding · H: heat map",
+        "A / R: accept / reject the selected finding · N: next finding · H: heat map · M: mask",
     );
     const heatLabel = element("label", { class: "toggle" });
     heatLabel.append(this.heatToggle, document.createTextNode(" Explanation heat map of the selected finding (H)"));
-    this.heatToggle.addEventListener("change", () => void this.setHeat(this.heatToggle.checked));
-    right.append(this.findingTitle, this.findingList, this.addedTitle, this.addedList, heatLabel, help);
+    this.heatToggle.addEventListener("change", () => void this.setLayers({ showHeat: this.heatToggle.checked }));
+    const maskLabel = element("label", { class: "toggle" });
+    maskLabel.append(this.maskToggle, document.createTextNode(" Mask of the selected finding (M)"));
+    this.maskToggle.addEventListener("change", () => void this.setLayers({ showMask: this.maskToggle.checked }));
+    right.append(this.findingTitle, this.findingList, this.addedTitle, this.addedList, heatLabel, maskLabel, help);
     this.message.title = "Click to dismiss";
     this.message.addEventListener("click", () => this.clearMessage());
     this.clearMessage();
@@ -334,6 +343,7 @@ class Viewer {
     });
     const title = element("button", { class: "finding-title" }, describeFinding(finding));
     if (finding.has_heatmap) title.append(element("span", { class: "muted" }, " · explained"));
+    if (finding.has_mask) title.append(element("span", { class: "muted" }, " · mask"));
     title.addEventListener("click", () => void this.select(finding.id));
     const verdict = element(
       "div",
@@ -375,7 +385,7 @@ class Viewer {
     if (index !== null && index !== this.viewport().getCurrentImageIdIndex()) {
       await this.viewport().setImageIdIndex(index);
     }
-    await this.loadHeat();
+    await this.loadLayers();
     this.redraw();
   }
 
@@ -601,21 +611,32 @@ class Viewer {
     return placed;
   }
 
-  private async setHeat(show: boolean): Promise<void> {
-    this.state.showHeat = show;
-    this.heatToggle.checked = show;
-    await this.loadHeat();
+  private async setLayers(change: { showHeat?: boolean; showMask?: boolean }): Promise<void> {
+    Object.assign(this.state, change);
+    this.heatToggle.checked = this.state.showHeat;
+    this.maskToggle.checked = this.state.showMask;
+    await this.loadLayers();
     this.redraw();
   }
 
-  /** Fetches the selected finding's heat map once, when it has one and it is to be shown. */
-  private async loadHeat(): Promise<void> {
+  /** The selected finding's heat map and mask URLs, where it has them and they are shown. */
+  private layerUrls(): { heat: string | null; mask: string | null } {
     const finding = this.state.findings.find((item) => item.id === this.state.selected);
-    if (!this.state.showHeat || !finding?.has_heatmap || this.heatMaps.has(finding.id)) return;
-    try {
-      this.heatMaps.set(finding.id, await fetchHeatMap(this.api.heatMapUrl(finding.id)));
-    } catch (error) {
-      this.show(error);
+    return {
+      heat: finding?.has_heatmap && this.state.showHeat ? this.api.fileUrl(finding.id, "heatmap") : null,
+      mask: finding?.has_mask && this.state.showMask ? this.api.fileUrl(finding.id, "mask") : null,
+    };
+  }
+
+  /** Fetches what the selected finding needs drawn, once per file. */
+  private async loadLayers(): Promise<void> {
+    for (const url of Object.values(this.layerUrls())) {
+      if (!url || this.volumes.has(url)) continue;
+      try {
+        this.volumes.set(url, await fetchNifti(url));
+      } catch (error) {
+        this.show(error);
+      }
     }
   }
 
@@ -652,7 +673,9 @@ class Viewer {
       const at = findings.findIndex((item) => item.id === this.state.selected);
       void this.select(findings[(at + 1) % findings.length].id);
     } else if (event.key === "h") {
-      void this.setHeat(!this.state.showHeat);
+      void this.setLayers({ showHeat: !this.state.showHeat });
+    } else if (event.key === "m") {
+      void this.setLayers({ showMask: !this.state.showMask });
     } else if ((event.key === "a" || event.key === "r") && this.state.selected !== null && this.canJudge) {
       void this.give(this.state.selected, event.key === "a" ? "accept" : "reject");
     }
@@ -675,15 +698,21 @@ class Viewer {
       this.username,
       this.placed(),
     );
-    const heat =
-      this.state.showHeat && this.state.selected !== null ? (this.heatMaps.get(this.state.selected) ?? null) : null;
-    const heatShown = drawHeatMap(this.heatCanvas, viewport, heat, series.slices[index]?.position ?? null);
+    const origin = series.slices[index]?.position ?? null;
+    const urls = this.layerUrls();
+    const heat = urls.heat ? (this.volumes.get(urls.heat) ?? null) : null;
+    const heatShown = drawPlane(this.heatCanvas, viewport, heat && heat.max > 0 ? heat : null, origin, heatColour(heat?.max ?? 1));
     this.heatCanvas.dataset.shown = String(heatShown);
+    const selected = this.state.findings.find((item) => item.id === this.state.selected);
+    const mask = urls.mask && selected ? (this.volumes.get(urls.mask) ?? null) : null;
+    const maskShown = drawPlane(this.maskCanvas, viewport, mask, origin, labelColour((selected?.index ?? -1) + 1));
+    this.maskCanvas.dataset.shown = String(maskShown);
     const voi = viewport.getProperties().voiRange;
     const window = voi ? `W ${Math.round(voi.upper - voi.lower)} L ${Math.round((voi.upper + voi.lower) / 2)}` : "";
     this.statusLine.textContent =
       `Image ${index + 1} / ${series.slices.length}  ${window}  ${drawn} finding(s) on this image` +
-      (heatShown ? "  heat map shown" : "");
+      (heatShown ? "  heat map shown" : "") +
+      (maskShown ? "  mask shown" : "");
     this.statusLine.dataset.image = String(index + 1);
   }
 }

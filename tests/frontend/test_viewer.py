@@ -23,7 +23,7 @@ from django.urls import reverse
 from PIL import Image, ImageStat
 
 from ai_engine.explain.heatmap import save_heatmap
-from ai_engine.io import Volume
+from ai_engine.io import Volume, save_nifti
 from annotations.models import AddedFinding, FeedbackHistory, FindingFeedback, FindingKind
 from config import views
 from imaging import proxy
@@ -299,30 +299,12 @@ def test_radiologist_corrects_a_grade(browser, live_server, scene):
         assert "Your correction: grade 3" in row.inner_text()
 
 
-def test_explanation_heat_map_lies_on_the_finding(browser, live_server, scene, settings, tmp_path):
-    """A heat map written as inference writes it (ai_engine's save_heatmap: NIfTI, RAS
-    affine, on the series grid), hot around the finding's centre: drawn in the browser, its
-    hot spot sits on the finding's circle (a flipped or transposed axis would put it
-    elsewhere: the spot is off the image's centre and diagonal)."""
-    settings.MEDIA_ROOT = str(tmp_path)
-    finding = scene["finding"]
-    # Off the diagonal and off the centre: a transposed or flipped axis would show.
-    finding.center_lps_mm = [14.0, 24.5, 5.0]
-    centre = np.array(finding.center_lps_mm) / np.array([0.7, 0.7, 1.0])  # voxel (20, 35, 5)
-    i, j, k = np.meshgrid(np.arange(64), np.arange(64), np.arange(8), indexing="ij")
-    heat = np.exp(-((i - centre[0]) ** 2 + (j - centre[1]) ** 2 + (k - centre[2]) ** 2) / 18.0)
-    affine = np.diag([0.7, 0.7, 1.0, 1.0])  # the series: LPS, origin 0, 0.7 mm pixels, 1 mm
-    save_heatmap(Volume(heat, affine), tmp_path / "findings" / "heat.nii.gz")
-    finding.heatmap_path = "findings/heat.nii.gz"
-    finding.save(update_fields=["heatmap_path", "center_lps_mm"])
-
-    radiologist = scene["users"]["radiologist"]
-    with viewing(browser, live_server, scene, radiologist) as page:
-        page.click(f"[data-finding='{finding.pk}'] .finding-title")
-        page.wait_for_selector("[data-testid=heatmap][data-shown=true]")
-        centroid = page.evaluate(
-            """() => {
-              const canvas = document.querySelector('[data-testid=heatmap]');
+def alpha_centroid(page, testid: str) -> tuple[float, float]:
+    """Centre (CSS px) of what a drawn layer covers, weighted by its opacity."""
+    return tuple(
+        page.evaluate(
+            """(testid) => {
+              const canvas = document.querySelector(`[data-testid=${testid}]`);
               const { data, width, height } =
                 canvas.getContext('2d').getImageData(0, 0, canvas.width, canvas.height);
               let sum = 0, x = 0, y = 0;
@@ -332,19 +314,54 @@ def test_explanation_heat_map_lies_on_the_finding(browser, live_server, scene, s
               }
               const ratio = canvas.width / canvas.clientWidth;
               return [x / sum / ratio, y / sum / ratio];
-            }"""
+            }""",
+            testid,
         )
-        circle = page.locator(f"svg.overlay circle[data-finding='{finding.pk}']")
-        cx, cy = float(circle.get_attribute("cx")), float(circle.get_attribute("cy"))
-        radius = float(circle.get_attribute("r"))
-        assert abs(centroid[0] - cx) < radius / 8 and abs(centroid[1] - cy) < radius / 8, (
-            centroid,
-            (cx, cy),
-        )
-        keep_screenshot(page, "heat-map")
-        page.keyboard.press("h")  # hidden again
+    )
+
+
+def on_the_circle(page, finding, point: tuple[float, float]) -> bool:
+    circle = page.locator(f"svg.overlay circle[data-finding='{finding.pk}']")
+    cx, cy = float(circle.get_attribute("cx")), float(circle.get_attribute("cy"))
+    radius = float(circle.get_attribute("r"))
+    return abs(point[0] - cx) < radius / 8 and abs(point[1] - cy) < radius / 8
+
+
+def test_heat_map_and_mask_lie_on_the_finding(browser, live_server, scene, settings, tmp_path):
+    """A heat map and a label mask written as inference writes them (NIfTI with a RAS affine,
+    on the series grid), both around the finding's centre; the mask also holds another
+    finding's label elsewhere. Drawn in the browser, each lies on the finding's circle (a
+    flipped or transposed axis, or the other label drawn, would move it: the finding is off
+    the image's centre and diagonal)."""
+    settings.MEDIA_ROOT = str(tmp_path)
+    finding = scene["finding"]
+    finding.center_lps_mm = [14.0, 24.5, 5.0]
+    centre = np.array(finding.center_lps_mm) / np.array([0.7, 0.7, 1.0])  # voxel (20, 35, 5)
+    i, j, k = np.meshgrid(np.arange(64), np.arange(64), np.arange(8), indexing="ij")
+    distance2 = (i - centre[0]) ** 2 + (j - centre[1]) ** 2 + (k - centre[2]) ** 2
+    affine = np.diag([0.7, 0.7, 1.0, 1.0])  # the series: LPS, origin 0, 0.7 mm pixels, 1 mm
+    save_heatmap(Volume(np.exp(-distance2 / 18.0), affine), tmp_path / "f" / "heat.nii.gz")
+    labels = np.where(distance2 <= 16, 1, 0)  # label 1: this finding (index 0)
+    labels[45:55, 5:15, :] = 2  # another finding of the same job, far away
+    save_nifti(Volume(labels, affine), tmp_path / "f" / "mask.nii.gz", dtype=np.uint16)
+    finding.heatmap_path, finding.mask_path = "f/heat.nii.gz", "f/mask.nii.gz"
+    finding.save(update_fields=["heatmap_path", "mask_path", "center_lps_mm"])
+
+    radiologist = scene["users"]["radiologist"]
+    with viewing(browser, live_server, scene, radiologist) as page:
+        page.click(f"[data-finding='{finding.pk}'] .finding-title")
+        page.wait_for_selector("[data-testid=heatmap][data-shown=true]")
+        page.wait_for_selector("[data-testid=mask][data-shown=true]")
+        assert on_the_circle(page, finding, alpha_centroid(page, "heatmap"))
+        assert on_the_circle(page, finding, alpha_centroid(page, "mask"))
+        assert "heat map shown mask shown" in page.inner_text("[data-testid=status]")
+        keep_screenshot(page, "heat-map-and-mask")
+        page.keyboard.press("h")  # each hides on its own
         page.wait_for_selector("[data-testid=heatmap][data-shown=false]")
         assert not page.is_checked("[data-testid=heat-toggle]")
+        assert page.get_attribute("[data-testid=mask]", "data-shown") == "true"
+        page.keyboard.press("m")
+        page.wait_for_selector("[data-testid=mask][data-shown=false]")
 
 
 def test_compressed_series_is_decoded_in_the_browser(browser, live_server, scene, orthanc):

@@ -1,13 +1,14 @@
-// Explanation heat maps (Grad-CAM) over the image. The API serves a finding's heat map as
-// gzipped NIfTI-1 on the series grid (float32, affine in RAS: ai_engine.io.save_nifti); the
-// viewer reads the sform, finds the heat map's plane for the shown image and draws it with
-// the canvas transform that maps its voxels onto Cornerstone's canvas.
+// Volumes the API serves on a series' grid, drawn over the image: explanation heat maps
+// (Grad-CAM, float32) and nodule masks (uint16 label maps, label k = the job's finding k).
+// Both come as gzipped NIfTI-1 with a RAS sform (ai_engine.io.save_nifti); the viewer finds
+// the volume's plane through the shown image and draws it with the canvas transform that
+// maps its voxels onto Cornerstone's canvas.
 import type { Types } from "@cornerstonejs/core";
 
 import { ApiError, reasonOf } from "./api";
 import type { Vec3 } from "./geometry";
 
-export interface HeatMap {
+export interface NiftiVolume {
   dims: [number, number, number];
   /** Voxel (i, j, k) -> LPS mm, rows of a 3x4 matrix. */
   toLps: number[][];
@@ -26,23 +27,23 @@ const DATATYPES: Record<number, (view: DataView, offset: number, little: boolean
 const BYTES: Record<number, number> = { 2: 1, 4: 2, 8: 4, 16: 4, 64: 8, 512: 2 };
 
 /** Parses a NIfTI-1 file (gzipped or not) holding one 3D volume with an sform. */
-export async function parseNifti(buffer: ArrayBuffer): Promise<HeatMap> {
+export async function parseNifti(buffer: ArrayBuffer): Promise<NiftiVolume> {
   let bytes = new Uint8Array(buffer);
   if (bytes[0] === 0x1f && bytes[1] === 0x8b) {
     const stream = new Blob([bytes]).stream().pipeThrough(new DecompressionStream("gzip"));
     bytes = new Uint8Array(await new Response(stream).arrayBuffer());
   }
   const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
-  if (bytes.byteLength < 352) throw new Error("the heat map is not a NIfTI-1 file");
+  if (bytes.byteLength < 352) throw new Error("the file is not NIfTI-1");
   const little = view.getInt32(0, true) === 348;
-  if (!little && view.getInt32(0, false) !== 348) throw new Error("the heat map is not a NIfTI-1 file");
+  if (!little && view.getInt32(0, false) !== 348) throw new Error("the file is not NIfTI-1");
   const dim = (index: number) => view.getInt16(40 + 2 * index, little);
-  if (dim(0) < 3 || (dim(0) > 3 && dim(4) > 1)) throw new Error("the heat map is not one 3D volume");
+  if (dim(0) < 3 || (dim(0) > 3 && dim(4) > 1)) throw new Error("the file is not one 3D volume");
   const dims: [number, number, number] = [dim(1), dim(2), dim(3)];
   const datatype = view.getInt16(70, little);
   const read = DATATYPES[datatype];
-  if (!read) throw new Error(`the heat map's NIfTI data type ${datatype} is not supported`);
-  if (view.getInt16(254, little) <= 0) throw new Error("the heat map has no sform (patient geometry)");
+  if (!read) throw new Error(`NIfTI data type ${datatype} is not supported`);
+  if (view.getInt16(254, little) <= 0) throw new Error("the file has no sform (patient geometry)");
   const srow = (row: number) => [0, 1, 2, 3].map((col) => view.getFloat32(280 + 16 * row + 4 * col, little));
   const ras = [srow(0), srow(1), srow(2)];
   // RAS -> LPS: negate the first two rows.
@@ -52,7 +53,7 @@ export async function parseNifti(buffer: ArrayBuffer): Promise<HeatMap> {
   const offset = Math.max(352, Math.round(view.getFloat32(108, little)));
   const count = dims[0] * dims[1] * dims[2];
   const size = BYTES[datatype];
-  if (offset + count * size > bytes.byteLength) throw new Error("the heat map file is truncated");
+  if (offset + count * size > bytes.byteLength) throw new Error("the file is truncated");
   const values = new Float32Array(count);
   let max = 0;
   for (let n = 0; n < count; n += 1) {
@@ -63,7 +64,7 @@ export async function parseNifti(buffer: ArrayBuffer): Promise<HeatMap> {
   return { dims, toLps, values, max };
 }
 
-export async function fetchHeatMap(url: string): Promise<HeatMap> {
+export async function fetchNifti(url: string): Promise<NiftiVolume> {
   const response = await fetch(url, { credentials: "same-origin" });
   if (!response.ok) {
     const body = await response.json().catch(() => null);
@@ -72,13 +73,13 @@ export async function fetchHeatMap(url: string): Promise<HeatMap> {
   return parseNifti(await response.arrayBuffer());
 }
 
-function voxelToLps(map: HeatMap, i: number, j: number, k: number): Vec3 {
+function voxelToLps(map: NiftiVolume, i: number, j: number, k: number): Vec3 {
   const m = map.toLps;
   return [0, 1, 2].map((r) => m[r][0] * i + m[r][1] * j + m[r][2] * k + m[r][3]) as Vec3;
 }
 
-/** The heat map's k index (voxel units, fractional) of the plane through `point`. */
-function planeIndex(map: HeatMap, point: Vec3): number {
+/** The volume's k index (voxel units, fractional) of the plane through `point`. */
+function planeIndex(map: NiftiVolume, point: Vec3): number {
   const m = map.toLps;
   const a = [
     [m[0][0], m[0][1], m[0][2]],
@@ -96,22 +97,40 @@ function planeIndex(map: HeatMap, point: Vec3): number {
   return det(third) / whole;
 }
 
+/** RGBA of a voxel's value; alpha 0 leaves the image as it is. */
+export type Colour = (value: number) => [number, number, number, number];
+
+/** Heat: transparent below a fifth of the maximum, then yellow to red, more opaque when hotter. */
+export const heatColour =
+  (max: number): Colour =>
+  (value) => {
+    const t = Math.min(1, Math.max(0, value / max));
+    return t < 0.2 ? [0, 0, 0, 0] : [255, Math.round(255 * (1 - t)), 0, Math.round(200 * t)];
+  };
+
+/** A mask: the voxels of one label in translucent cyan. */
+export const labelColour =
+  (label: number): Colour =>
+  (value) =>
+    Math.round(value) === label ? [0, 200, 255, 110] : [0, 0, 0, 0];
+
 /**
- * Draws the heat map's plane through the shown image (`origin`: its position) on `canvas`,
- * as colour whose opacity grows with the value; returns whether a plane was drawn.
+ * Draws the volume's plane through the shown image (`origin`: its position) on `canvas`,
+ * coloured by `colour`; returns whether a plane was drawn.
  */
-export function drawHeatMap(
+export function drawPlane(
   canvas: HTMLCanvasElement,
   viewport: Types.IStackViewport,
-  map: HeatMap | null,
+  map: NiftiVolume | null,
   origin: Vec3 | null,
+  colour: Colour,
 ): boolean {
   const ratio = window.devicePixelRatio || 1;
   const { clientWidth: width, clientHeight: height } = canvas;
   canvas.width = Math.round(width * ratio);
   canvas.height = Math.round(height * ratio);
   const context = canvas.getContext("2d");
-  if (!context || !map || !origin || map.max <= 0) return false;
+  if (!context || !map || !origin) return false;
   const kExact = planeIndex(map, origin);
   const k = Math.round(kExact);
   if (!Number.isFinite(kExact) || Math.abs(kExact - k) > 0.25 || k < 0 || k >= map.dims[2]) return false;
@@ -125,13 +144,7 @@ export function drawHeatMap(
   const pixels = tileContext.createImageData(nx, ny);
   for (let j = 0; j < ny; j += 1) {
     for (let i = 0; i < nx; i += 1) {
-      const t = Math.min(1, Math.max(0, map.values[i + nx * (j + ny * k)] / map.max));
-      const at = 4 * (i + nx * j);
-      // Transparent below a fifth of the maximum, then yellow to red, more opaque when hotter.
-      pixels.data[at] = 255;
-      pixels.data[at + 1] = Math.round(255 * (1 - t));
-      pixels.data[at + 2] = 0;
-      pixels.data[at + 3] = t < 0.2 ? 0 : Math.round(200 * t);
+      pixels.data.set(colour(map.values[i + nx * (j + ny * k)]), 4 * (i + nx * j));
     }
   }
   tileContext.putImageData(pixels, 0, 0);
