@@ -150,10 +150,16 @@ export class Api {
     return this.request(`${this.base()}/studies/${encodeURIComponent(studyUid)}/findings`);
   }
 
-  feedback(finding: number, verdict: Verdict, timeSpentS: number, correction: Correction = {}): Promise<Feedback> {
+  feedback(
+    finding: number,
+    verdict: Verdict,
+    timeSpentS: number,
+    correction: Correction = {},
+    comment = "",
+  ): Promise<Feedback> {
     return this.request(`${this.base()}/findings/${finding}/feedback`, {
       method: "POST",
-      body: JSON.stringify({ verdict, time_spent_s: Math.round(timeSpentS * 10) / 10, ...correction }),
+      body: JSON.stringify({ verdict, time_spent_s: Math.round(timeSpentS * 10) / 10, comment, ...correction }),
     });
   }
 

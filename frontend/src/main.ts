@@ -56,6 +56,8 @@ interface State {
   showHeat: boolean;
   /** Whether the selected finding's mask (where the model gives one) is drawn. */
   showMask: boolean;
+  /** The comment typed for the selected finding, sent with its next verdict. */
+  comment: string;
   /** The correction being made: a nodule's new centre (a click on the image) and diameter,
    * or another grade. */
   editing: { id: number; center: Vec3 | null; diameter: number | null; grade: number | null } | null;
@@ -81,6 +83,7 @@ class Viewer {
     clock: performance.now(),
     showHeat: true,
     showMask: true,
+    comment: "",
     editing: null,
     added: [],
     adding: null,
@@ -367,7 +370,22 @@ class Viewer {
       }
       actions.append(button);
     }
-    row.append(title, verdict, actions);
+    row.append(title, verdict);
+    if (mine?.comment) row.append(element("div", { class: "muted", "data-testid": "comment" }, `“${mine.comment}”`));
+    if (finding.id === this.state.selected && this.canJudge) {
+      const comment = element("input", {
+        type: "text",
+        class: "comment",
+        placeholder: "Comment with the verdict (optional)",
+        "aria-label": "Comment",
+        "data-testid": "comment-input",
+        maxlength: "5000",
+      });
+      comment.value = this.state.comment;
+      comment.addEventListener("input", () => (this.state.comment = comment.value));
+      row.append(comment);
+    }
+    row.append(actions);
     if (this.state.editing?.id === finding.id) row.append(this.correctionEditor(finding));
     if (mine?.verdict === "correct") row.append(element("div", { class: "muted" }, describeCorrection(mine)));
     if (others.length) {
@@ -378,6 +396,7 @@ class Viewer {
   }
 
   private async select(id: number): Promise<void> {
+    if (id !== this.state.selected) this.state.comment = "";
     this.state.selected = id;
     this.renderFindings();
     const finding = this.state.findings.find((item) => item.id === id);
@@ -645,8 +664,10 @@ class Viewer {
     this.clearMessage();
     const spent = (performance.now() - this.state.clock) / 1000;
     try {
-      const feedback = await this.api.feedback(id, verdict, spent, correction);
+      const comment = id === this.state.selected ? this.state.comment : "";
+      const feedback = await this.api.feedback(id, verdict, spent, correction, comment);
       this.state.clock = performance.now();
+      this.state.comment = "";
       const finding = this.state.findings.find((item) => item.id === id);
       if (finding) {
         finding.feedback = [...finding.feedback.filter((item) => item.radiologist !== feedback.radiologist), feedback];

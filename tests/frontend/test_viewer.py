@@ -173,10 +173,12 @@ def test_radiologist_reviews_a_finding(browser, live_server, scene):
         page.wait_for_function(
             "document.querySelector('[data-testid=status]')?.dataset.image === '6'"
         )
+        row.locator("[data-testid=comment-input]").fill("solid, well defined")
         row.locator("button[data-verdict=accept]").click()
         wait_for_verdict(page, finding.pk, "Your verdict: accept")
         feedback = FindingFeedback.objects.get(finding=finding, radiologist=radiologist)
-        assert feedback.verdict == "accept"
+        assert (feedback.verdict, feedback.comment) == ("accept", "solid, well defined")
+        assert row.locator("[data-testid=comment]").inner_text() == "“solid, well defined”"
         assert feedback.time_spent_s is not None and feedback.time_spent_s > 0
 
         # Changing one's mind with the keyboard (R): one current verdict, history kept.
