@@ -2,10 +2,10 @@
 
 from django.conf import settings
 from django.contrib.auth.decorators import login_required
-from django.http import Http404
 from django.middleware.csrf import get_token
 from django.shortcuts import render
 
+from projects.permissions import resolve_project
 from projects.selectors import projects_visible_to, roles_of
 
 # What `make frontend` builds (frontend/, Vite) and Django serves as static files.
@@ -25,9 +25,7 @@ def home(request):
 def viewer(request, project: str):
     """The Cornerstone3D viewer for one project: the page only hosts it; the data comes
     from the API and the DICOMweb proxy, which check the user's role on every request."""
-    found = projects_visible_to(request.user).filter(slug=project).first()
-    if found is None:  # as the API: another project's existence is not revealed
-        raise Http404("No such project.")
+    found = resolve_project(request.user, project)  # 404 for non-members, as the API
     context = {
         "project": found,
         "roles": " ".join(sorted(roles_of(request.user, found))),

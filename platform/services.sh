@@ -149,13 +149,11 @@ install_chromium() {
 }
 
 install_node() { # Node.js >= 20 and npm, to build the viewer (frontend/)
-  if command -v node >/dev/null && command -v npm >/dev/null \
-    && [[ "$(node -p 'process.versions.node.split(".")[0]')" -ge 20 ]]; then
-    say "node: installed ($(command -v node), $(node --version))"; return 0
-  fi
-  apt_install nodejs npm
+  command -v node >/dev/null && command -v npm >/dev/null || apt_install nodejs npm
   local major; major="$(node -p 'process.versions.node.split(".")[0]')"
-  [[ "$major" -ge 20 ]] || die "node: Debian gave Node.js $major; the viewer's build (Vite 8) needs 20 or newer"
+  # Debian 12's own nodejs is 18: then install 20+ by other means (nodejs.org, NodeSource).
+  [[ "$major" -ge 20 ]] || die "node: Node.js $major found; the viewer's build (Vite 8) needs 20 or newer"
+  say "node: installed ($(command -v node), $(node --version))"
 }
 
 install_compose() { # only to validate docker-compose.yml in tests (no Docker engine needed)

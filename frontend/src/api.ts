@@ -159,7 +159,7 @@ export class Api {
   ): Promise<Feedback> {
     return this.request(`${this.base()}/findings/${finding}/feedback`, {
       method: "POST",
-      body: JSON.stringify({ verdict, time_spent_s: Math.round(timeSpentS * 10) / 10, comment, ...correction }),
+      body: JSON.stringify({ verdict, time_spent_s: timeSpentS, comment, ...correction }),
     });
   }
 

@@ -486,7 +486,7 @@ class Viewer {
         ...(adding.center ? { center_lps_mm: adding.center } : {}),
         diameter_mm: adding.diameter,
         comment: adding.comment,
-        time_spent_s: Math.round(((performance.now() - this.state.clock) / 1000) * 10) / 10,
+        time_spent_s: this.spentSeconds(),
       });
       this.state.clock = performance.now();
       this.state.added = [...this.state.added, added];
@@ -659,10 +659,15 @@ class Viewer {
     }
   }
 
+  /** Seconds (to 0.1) since the study was opened or the last verdict or addition. */
+  private spentSeconds(): number {
+    return Math.round((performance.now() - this.state.clock) / 100) / 10;
+  }
+
   /** Sends a verdict; true when the API recorded it (else its reason is shown). */
   private async give(id: number, verdict: Verdict, correction: Correction = {}): Promise<boolean> {
     this.clearMessage();
-    const spent = (performance.now() - this.state.clock) / 1000;
+    const spent = this.spentSeconds();
     try {
       const comment = id === this.state.selected ? this.state.comment : "";
       const feedback = await this.api.feedback(id, verdict, spent, correction, comment);

@@ -15,6 +15,7 @@ import io
 import os
 import re
 from contextlib import contextmanager
+from datetime import date
 from pathlib import Path
 
 import numpy as np
@@ -27,7 +28,9 @@ from ai_engine.io import Volume, save_nifti
 from annotations.models import AddedFinding, FeedbackHistory, FindingFeedback, FindingKind
 from config import views
 from imaging import proxy
-from tests.annotations.factories import make_finding
+from imaging.models import Study
+from imaging.volumes import load_series_volume
+from tests.annotations.factories import make_finding, make_study
 from tests.dicomweb.dicom_factory import index_series, make_ct_series, store_series
 from tests.factories import PASSWORD
 
@@ -338,10 +341,12 @@ def test_heat_map_and_mask_lie_on_the_finding(browser, live_server, scene, setti
     settings.MEDIA_ROOT = str(tmp_path)
     finding = scene["finding"]
     finding.center_lps_mm = [14.0, 24.5, 5.0]
-    centre = np.array(finding.center_lps_mm) / np.array([0.7, 0.7, 1.0])  # voxel (20, 35, 5)
-    i, j, k = np.meshgrid(np.arange(64), np.arange(64), np.arange(8), indexing="ij")
+    # The series' grid as inference gets it: the volume loaded from Orthanc.
+    series = load_series_volume(scene["study"].series.get())
+    affine = series.affine
+    centre = (np.linalg.inv(affine) @ [*finding.center_lps_mm, 1.0])[:3]  # voxel (20, 35, 5)
+    i, j, k = np.meshgrid(*(np.arange(n) for n in series.array.shape), indexing="ij")
     distance2 = (i - centre[0]) ** 2 + (j - centre[1]) ** 2 + (k - centre[2]) ** 2
-    affine = np.diag([0.7, 0.7, 1.0, 1.0])  # the series: LPS, origin 0, 0.7 mm pixels, 1 mm
     save_heatmap(Volume(np.exp(-distance2 / 18.0), affine), tmp_path / "f" / "heat.nii.gz")
     labels = np.where(distance2 <= 16, 1, 0)  # label 1: this finding (index 0)
     labels[45:55, 5:15, :] = 2  # another finding of the same job, far away
@@ -411,6 +416,79 @@ def test_a_refused_verdict_shows_the_servers_reason_and_writes_nothing(browser, 
             "No verdict from you yet"
         )
         assert not FindingFeedback.objects.filter(radiologist=radiologist).exists()
+
+
+def test_a_study_with_two_series_has_a_series_menu(browser, live_server, scene, orthanc):
+    """The study opens on the series the AI read; the menu switches to the other one."""
+    other = make_ct_series(
+        slices=5, patient_id="VIEW-1", study_instance_uid=scene["study"].study_instance_uid, seed=9
+    )
+    store_series(other, url=orthanc.url, auth=(orthanc.username, orthanc.password))
+    index_series(scene["project"], other)
+    radiologist = scene["users"]["radiologist"]
+    with viewing(browser, live_server, scene, radiologist) as page:
+        menu = page.locator("select[aria-label=Series]")
+        assert menu.is_visible() and menu.locator("option").count() == 2
+        assert image_number(page) == 6 and "Image 6 / 8" in page.inner_text("[data-testid=status]")
+        menu.select_option(other.series_instance_uid)
+        page.wait_for_function(
+            "document.querySelector('[data-testid=status]')?.textContent.startsWith('Image 3 / 5')"
+        )  # no finding on it: its middle slice
+        assert "No AI findings for this series." in page.inner_text("[data-testid=findings]")
+        assert page.locator("svg.overlay circle").count() == 0
+
+
+def test_a_heat_map_the_server_lacks_shows_its_reason(browser, live_server, scene, settings):
+    settings.MEDIA_ROOT = "/nonexistent-media"
+    finding = scene["finding"]
+    finding.heatmap_path = "f/gone.nii.gz"  # recorded, but the file is not there
+    finding.save(update_fields=["heatmap_path"])
+    radiologist = scene["users"]["radiologist"]
+    with viewing(browser, live_server, scene, radiologist) as page:
+        page.click(f"[data-finding='{finding.pk}'] .finding-title")
+        message = page.locator("[data-testid=message]")
+        message.wait_for(state="visible")
+        assert message.inner_text() == f"Finding {finding.pk} has no heatmap file."
+        assert page.get_attribute("[data-testid=heatmap]", "data-shown") == "false"
+        message.click()  # dismissed
+        message.wait_for(state="hidden")
+
+
+def test_leaving_an_editor_records_nothing(browser, live_server, scene):
+    """Escape leaves a correction and Cancel an addition, each after a click on the image."""
+    radiologist = scene["users"]["radiologist"]
+    finding = scene["finding"]
+    with viewing(browser, live_server, scene, radiologist) as page:
+        box = page.locator("[data-testid=viewport]").bounding_box()
+        page.click(f"[data-finding='{finding.pk}'] button[data-verdict=correct]")
+        page.mouse.click(box["x"] + 100, box["y"] + 100)
+        page.locator(f"svg.overlay [data-placed='proposed-{finding.pk}']").wait_for()
+        page.keyboard.press("Escape")
+        page.locator("[data-testid=correction]").wait_for(state="detached")
+        assert page.locator("svg.overlay [data-placed]").count() == 0
+
+        page.click("[data-testid=add-nodule]")
+        page.mouse.click(box["x"] + 100, box["y"] + 100)
+        page.locator("svg.overlay [data-placed=proposed-new]").wait_for()
+        page.locator("[data-testid=adding] button", has_text="Cancel").click()
+        page.locator("[data-testid=adding]").wait_for(state="detached")
+        assert page.locator("svg.overlay [data-placed]").count() == 0
+        assert not FindingFeedback.objects.exists() and not AddedFinding.objects.exists()
+
+
+def test_the_worklist_pages_on(browser, live_server, scene):
+    """Fifty studies a page (the API's); More studies fetches the next page."""
+    older = [make_study(scene["project"]).pk for _ in range(50)]
+    # Newest first: the scene's study (which the viewer opens) on the first page.
+    Study.objects.filter(pk__in=older).update(study_date=date(2000, 1, 1))
+    Study.objects.filter(pk=scene["study"].pk).update(study_date=date(2024, 1, 15))
+    radiologist = scene["users"]["radiologist"]
+    with viewing(browser, live_server, scene, radiologist) as page:
+        rows = page.locator("[data-testid=study]")
+        assert rows.count() == 50
+        page.click("button.more")
+        page.wait_for_function("document.querySelectorAll('[data-testid=study]').length === 51")
+        assert page.locator("button.more").is_hidden()
 
 
 def test_viewer_page_for_non_members_anonymous_and_without_a_build(client, scene, monkeypatch):

@@ -96,6 +96,7 @@ def test_a_redis_not_started_by_the_script_is_used_and_left_running(tmp_path):
         (["start", "postgres"], "unknown target 'postgres'"),
         (["frobnicate"], "unknown action 'frobnicate'"),
         (["start", "chromium"], "chromium is not a service"),
+        (["start", "node"], "node is not a service"),
     ],
 )
 def test_bad_arguments_fail_with_a_message(args, message, tmp_path):
