@@ -163,6 +163,7 @@ VARIANTS = {
     "snapshots-3": {},
     "no-cold-start": {"cold_start": False},
     "one-grade-cold-start": {},
+    "intensity-cold-start": {"cold_start_space": "intensity"},
 }
 #: variants that pass the labelled set's grade counts (`labeled_counts`: class-balanced
 #: uncertainty)

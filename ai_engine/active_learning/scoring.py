@@ -19,7 +19,10 @@ Strategies:
   nothing about where that grade is (it is as confident on it as on the grades it knows), so
   its queue is the k-center order instead, diversity weight 1: the study farthest from the
   `labeled` studies (and from those queued before it) in the network's features, until every
-  grade has a label. Measured: docs/active_learning.md.
+  grade has a label. With `cold_start_space="intensity"` the distances are taken instead
+  between model-free descriptors of the images (`ai_engine.active_learning.descriptors`:
+  percentiles of each sequence's intensities), which do not depend on what the few labels
+  taught the network. Measured: docs/active_learning.md.
 * "random": the baseline. Each study draws a seeded uniform number (seeded by `seed` and its
   key, so the draw does not depend on the input order) and studies are queued by it; the
   score is `(draw + 1) / 2` with foreground and `draw / 2` without.
@@ -44,6 +47,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ai_engine.active_learning.descriptors import intensity_descriptor, standardized
 from ai_engine.active_learning.diversity import (
     DEFAULT_DIVERSITY_WEIGHT,
     diverse_order,
@@ -82,6 +86,9 @@ __all__ = [
 ]
 
 STRATEGIES = ("uncertainty", "random")
+#: what the cold start's k-center order measures distance in: the network's penultimate
+#: features, or the model-free intensity descriptors of the images
+COLD_START_SPACES = ("network", "intensity")
 GRADING_TASK = "tumor-grading"
 DETECTION_TASK = "nodule-detection"
 TASKS = (DETECTION_TASK, GRADING_TASK)
@@ -118,6 +125,7 @@ class _Measure:
     uncertainty: float = 0.0
     embedding: np.ndarray | None = None
     components: dict[str, Any] = field(default_factory=dict)
+    descriptor: np.ndarray | None = None
 
 
 def _batched(x: torch.Tensor, repeats: int) -> torch.Tensor:
@@ -160,6 +168,10 @@ class _GradingScorer(_Scorer):
                     f"({(self.model.folder.manifest.get('parent') or {}).get('path', 'unknown')})"
                 )
             self.network = runner
+
+    def describe(self, volume: Volume) -> np.ndarray:
+        """The study's model-free intensity descriptor, on the model's own input."""
+        return intensity_descriptor(self._input(volume)[0].numpy())
 
     def foreground(self, volume: Volume) -> tuple[bool, dict[str, Any]]:
         self._check(volume)
@@ -442,6 +454,7 @@ def score_studies(
     tta_weight: float = DEFAULT_TTA_WEIGHT,
     density_weight: float = 0.0,
     cold_start: bool = True,
+    cold_start_space: str = "network",
 ) -> list[StudyScore]:
     """Rank unlabeled studies for labelling (see the module docstring for the strategies).
 
@@ -486,6 +499,10 @@ def score_studies(
             (`missing_grades`), rank by the k-center order from `labeled` (diversity weight
             1, whatever `diversity_weight` says) until it has seen every grade; component
             `cold_start`. False keeps the given weight.
+        cold_start_space: what the cold start's distances are measured in: "network" (the
+            penultimate features, the default) or "intensity" (`descriptors.
+            intensity_descriptor` of each study and labelled study, standardised over them
+            together; component `cold_start_space`).
 
     Returns:
         One `StudyScore` per study, sorted by rank (1 first).
@@ -500,8 +517,21 @@ def score_studies(
     _check_arguments(
         strategy, mc_samples, diversity_weight, injected_dropout, tta_weight, density_weight
     )
+    if cold_start_space not in COLD_START_SPACES:
+        raise ActiveLearningInputError(
+            f"unknown cold_start_space {cold_start_space!r}; choose one of "
+            f"{', '.join(COLD_START_SPACES)}"
+        )
     model_dir = Path(model_dir)
     scorer = _scorer(model_dir, strategy, device)
+    cold = (
+        strategy == "uncertainty"
+        and isinstance(scorer, _GradingScorer)
+        and bool(cold_start)
+        and bool(missing_grades(model_dir))
+    )
+    # the cold start's distances between model-free descriptors instead of network features
+    describe = cold and cold_start_space == "intensity"
     counts = _class_counts(scorer, labeled_counts)  # checked for every strategy
     if strategy != "uncertainty":
         counts = None
@@ -510,7 +540,7 @@ def score_studies(
     # the labelled studies first: a bad one fails before hours of scoring, not after
     reference, labeled_keys = None, set()
     if labeled is not None and strategy == "uncertainty":
-        reference, labeled_keys = _labeled_embeddings(scorer, labeled, progress)
+        reference, labeled_keys = _labeled_embeddings(scorer, labeled, progress, describe)
     measures: list[_Measure] = []
     seen: set[str] = set()
     for index, (key, volume) in enumerate(inputs):
@@ -537,17 +567,22 @@ def score_studies(
                 scorer, key, volume, strategy, mc_samples, tta, injected_dropout, seed, counts,
                 float(tta_weight),
             )  # fmt: skip
+            if describe:
+                assert isinstance(scorer, _GradingScorer)
+                measure.descriptor = scorer.describe(volume)
         except AIEngineError as exc:
             raise type(exc)(f"study {key!r}: {exc}") from exc
         measures.append(measure)
     if not measures:
         raise ActiveLearningInputError("no studies to score: the input is empty")
-    weight = diversity_weight
+    weight = 1.0 if cold else diversity_weight
     if strategy == "uncertainty" and isinstance(scorer, _GradingScorer):
-        cold = bool(cold_start) and bool(missing_grades(model_dir))
-        weight = 1.0 if cold else diversity_weight
         for m in measures:
             m.components["cold_start"] = cold
+            if cold:
+                m.components["cold_start_space"] = cold_start_space
+    if describe:
+        reference = _descriptor_space(measures, reference)
     ranked = _rank(measures, strategy, weight, seed, reference, float(density_weight))
     if progress is not None:
         progress(1.0, f"Ranked {len(ranked)} studies ({strategy})")
@@ -582,13 +617,27 @@ def _measure(
     return _Measure(key, fg, u, emb, {**comps, **fg_comps})
 
 
+def _descriptor_space(measures: list[_Measure], reference: np.ndarray | None) -> np.ndarray | None:
+    """Put the studies' standardised intensity descriptors in place of their embeddings and
+    return the labelled studies' (the `reference` given holds their raw descriptors)."""
+    rows = [m.descriptor for m in measures]
+    if reference is not None:
+        rows += list(reference)
+    space = standardized(np.stack(rows))
+    for m, row in zip(measures, space[: len(measures)], strict=True):
+        m.embedding = row
+    return space[len(measures) :] if reference is not None else None
+
+
 def _labeled_embeddings(
     scorer: _Scorer,
     labeled: Iterable[tuple[str, Volume]],
     progress: Progress | None,
+    describe: bool = False,
 ) -> tuple[np.ndarray | None, set[str]]:
-    """(m, d) embeddings of the labelled studies (None when there are none) and their keys.
-    `progress` is called (at 0: scoring has not started) before each, and may cancel."""
+    """(m, d) embeddings of the labelled studies (None when there are none) and their keys;
+    with `describe`, their intensity descriptors instead (grading). `progress` is called (at
+    0: scoring has not started) before each, and may cancel."""
     rows: list[np.ndarray] = []
     seen: set[str] = set()
     for index, (key, volume) in enumerate(labeled):
@@ -604,7 +653,8 @@ def _labeled_embeddings(
                 f"got {type(volume).__name__}"
             )
         try:
-            rows.append(np.asarray(scorer.embed(volume), dtype=np.float64))
+            row = scorer.describe(volume) if describe else scorer.embed(volume)  # type: ignore[attr-defined]
+            rows.append(np.asarray(row, dtype=np.float64))
         except AIEngineError as exc:
             raise type(exc)(f"labelled study {key!r}: {exc}") from exc
     return (np.stack(rows) if rows else None), seen

@@ -419,6 +419,70 @@ def test_a_model_that_has_not_seen_every_grade_is_a_cold_start_queued_by_distanc
     assert missing_grades(bare) == []
 
 
+def test_intensity_cold_start_queues_by_distance_between_image_descriptors(grading, tmp_path):
+    """`cold_start_space="intensity"`: in a cold start the k-center order is taken between the
+    studies' intensity descriptors (percentiles of each channel of the model's input),
+    standardised over the pool and the labelled studies together, not between network
+    features; the components say so. A model that has seen every grade ignores it, and an
+    unknown space is refused before any scoring."""
+    import shutil
+
+    from ai_engine.active_learning.descriptors import intensity_descriptor, standardized
+    from ai_engine.grading.data import preprocess
+
+    made_by = read_manifest(grading["model"])["made_by_params"]
+    cold = tmp_path / "cold"
+    shutil.copytree(grading["model"], cold)
+    update_manifest(cold, made_by_params={**made_by, "label_counts": {"1": 3, "2": 2, "3": 0}})
+    studies = [*_training_like(), ("noise", _noise(5))]
+    labeled, pool = studies[:2], studies[2:]
+    common = {"labeled": labeled, "mc_samples": 2, "seed": 1}
+    ranking = score_studies(cold, pool, cold_start_space="intensity", **common)
+    assert all(s.components["cold_start"] is True for s in ranking)
+    assert {s.components["cold_start_space"] for s in ranking} == {"intensity"}
+    # the same order by hand: descriptors on the model grid, standardised together, k-center
+    size = load_grading_model(cold).spatial_size
+    rows = standardized(np.stack([
+        intensity_descriptor(preprocess(v, size).image) for _, v in [*pool, *labeled]
+    ]))  # fmt: skip
+    assert all(s.components["foreground"] for s in ranking)  # one group: no reordering
+    expected = diverse_order(np.ones(len(pool)), rows[: len(pool)], 1.0, rows[len(pool) :])
+    assert [s.key for s in ranking] == [pool[i][0] for i in expected.order]
+    network = score_studies(cold, pool, **common)
+    assert {s.components["cold_start_space"] for s in network} == {"network"}
+    assert [s.key for s in network] != [s.key for s in ranking]
+    # every grade seen: no cold start, the space changes nothing
+    warm = score_studies(grading["model"], pool, **common)
+    assert [s.key for s in score_studies(
+        grading["model"], pool, cold_start_space="intensity", **common
+    )] == [s.key for s in warm]  # fmt: skip
+    assert "cold_start_space" not in warm[0].components
+    with pytest.raises(ActiveLearningInputError, match="unknown cold_start_space 'pixels'"):
+        score_studies(cold, pool, cold_start_space="pixels", **common)
+
+
+def test_intensity_descriptor_and_standardised_rows():
+    """Four percentiles per channel, channel by channel; bad shapes and non-finite images are
+    refused; standardising leaves a constant column at 0."""
+    from ai_engine.active_learning.descriptors import intensity_descriptor, standardized
+
+    image = np.stack([np.arange(1000.0).reshape(10, 10, 10), np.zeros((10, 10, 10))])
+    d = intensity_descriptor(image)
+    assert d.shape == (8,)
+    assert d[:4] == pytest.approx(np.percentile(np.arange(1000.0), [50, 90, 95, 99]))
+    assert list(d[4:]) == [0.0] * 4
+    with pytest.raises(ValueError, match="expected a \\(C, X, Y, Z\\) image"):
+        intensity_descriptor(np.zeros((10, 10, 10)))
+    bad = image.copy()
+    bad[0, 0, 0, 0] = np.nan
+    with pytest.raises(ValueError, match="non-finite"):
+        intensity_descriptor(bad)
+    rows = standardized(np.array([[1.0, 5.0], [3.0, 5.0]]))
+    assert rows.tolist() == [[-1.0, 0.0], [1.0, 0.0]]
+    with pytest.raises(ValueError, match="expected \\(n, d\\) rows"):
+        standardized(np.zeros(3))
+
+
 def test_default_queue_is_the_uncertainty_order(grading):
     """The default diversity weight is 0 (measured by bench/bench_active_learning.py): the
     queue follows `uncertainty` alone, and the diversity components are still reported."""
@@ -1029,6 +1093,7 @@ def test_bench_default_is_a_cold_start_while_the_labels_lack_a_grade(monkeypatch
     grades 1, 2, 2 (its pool holds one grade-3 study); `--seed-list` runs them."""
     bench = _bench()
     calls: list[tuple[str, bool, bool | None, int]] = []
+    spaces: dict[str, set] = {}
     real_score = bench.score_studies
 
     def score_spy(folder, studies, **kwargs):
@@ -1037,6 +1102,9 @@ def test_bench_default_is_a_cold_start_while_the_labels_lack_a_grade(monkeypatch
         grades = sum(n > 0 for n in counts.values())
         cold = ranking[0].components.get("cold_start")
         calls.append((folder.parent.name, "labeled" in kwargs, cold, grades))
+        spaces.setdefault(folder.parent.name, set()).add(
+            ranking[0].components.get("cold_start_space")
+        )
         return ranking
 
     monkeypatch.setattr(bench, "score_studies", score_spy)
@@ -1044,7 +1112,8 @@ def test_bench_default_is_a_cold_start_while_the_labels_lack_a_grade(monkeypatch
     argv = ["bench_active_learning.py", "--settings", "clinical", "--seed-list", "11,1", "--pool",
             "8", "--budget", "8", "--test", "6", "--init-steps", "2", "--round-steps", "2",
             "--steps-per-epoch", "2", "--batch-size", "4", "--mc-samples", "2",
-            "--variants", "no-cold-start,one-grade-cold-start", "--out", str(out)]  # fmt: skip
+            "--variants", "no-cold-start,one-grade-cold-start,intensity-cold-start",
+            "--out", str(out)]  # fmt: skip
     monkeypatch.setattr("sys.argv", argv)
     assert bench.main() == 0
     results = json.loads((out / "results.json").read_text())["results"]["clinical"]
@@ -1059,3 +1128,9 @@ def test_bench_default_is_a_cold_start_while_the_labels_lack_a_grade(monkeypatch
     assert len(one) == 10 and {grades for _, _, grades in one} >= {1, 2}
     assert all(cold == (grades < 2) for _, cold, grades in one)
     assert all(cold is None for name, _, cold, _ in calls if name == "random")
+    # session 28's variant: the same cold start, its distances between intensity descriptors
+    intensity = [c[1:] for c in calls if c[0] == "uncertainty-intensity-cold-start"]
+    assert len(intensity) == 10 and {grades for _, _, grades in intensity} >= {1, 2}
+    assert all(labeled == cold == (grades < 3) for labeled, cold, grades in intensity)
+    assert spaces["uncertainty-intensity-cold-start"] - {None} == {"intensity"}
+    assert spaces["uncertainty"] - {None} == {"network"}
