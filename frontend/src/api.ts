@@ -69,6 +69,13 @@ export interface Correction {
   corrected_grade?: number;
 }
 
+/** What a radiologist adds: a nodule (centre and diameter) or a grade; a field left out is
+ * refused by the API with its reason. */
+export type NewFinding = { comment: string; time_spent_s: number } & (
+  | { kind: "nodule"; center_lps_mm?: [number, number, number]; diameter_mm?: number }
+  | { kind: "grade"; grade: number | null }
+);
+
 /** A finding the model missed, added by a radiologist. */
 export interface AddedFinding {
   id: number;
@@ -167,13 +174,10 @@ export class Api {
     return this.request(`${this.base()}/added-findings?study=${encodeURIComponent(studyUid)}`);
   }
 
-  addFinding(
-    seriesUid: string,
-    nodule: { center_lps_mm?: [number, number, number]; diameter_mm?: number; comment: string; time_spent_s: number },
-  ): Promise<AddedFinding> {
+  addFinding(seriesUid: string, finding: NewFinding): Promise<AddedFinding> {
     return this.request(`${this.base()}/added-findings`, {
       method: "POST",
-      body: JSON.stringify({ series_instance_uid: seriesUid, kind: "nodule", ...nodule }),
+      body: JSON.stringify({ series_instance_uid: seriesUid, ...finding }),
     });
   }
 

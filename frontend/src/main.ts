@@ -63,8 +63,15 @@ interface State {
   editing: { id: number; center: Vec3 | null; diameter: number | null; grade: number | null } | null;
   /** Missed findings radiologists added to this study. */
   added: AddedFinding[];
-  /** A missed nodule being added: its centre (a click on the image), diameter, comment. */
-  adding: { center: Vec3 | null; diameter: number; comment: string } | null;
+  /** A missed finding being added: a nodule (its centre, a click on the image, and
+   * diameter) or the study's grade, with a comment. */
+  adding: {
+    kind: "nodule" | "grade";
+    center: Vec3 | null;
+    diameter: number;
+    grade: number | null;
+    comment: string;
+  } | null;
 }
 
 const DEFAULT_ADDED_DIAMETER_MM = 6;
@@ -414,7 +421,12 @@ class Viewer {
     const added = this.state.added.filter((item) => item.series_instance_uid === this.state.seriesUid);
     this.addedTitle.textContent = `Added by radiologists (${added.length})`;
     const rows = added.map((item) => {
-      const size = item.diameter_mm !== null ? ` · ${item.diameter_mm.toFixed(1)} mm` : "";
+      const size =
+        item.diameter_mm !== null
+          ? ` · ${item.diameter_mm.toFixed(1)} mm`
+          : item.grade !== null
+            ? ` ${item.grade}`
+            : "";
       const who = item.radiologist === this.username ? "you" : item.radiologist;
       const row = element("li", { "data-testid": "added-finding", "data-added": String(item.id) });
       row.append(element("div", {}, `${item.kind}${size} · by ${who}`));
@@ -424,15 +436,21 @@ class Viewer {
     if (this.state.adding) {
       rows.push(this.addingEditor());
     } else if (this.canJudge && this.state.series?.normal) {
-      const start = element("button", { "data-testid": "add-nodule" }, "Add a missed nodule…");
-      start.addEventListener("click", () => {
-        this.state.editing = null;
-        this.state.adding = { center: null, diameter: DEFAULT_ADDED_DIAMETER_MM, comment: "" };
-        this.renderFindings();
-        this.redraw();
-      });
       const holder = element("li", { class: "plain" });
-      holder.append(start);
+      const starts: [string, string, "nodule" | "grade"][] = [
+        ["add-nodule", "Add a missed nodule…", "nodule"],
+        ["add-grade", "Add a grade…", "grade"],
+      ];
+      for (const [testid, label, kind] of starts) {
+        const start = element("button", { "data-testid": testid }, label);
+        start.addEventListener("click", () => {
+          this.state.editing = null;
+          this.state.adding = { kind, center: null, diameter: DEFAULT_ADDED_DIAMETER_MM, grade: null, comment: "" };
+          this.renderFindings();
+          this.redraw();
+        });
+        holder.append(start);
+      }
       rows.push(holder);
     }
     this.addedList.replaceChildren(...rows);
@@ -441,6 +459,27 @@ class Viewer {
   private addingEditor(): HTMLLIElement {
     const adding = this.state.adding!;
     const box = element("li", { class: "editor", "data-testid": "adding" });
+    const comment = element("input", {
+      type: "text",
+      placeholder: "Comment (optional)",
+      "data-testid": "added-comment",
+      "aria-label": "Comment",
+    });
+    comment.value = adding.comment;
+    comment.addEventListener("input", () => (adding.comment = comment.value));
+    const cancel = element("button", {}, "Cancel");
+    cancel.addEventListener("click", () => this.stopEditing());
+    if (adding.kind === "grade") {
+      const select = element("select", { "data-testid": "added-grade", "aria-label": "Grade" });
+      select.append(element("option", { value: "" }, "Grade…"));
+      for (const grade of GRADES) select.append(element("option", { value: String(grade) }, `grade ${grade}`));
+      select.value = adding.grade ? String(adding.grade) : "";
+      select.addEventListener("change", () => (adding.grade = select.value ? Number(select.value) : null));
+      const save = element("button", { "data-testid": "save-added" }, "Save grade");
+      save.addEventListener("click", () => void this.saveAdded());
+      box.append(element("div", { class: "muted" }, "The study's tumour grade, which the model did not give."), select, comment, save, cancel);
+      return box;
+    }
     const diameter = element("input", {
       type: "number",
       min: "0.5",
@@ -453,18 +492,8 @@ class Viewer {
       adding.diameter = Number(diameter.value);
       this.redraw();
     });
-    const comment = element("input", {
-      type: "text",
-      placeholder: "Comment (optional)",
-      "data-testid": "added-comment",
-      "aria-label": "Comment",
-    });
-    comment.value = adding.comment;
-    comment.addEventListener("input", () => (adding.comment = comment.value));
     const save = element("button", { "data-testid": "save-added" }, "Save nodule");
     save.addEventListener("click", () => void this.saveAdded());
-    const cancel = element("button", {}, "Cancel");
-    cancel.addEventListener("click", () => this.stopEditing());
     box.append(
       element("div", { class: "muted" }, "Click the image at the nodule's centre; set its diameter (mm)."),
       diameter,
@@ -481,13 +510,18 @@ class Viewer {
     if (!adding || !seriesUid) return;
     this.clearMessage();
     try {
-      // Without a click there is no centre: the API's refusal says so.
-      const added = await this.api.addFinding(seriesUid, {
-        ...(adding.center ? { center_lps_mm: adding.center } : {}),
-        diameter_mm: adding.diameter,
-        comment: adding.comment,
-        time_spent_s: this.spentSeconds(),
-      });
+      // Without a click there is no centre, without a choice no grade: the API's refusal
+      // says so.
+      const common = { comment: adding.comment, time_spent_s: this.spentSeconds() };
+      const added =
+        adding.kind === "grade"
+          ? await this.api.addFinding(seriesUid, { kind: "grade", grade: adding.grade, ...common })
+          : await this.api.addFinding(seriesUid, {
+              kind: "nodule",
+              ...(adding.center ? { center_lps_mm: adding.center } : {}),
+              diameter_mm: adding.diameter,
+              ...common,
+            });
       this.state.clock = performance.now();
       this.state.added = [...this.state.added, added];
       this.stopEditing();
@@ -563,7 +597,7 @@ class Viewer {
       return [world[0], world[1], world[2]];
     };
     if (this.state.adding) {
-      this.state.adding.center = at();
+      if (this.state.adding.kind === "nodule") this.state.adding.center = at();
       this.redraw();
       return;
     }

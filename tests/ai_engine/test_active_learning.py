@@ -822,6 +822,39 @@ def test_bench_crossings_interpolate_and_the_ratio_interval_brackets_the_ratio()
     assert bench._ratio_interval([10, 10], [20, 20]) == (0.5, 0.5)
 
 
+def test_cold_start_bench_prints_where_each_queue_reaches_a_missing_grade(monkeypatch, capsys):
+    """bench/bench_al_cold_start.py: per seed, the rank of the first study of a grade the
+    initial labels lack in each queue (random: the expected rank), the ordinal queue only for
+    starts with grades 1 and 2; bad --seeds exit 2 with the reason. Seed 1 of a pool of 8
+    starts with grades 1, 2, 2 and leaves one grade-3 study among the 5 unlabelled (expected
+    random rank 3.0); seed 11 starts with three grade-1 labels."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[2] / "bench" / "bench_al_cold_start.py"
+    spec = importlib.util.spec_from_file_location("bench_al_cold_start", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert module.parse_seeds("3,5-7") == [3, 5, 6, 7]
+    for bad in ("", "7-5", "3,3", "x"):
+        with pytest.raises(ValueError):
+            module.parse_seeds(bad)
+    argv = ["bench_al_cold_start.py", "--seeds", "1,11", "--pool", "8", "--init-steps", "2",
+            "--mc-samples", "2"]  # fmt: skip
+    monkeypatch.setattr("sys.argv", argv)
+    assert module.main() == 0
+    lines = {line.split(":")[0]: line for line in capsys.readouterr().out.splitlines()}
+    one = lines["seed 1 start [1, 2]"]
+    assert "random 3.0" in one and "ordinal" in one
+    ranks = [int(w) for q in ("entropy", "network", "intensity", "ordinal")
+             for w in [one.split(f"{q} ")[1].split()[0]]]  # fmt: skip
+    assert all(1 <= r <= 5 for r in ranks)
+    assert "ordinal" not in lines["seed 11 start [1]"]
+    monkeypatch.setattr("sys.argv", ["bench_al_cold_start.py", "--seeds", "9-3"])
+    with pytest.raises(SystemExit) as exit_:
+        module.main()
+    assert exit_.value.code == 2 and "bad seed range '9-3'" in capsys.readouterr().err
+
+
 def _bench_run(tmp_path, name, seeds, **changed):
     """A results.json as the bench writes it (only what the report reads), for `--merge`."""
     args = {"pool": 48, "test": 300, "init": 6, "k": 3, "budget": 12, "eval_set": "test",

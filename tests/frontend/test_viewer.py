@@ -279,6 +279,44 @@ def test_radiologist_adds_a_missed_nodule(browser, live_server, scene):
         keep_screenshot(page, "added")
 
 
+def test_radiologist_adds_a_missed_grade(browser, live_server, scene):
+    """A grade the model did not give: refused without a choice (the API's reason shown),
+    then recorded with the chosen grade, no position, the comment and the time spent; a click
+    on the image meanwhile places nothing."""
+    radiologist = scene["users"]["radiologist"]
+    with viewing(browser, live_server, scene, radiologist) as page:
+        page.click("[data-testid=add-grade]")
+        editor = page.locator("[data-testid=adding]")
+        assert editor.locator("[data-testid=added-grade] option").all_inner_texts() == [
+            "Grade…", "grade 1", "grade 2", "grade 3",
+        ]  # fmt: skip
+        editor.locator("[data-testid=save-added]").click()
+        message = page.locator("[data-testid=message]")
+        message.wait_for(state="visible")
+        assert message.inner_text() == "grade must be one of [1, 2, 3], got None."
+        assert not AddedFinding.objects.exists()
+
+        box = page.locator("[data-testid=viewport]").bounding_box()
+        page.mouse.click(box["x"] + box["width"] / 3, box["y"] + box["height"] / 3)
+        assert page.locator("svg.overlay [data-placed=proposed-new]").count() == 0
+        editor.locator("[data-testid=added-grade]").select_option("3")
+        editor.locator("[data-testid=added-comment]").fill("enhancing rim, necrotic core")
+        editor.locator("[data-testid=save-added]").click()
+        page.locator("[data-testid=added-finding]").wait_for()
+
+        added = AddedFinding.objects.get()
+        assert (added.radiologist, added.kind, added.grade, added.comment) == (
+            radiologist,
+            "grade",
+            3,
+            "enhancing rim, necrotic core",
+        )
+        assert added.center_lps_mm is None and added.diameter_mm is None
+        assert added.time_spent_s is not None and added.time_spent_s > 0
+        assert "grade 3 · by you" in page.inner_text("[data-testid=added]")
+        assert page.locator(f"svg.overlay [data-placed=added-{added.pk}]").count() == 0
+
+
 def test_radiologist_corrects_a_grade(browser, live_server, scene):
     """A grade finding (no position: listed, not drawn) corrected to another grade."""
     radiologist = scene["users"]["radiologist"]
