@@ -171,7 +171,10 @@ class _GradingScorer(_Scorer):
 
     def describe(self, volume: Volume) -> np.ndarray:
         """The study's model-free intensity descriptor, on the model's own input."""
-        return intensity_descriptor(self._input(volume)[0].numpy())
+        try:
+            return intensity_descriptor(self._input(volume)[0].numpy())
+        except ValueError as exc:  # a non-finite image: the study's fault, named by the caller
+            raise InputError(f"no intensity descriptor: {exc}") from exc
 
     def foreground(self, volume: Volume) -> tuple[bool, dict[str, Any]]:
         self._check(volume)

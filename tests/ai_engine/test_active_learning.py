@@ -459,6 +459,11 @@ def test_intensity_cold_start_queues_by_distance_between_image_descriptors(gradi
     assert "cold_start_space" not in warm[0].components
     with pytest.raises(ActiveLearningInputError, match="unknown cold_start_space 'pixels'"):
         score_studies(cold, pool, cold_start_space="pixels", **common)
+    broken = pool[0][1].array.astype(np.float64)
+    broken[0, 0, 0, 0] = np.nan
+    bad = [*pool[1:], ("nan-study", Volume(broken, pool[0][1].affine))]
+    with pytest.raises(InputError, match="study 'nan-study': no intensity descriptor: .*non-finite"):
+        score_studies(cold, bad, cold_start_space="intensity", **common)
 
 
 def test_intensity_descriptor_and_standardised_rows():
