@@ -462,7 +462,9 @@ def test_intensity_cold_start_queues_by_distance_between_image_descriptors(gradi
     broken = pool[0][1].array.astype(np.float64)
     broken[0, 0, 0, 0] = np.nan
     bad = [*pool[1:], ("nan-study", Volume(broken, pool[0][1].affine))]
-    with pytest.raises(InputError, match="study 'nan-study': no intensity descriptor: .*non-finite"):
+    with pytest.raises(
+        InputError, match=r"study 'nan-study': no intensity descriptor: .*non-finite"
+    ):
         score_studies(cold, bad, cold_start_space="intensity", **common)
 
 
