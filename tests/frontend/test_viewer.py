@@ -315,6 +315,7 @@ def test_radiologist_adds_a_missed_grade(browser, live_server, scene):
         assert added.time_spent_s is not None and added.time_spent_s > 0
         assert "grade 3 · by you" in page.inner_text("[data-testid=added]")
         assert page.locator(f"svg.overlay [data-placed=added-{added.pk}]").count() == 0
+        keep_screenshot(page, "added-grade")
 
 
 def test_radiologist_corrects_a_grade(browser, live_server, scene):
