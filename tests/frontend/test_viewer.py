@@ -236,6 +236,16 @@ def test_radiologist_corrects_a_nodule_by_clicking_its_centre(browser, live_serv
         keep_screenshot(page, "corrected")
 
 
+def addition_refused(page, editor, reason: str) -> None:
+    """Save the addition being edited; the API refuses it with `reason`, shown as worded,
+    and nothing is recorded."""
+    editor.locator("[data-testid=save-added]").click()
+    message = page.locator("[data-testid=message]")
+    message.wait_for(state="visible")
+    assert message.inner_text() == reason
+    assert not AddedFinding.objects.exists()
+
+
 def test_radiologist_adds_a_missed_nodule(browser, live_server, scene):
     radiologist = scene["users"]["radiologist"]
     finding = scene["finding"]
@@ -247,11 +257,7 @@ def test_radiologist_adds_a_missed_nodule(browser, live_server, scene):
         editor = page.locator("[data-testid=adding]")
 
         # Saved before a click on the image: no centre, and the API says so.
-        editor.locator("[data-testid=save-added]").click()
-        message = page.locator("[data-testid=message]")
-        message.wait_for(state="visible")
-        assert message.inner_text() == "A nodule needs center_lps_mm and diameter_mm."
-        assert not AddedFinding.objects.exists()
+        addition_refused(page, editor, "A nodule needs center_lps_mm and diameter_mm.")
 
         box = page.locator("[data-testid=viewport]").bounding_box()
         page.mouse.click(box["x"] + cx - 60, box["y"] + cy + 40)
@@ -290,11 +296,7 @@ def test_radiologist_adds_a_missed_grade(browser, live_server, scene):
         assert editor.locator("[data-testid=added-grade] option").all_inner_texts() == [
             "Grade…", "grade 1", "grade 2", "grade 3",
         ]  # fmt: skip
-        editor.locator("[data-testid=save-added]").click()
-        message = page.locator("[data-testid=message]")
-        message.wait_for(state="visible")
-        assert message.inner_text() == "grade must be one of [1, 2, 3], got None."
-        assert not AddedFinding.objects.exists()
+        addition_refused(page, editor, "grade must be one of [1, 2, 3], got None.")
 
         box = page.locator("[data-testid=viewport]").bounding_box()
         page.mouse.click(box["x"] + box["width"] / 3, box["y"] + box["height"] / 3)
