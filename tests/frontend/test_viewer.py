@@ -246,6 +246,13 @@ def addition_refused(page, editor, reason: str) -> None:
     assert not AddedFinding.objects.exists()
 
 
+def addition_saved(page, editor) -> AddedFinding:
+    """Save the addition being edited; once it is listed, the one recorded."""
+    editor.locator("[data-testid=save-added]").click()
+    page.locator("[data-testid=added-finding]").wait_for()
+    return AddedFinding.objects.get()
+
+
 def test_radiologist_adds_a_missed_nodule(browser, live_server, scene):
     radiologist = scene["users"]["radiologist"]
     finding = scene["finding"]
@@ -264,10 +271,7 @@ def test_radiologist_adds_a_missed_nodule(browser, live_server, scene):
         editor.locator("[data-testid=added-diameter]").fill("5")
         editor.locator("[data-testid=added-comment]").fill("second nodule, posterior")
         page.locator("svg.overlay [data-placed=proposed-new]").wait_for()
-        editor.locator("[data-testid=save-added]").click()
-        page.locator("[data-testid=added-finding]").wait_for()
-
-        added = AddedFinding.objects.get()
+        added = addition_saved(page, editor)
         assert (added.radiologist, added.kind, added.diameter_mm, added.comment) == (
             radiologist,
             "nodule",
@@ -303,10 +307,7 @@ def test_radiologist_adds_a_missed_grade(browser, live_server, scene):
         assert page.locator("svg.overlay [data-placed=proposed-new]").count() == 0
         editor.locator("[data-testid=added-grade]").select_option("3")
         editor.locator("[data-testid=added-comment]").fill("enhancing rim, necrotic core")
-        editor.locator("[data-testid=save-added]").click()
-        page.locator("[data-testid=added-finding]").wait_for()
-
-        added = AddedFinding.objects.get()
+        added = addition_saved(page, editor)
         assert (added.radiologist, added.kind, added.grade, added.comment) == (
             radiologist,
             "grade",
