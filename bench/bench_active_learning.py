@@ -30,8 +30,10 @@ Per setting and seed (each seed has its own pool, initial labels and network ini
 3. each round: acquire `--k` studies with `ai_engine.active_learning.score_studies` on the
    unlabeled rest ("uncertainty" with the library's defaults: MC-dropout entropy + TTA
    variance, diversity weight `DEFAULT_DIVERSITY_WEIGHT`, and the cold start: a model that has
-   not seen every grade queues by distance from the labelled studies, which the bench then
-   passes as the registry does; or "random": the foreground-aware
+   not seen every grade queues by distance from the labelled studies (between the images'
+   intensity descriptors since session 28; variant `network-cold-start`: between the
+   network's features, the default before), which the bench then passes as the registry
+   does; or "random": the foreground-aware
    baseline; `--variants` adds other uncertainty settings as extra strategies), then fine-tune the previous round's weights on
    all labeled studies for `--round-steps` steps (WARM START, same schedule and seeds for both
    strategies: only the labeled set differs), and measure macro-F1 on the test set; until
@@ -163,7 +165,7 @@ VARIANTS = {
     "snapshots-3": {},
     "no-cold-start": {"cold_start": False},
     "one-grade-cold-start": {},
-    "intensity-cold-start": {"cold_start_space": "intensity"},
+    "network-cold-start": {"cold_start_space": "network"},
 }
 #: variants that pass the labelled set's grade counts (`labeled_counts`: class-balanced
 #: uncertainty)

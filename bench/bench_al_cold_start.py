@@ -11,10 +11,10 @@ queue, the rank at which the first study of a missing grade comes:
 * `random`: the expected rank under a random order, (n + 1) / (m + 1) for m such studies
   among n;
 * `entropy`: the plain uncertainty order (`score_studies(..., cold_start=False)`);
-* `network`: the library's cold start, the k-center order from the labelled studies in the
-  network's penultimate features (the default);
+* `network`: the cold start's k-center order from the labelled studies in the network's
+  penultimate features (`cold_start_space="network"`, the default until session 28);
 * `intensity`: the same order between model-free intensity descriptors
-  (`cold_start_space="intensity"`);
+  (`cold_start_space="intensity"`, the default since session 28);
 * `ordinal` (starts with grades 1 and 2 only): the grade-2 logit over the grade-1 logit,
   highest first (grade 3 as "more" grade 2).
 
@@ -101,7 +101,7 @@ def run_seed(rep: int, args: argparse.Namespace, config, work: Path) -> dict | N
     ranks = {
         "random": (len(labels) + 1) / (m + 1),
         "entropy": first_rank(queue(cold_start=False), labels, missing),
-        "network": first_rank(queue(labeled=labeled), labels, missing),
+        "network": first_rank(queue(labeled=labeled, cold_start_space="network"), labels, missing),
         "intensity": first_rank(
             queue(labeled=labeled, cold_start_space="intensity"), labels, missing
         ),

@@ -18,11 +18,12 @@ Strategies:
   no study of some grade (`made_by_params["label_counts"]`) has class probabilities that say
   nothing about where that grade is (it is as confident on it as on the grades it knows), so
   its queue is the k-center order instead, diversity weight 1: the study farthest from the
-  `labeled` studies (and from those queued before it) in the network's features, until every
-  grade has a label. With `cold_start_space="intensity"` the distances are taken instead
-  between model-free descriptors of the images (`ai_engine.active_learning.descriptors`:
+  `labeled` studies (and from those queued before it), until every grade has a label. The
+  distances are taken between model-free descriptors of the images (`cold_start_space=
+  "intensity"`, the default since session 28: `ai_engine.active_learning.descriptors`,
   percentiles of each sequence's intensities), which do not depend on what the few labels
-  taught the network. Measured: docs/active_learning.md.
+  taught the network; "network" takes them between the network's penultimate features (the
+  default before). Measured: docs/active_learning.md.
 * "random": the baseline. Each study draws a seeded uniform number (seeded by `seed` and its
   key, so the draw does not depend on the input order) and studies are queued by it; the
   score is `(draw + 1) / 2` with foreground and `draw / 2` without.
@@ -457,7 +458,7 @@ def score_studies(
     tta_weight: float = DEFAULT_TTA_WEIGHT,
     density_weight: float = 0.0,
     cold_start: bool = True,
-    cold_start_space: str = "network",
+    cold_start_space: str = "intensity",
 ) -> list[StudyScore]:
     """Rank unlabeled studies for labelling (see the module docstring for the strategies).
 
@@ -502,10 +503,10 @@ def score_studies(
             (`missing_grades`), rank by the k-center order from `labeled` (diversity weight
             1, whatever `diversity_weight` says) until it has seen every grade; component
             `cold_start`. False keeps the given weight.
-        cold_start_space: what the cold start's distances are measured in: "network" (the
-            penultimate features, the default) or "intensity" (`descriptors.
-            intensity_descriptor` of each study and labelled study, standardised over them
-            together; component `cold_start_space`).
+        cold_start_space: what the cold start's distances are measured in: "intensity"
+            (the default: `descriptors.intensity_descriptor` of each study and labelled
+            study, standardised over them together) or "network" (the penultimate features);
+            component `cold_start_space`.
 
     Returns:
         One `StudyScore` per study, sorted by rank (1 first).

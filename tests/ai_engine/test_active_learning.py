@@ -379,7 +379,8 @@ def test_a_model_that_has_not_seen_every_grade_is_a_cold_start_queued_by_distanc
 ):
     """Training records the grades it learnt from; a model whose folder says its training set
     lacked a grade (one grade seen, or two of three) is queued in the k-center order from the
-    labelled studies (diversity weight 1), the component says so, and `cold_start=False` or
+    labelled studies (diversity weight 1; here between network features, the intensity
+    descriptors of the default have their own test), the component says so, and `cold_start=False` or
     a model that saw every grade keep the uncertainty order. A grade the model predicts but
     the counts leave out counts as missing; a folder without counts is not a cold start."""
     import shutil
@@ -404,7 +405,7 @@ def test_a_model_that_has_not_seen_every_grade_is_a_cold_start_queued_by_distanc
         shutil.copytree(grading["model"], cold)
         update_manifest(cold, made_by_params={**made_by, "label_counts": seen})
         assert missing_grades(cold) == missing, name
-        ranking = score_studies(cold, pool, **common)
+        ranking = score_studies(cold, pool, cold_start_space="network", **common)
         assert all(s.components["cold_start"] is True for s in ranking), name
         kcenter = score_studies(cold, pool, diversity_weight=1.0, cold_start=False, **common)
         assert [s.key for s in ranking] == [s.key for s in kcenter], name
@@ -420,11 +421,12 @@ def test_a_model_that_has_not_seen_every_grade_is_a_cold_start_queued_by_distanc
 
 
 def test_intensity_cold_start_queues_by_distance_between_image_descriptors(grading, tmp_path):
-    """`cold_start_space="intensity"`: in a cold start the k-center order is taken between the
-    studies' intensity descriptors (percentiles of each channel of the model's input),
-    standardised over the pool and the labelled studies together, not between network
-    features; the components say so. A model that has seen every grade ignores it, and an
-    unknown space is refused before any scoring."""
+    """`cold_start_space="intensity"` (the default since session 28): in a cold start the
+    k-center order is taken between the studies' intensity descriptors (percentiles of each
+    channel of the model's input), standardised over the pool and the labelled studies
+    together; "network" takes it between network features; the components say which. A
+    model that has seen every grade ignores it, and an unknown space is refused before any
+    scoring."""
     import shutil
 
     from ai_engine.active_learning.descriptors import intensity_descriptor, standardized
@@ -437,7 +439,10 @@ def test_intensity_cold_start_queues_by_distance_between_image_descriptors(gradi
     studies = [*_training_like(), ("noise", _noise(5))]
     labeled, pool = studies[:2], studies[2:]
     common = {"labeled": labeled, "mc_samples": 2, "seed": 1}
-    ranking = score_studies(cold, pool, cold_start_space="intensity", **common)
+    ranking = score_studies(cold, pool, **common)
+    assert [s.key for s in ranking] == [
+        s.key for s in score_studies(cold, pool, cold_start_space="intensity", **common)
+    ]
     assert all(s.components["cold_start"] is True for s in ranking)
     assert {s.components["cold_start_space"] for s in ranking} == {"intensity"}
     # the same order by hand: descriptors on the model grid, standardised together, k-center
@@ -448,7 +453,7 @@ def test_intensity_cold_start_queues_by_distance_between_image_descriptors(gradi
     assert all(s.components["foreground"] for s in ranking)  # one group: no reordering
     expected = diverse_order(np.ones(len(pool)), rows[: len(pool)], 1.0, rows[len(pool) :])
     assert [s.key for s in ranking] == [pool[i][0] for i in expected.order]
-    network = score_studies(cold, pool, **common)
+    network = score_studies(cold, pool, cold_start_space="network", **common)
     assert {s.components["cold_start_space"] for s in network} == {"network"}
     assert [s.key for s in network] != [s.key for s in ranking]
     # every grade seen: no cold start, the space changes nothing
@@ -465,7 +470,7 @@ def test_intensity_cold_start_queues_by_distance_between_image_descriptors(gradi
     with pytest.raises(
         InputError, match=r"study 'nan-study': no intensity descriptor: .*non-finite"
     ):
-        score_studies(cold, bad, cold_start_space="intensity", **common)
+        score_studies(cold, bad, **common)
 
 
 def test_intensity_descriptor_and_standardised_rows():
@@ -1152,7 +1157,7 @@ def test_bench_default_is_a_cold_start_while_the_labels_lack_a_grade(monkeypatch
     argv = ["bench_active_learning.py", "--settings", "clinical", "--seed-list", "11,1", "--pool",
             "8", "--budget", "8", "--test", "6", "--init-steps", "2", "--round-steps", "2",
             "--steps-per-epoch", "2", "--batch-size", "4", "--mc-samples", "2",
-            "--variants", "no-cold-start,one-grade-cold-start,intensity-cold-start",
+            "--variants", "no-cold-start,one-grade-cold-start,network-cold-start",
             "--out", str(out)]  # fmt: skip
     monkeypatch.setattr("sys.argv", argv)
     assert bench.main() == 0
@@ -1168,9 +1173,10 @@ def test_bench_default_is_a_cold_start_while_the_labels_lack_a_grade(monkeypatch
     assert len(one) == 10 and {grades for _, _, grades in one} >= {1, 2}
     assert all(cold == (grades < 2) for _, cold, grades in one)
     assert all(cold is None for name, _, cold, _ in calls if name == "random")
-    # session 28's variant: the same cold start, its distances between intensity descriptors
-    intensity = [c[1:] for c in calls if c[0] == "uncertainty-intensity-cold-start"]
-    assert len(intensity) == 10 and {grades for _, _, grades in intensity} >= {1, 2}
-    assert all(labeled == cold == (grades < 3) for labeled, cold, grades in intensity)
-    assert spaces["uncertainty-intensity-cold-start"] - {None} == {"intensity"}
-    assert spaces["uncertainty"] - {None} == {"network"}
+    # the default before session 28: the same cold start, its distances between the
+    # network's features (the default's are between intensity descriptors)
+    network = [c[1:] for c in calls if c[0] == "uncertainty-network-cold-start"]
+    assert len(network) == 10 and {grades for _, _, grades in network} >= {1, 2}
+    assert all(labeled == cold == (grades < 3) for labeled, cold, grades in network)
+    assert spaces["uncertainty-network-cold-start"] - {None} == {"network"}
+    assert spaces["uncertainty"] - {None} == {"intensity"}
