@@ -382,20 +382,26 @@ def auroc(score: np.ndarray, positive: np.ndarray) -> float | None:
     return float((ranks[positive].sum() - pos * (pos + 1) / 2) / (pos * neg))
 
 
-def run_seed(
-    setting: str, rep: int, args, config: GradingConfig, test: list[dict], out: Path
-) -> dict:
+def draw_seed(setting: str, rep: int, args) -> tuple[list[dict], list[str]]:
+    """A seed's pool (`--pool` studies of the setting) and the keys of its `--init` initial
+    labels, as every run of this bench draws them."""
     shape = tuple(int(v) for v in args.shape.split(","))
     first = 100_000 * (rep + 1) + (50_000 if setting == "balanced" else 0)
     if setting == "clinical":
         pool = clinical_pool(first, args.pool, shape, derive_seed(rep, "pool"))
     else:
         pool = balanced_pool(first, args.pool, shape)
+    rng = np.random.default_rng(derive_seed(rep, setting, "initial-labels"))
+    return pool, [pool[i]["key"] for i in rng.permutation(len(pool))[: args.init]]
+
+
+def run_seed(
+    setting: str, rep: int, args, config: GradingConfig, test: list[dict], out: Path
+) -> dict:
+    pool, initial = draw_seed(setting, rep, args)
     for it in pool:
         it["image"] = torch.from_numpy(preprocess(it["volume"], config.spatial_size).image)
     by_key = {it["key"]: it for it in pool}
-    rng = np.random.default_rng(derive_seed(rep, setting, "initial-labels"))
-    initial = [pool[i]["key"] for i in rng.permutation(len(pool))[: args.init]]
     root = out / setting / f"seed{rep}"
     timings = {"train_s": 0.0, "score_s": 0.0, "eval_s": 0.0}
 

@@ -70,10 +70,8 @@ def first_rank(order: list[int], labels: np.ndarray, missing: set[int]) -> int:
 
 
 def run_seed(rep: int, args: argparse.Namespace, config, work: Path) -> dict | None:
-    shape = tuple(int(v) for v in args.shape.split(","))
-    pool = al.clinical_pool(100_000 * (rep + 1), args.pool, shape, derive_seed(rep, "pool"))
-    rng = np.random.default_rng(derive_seed(rep, "clinical", "initial-labels"))
-    initial = [int(i) for i in rng.permutation(len(pool))[: args.init]]
+    pool, initial_keys = al.draw_seed("clinical", rep, args)
+    initial = [i for i, it in enumerate(pool) if it["key"] in initial_keys]
     grades = np.array([it["label"] + 1 for it in pool])
     start = sorted({int(g) for g in grades[initial]})
     missing = {1, 2, 3} - set(start)

@@ -172,8 +172,12 @@ class _GradingScorer(_Scorer):
 
     def describe(self, volume: Volume) -> np.ndarray:
         """The study's model-free intensity descriptor, on the model's own input."""
+        return self._descriptor(self._input(volume))
+
+    @staticmethod
+    def _descriptor(x: torch.Tensor) -> np.ndarray:
         try:
-            return intensity_descriptor(self._input(volume)[0].numpy())
+            return intensity_descriptor(x[0].numpy())
         except ValueError as exc:  # a non-finite image: the study's fault, named by the caller
             raise InputError(f"no intensity descriptor: {exc}") from exc
 
@@ -219,7 +223,10 @@ class _GradingScorer(_Scorer):
         seed: int,
         labeled_counts: np.ndarray | None = None,
         tta_weight: float = DEFAULT_TTA_WEIGHT,
-    ) -> tuple[dict[str, Any], np.ndarray, float]:
+        describe: bool = False,
+    ) -> tuple[dict[str, Any], np.ndarray, float, np.ndarray | None]:
+        """(components, embedding, uncertainty, and with `describe` the intensity descriptor
+        of the same preprocessed input)."""
         from ai_engine.grading.data import GRADES
 
         assert self.network is not None
@@ -254,7 +261,7 @@ class _GradingScorer(_Scorer):
             comps["unweighted_uncertainty"] = u
             comps["class_balance_weight"] = weight
             u *= weight
-        return comps, embedding, u
+        return comps, embedding, u, (self._descriptor(x) if describe else None)
 
 
 class _DetectionScorer(_Scorer):
@@ -569,11 +576,8 @@ def score_studies(
         try:
             measure = _measure(
                 scorer, key, volume, strategy, mc_samples, tta, injected_dropout, seed, counts,
-                float(tta_weight),
+                float(tta_weight), describe,
             )  # fmt: skip
-            if describe:
-                assert isinstance(scorer, _GradingScorer)
-                measure.descriptor = scorer.describe(volume)
         except AIEngineError as exc:
             raise type(exc)(f"study {key!r}: {exc}") from exc
         measures.append(measure)
@@ -604,6 +608,7 @@ def _measure(
     seed: int,
     labeled_counts: np.ndarray | None = None,
     tta_weight: float = DEFAULT_TTA_WEIGHT,
+    describe: bool = False,
 ) -> _Measure:
     if strategy == "random":
         fg, comps = scorer.foreground(volume)
@@ -615,9 +620,10 @@ def _measure(
         )
     else:
         fg, fg_comps = scorer.foreground(volume)
-        comps, emb, u = scorer.measure(
-            volume, mc_samples, tta, injected_p, study_seed, labeled_counts, tta_weight
+        comps, emb, u, descriptor = scorer.measure(
+            volume, mc_samples, tta, injected_p, study_seed, labeled_counts, tta_weight, describe
         )
+        return _Measure(key, fg, u, emb, {**comps, **fg_comps}, descriptor)
     return _Measure(key, fg, u, emb, {**comps, **fg_comps})
 
 

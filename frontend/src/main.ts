@@ -75,6 +75,12 @@ interface State {
 }
 
 const DEFAULT_ADDED_DIAMETER_MM = 6;
+/** What a radiologist adds to a series the model read, by modality: the platform finds
+ * nodules on CT and grades tumours on MRI. */
+const ADDITIONS: Record<string, { testid: string; label: string; kind: "nodule" | "grade" }> = {
+  CT: { testid: "add-nodule", label: "Add a missed nodule…", kind: "nodule" },
+  MR: { testid: "add-grade", label: "Add a grade…", kind: "grade" },
+};
 
 const GRADES = [1, 2, 3];
 /** A press and release this close (CSS px) is a click that places, not a window/level drag. */
@@ -437,15 +443,19 @@ class Viewer {
       rows.push(this.addingEditor());
     } else if (this.canJudge && this.state.series?.normal) {
       const holder = element("li", { class: "plain" });
-      const starts: [string, string, "nodule" | "grade"][] = [
-        ["add-nodule", "Add a missed nodule…", "nodule"],
-        ["add-grade", "Add a grade…", "grade"],
-      ];
-      for (const [testid, label, kind] of starts) {
-        const start = element("button", { "data-testid": testid }, label);
+      const modality = this.state.study?.series.find((s) => s.series_instance_uid === this.state.seriesUid)?.modality;
+      const addition = modality ? ADDITIONS[modality] : undefined;
+      if (addition) {
+        const start = element("button", { "data-testid": addition.testid }, addition.label);
         start.addEventListener("click", () => {
           this.state.editing = null;
-          this.state.adding = { kind, center: null, diameter: DEFAULT_ADDED_DIAMETER_MM, grade: null, comment: "" };
+          this.state.adding = {
+            kind: addition.kind,
+            center: null,
+            diameter: DEFAULT_ADDED_DIAMETER_MM,
+            grade: null,
+            comment: "",
+          };
           this.renderFindings();
           this.redraw();
         });

@@ -53,9 +53,11 @@ def make_ct_series(
     study_instance_uid: str | None = None,
     jpeg_ls: bool = False,
     seed: int = 0,
+    modality: str = "CT",
 ) -> CtSeries:
     """A CT series of `slices` slices, `rows` x `columns`, 16-bit signed pixels, 0.7 mm
-    pixels 1 mm apart (`tests.support.dicom_files.ct_series`)."""
+    pixels 1 mm apart (`tests.support.dicom_files.ct_series`); `modality` relabels it (an
+    "MR" series where only the modality matters)."""
     datasets = ct_series(
         slices,
         rows=rows,
@@ -73,6 +75,7 @@ def make_ct_series(
         window=(40, 400),
         jpeg_ls=jpeg_ls,
         seed=seed,
+        modality=modality,
     )
     first = datasets[0]
     return CtSeries(str(first.StudyInstanceUID), str(first.SeriesInstanceUID), patient_id, datasets)
@@ -105,13 +108,13 @@ def index_series(project, series: CtSeries):
             "project": project,
             "patient": patient,
             "study_description": str(first.StudyDescription),
-            "modalities_in_study": "CT",
+            "modalities_in_study": str(first.Modality),
         },
     )
     row = Series.objects.create(
         study=study,
         series_instance_uid=series.series_instance_uid,
-        modality="CT",
+        modality=str(first.Modality),
         number_of_instances=len(series.datasets),
         rows=int(first.Rows),
         columns=int(first.Columns),

@@ -289,12 +289,27 @@ def test_radiologist_adds_a_missed_nodule(browser, live_server, scene):
         keep_screenshot(page, "added")
 
 
-def test_radiologist_adds_a_missed_grade(browser, live_server, scene):
-    """A grade the model did not give: refused without a choice (the API's reason shown),
-    then recorded with the chosen grade, no position, the comment and the time spent; a click
-    on the image meanwhile places nothing."""
+def test_radiologist_adds_a_missed_grade(browser, live_server, scene, orthanc):
+    """A grade the model did not give, on an MR series (a CT series offers a missed nodule
+    instead, an MR series no nodule): refused without a choice (the API's reason shown), then
+    recorded with the chosen grade, no position, the comment and the time spent; a click on
+    the image meanwhile places nothing."""
+    mr = make_ct_series(
+        slices=5,
+        patient_id="VIEW-1",
+        study_instance_uid=scene["study"].study_instance_uid,
+        seed=9,
+        modality="MR",
+    )
+    store_series(mr, url=orthanc.url, auth=(orthanc.username, orthanc.password))
+    index_series(scene["project"], mr)
     radiologist = scene["users"]["radiologist"]
     with viewing(browser, live_server, scene, radiologist) as page:
+        page.locator("[data-testid=add-nodule]").wait_for()  # the CT series the AI read
+        assert page.locator("[data-testid=add-grade]").count() == 0
+        page.locator("select[aria-label=Series]").select_option(mr.series_instance_uid)
+        page.locator("[data-testid=add-grade]").wait_for()
+        assert page.locator("[data-testid=add-nodule]").count() == 0
         page.click("[data-testid=add-grade]")
         editor = page.locator("[data-testid=adding]")
         assert editor.locator("[data-testid=added-grade] option").all_inner_texts() == [
@@ -314,6 +329,7 @@ def test_radiologist_adds_a_missed_grade(browser, live_server, scene):
             3,
             "enhancing rim, necrotic core",
         )
+        assert added.series.series_instance_uid == mr.series_instance_uid
         assert added.center_lps_mm is None and added.diameter_mm is None
         assert added.time_spent_s is not None and added.time_spent_s > 0
         assert "grade 3 · by you" in page.inner_text("[data-testid=added]")
