@@ -23,6 +23,12 @@ class FindingKind(models.TextChoices):
     GRADE = "grade", "Tumor grade"
 
 
+#: The modality of the series each kind of finding is read on: the nodule detector reads CT,
+#: the tumour grader multimodal MR (`ai_engine.registry.models.TASK_MODALITY`). A radiologist
+#: adds a missed finding on a series of its kind's modality, as the viewer offers it.
+KIND_MODALITY: dict[str, str] = {FindingKind.NODULE: "CT", FindingKind.GRADE: "MR"}
+
+
 class Finding(models.Model):
     """One thing a model found in a series: a nodule (position, size, score) or a grade."""
 

@@ -16,6 +16,7 @@ from django.db import transaction
 from annotations.exceptions import InvalidFeedback
 from annotations.models import (
     GRADES,
+    KIND_MODALITY,
     AddedFinding,
     FeedbackHistory,
     Finding,
@@ -227,6 +228,17 @@ def added_finding_create(
     """Record a finding the model missed (a nodule with centre and diameter, or a grade)."""
     if series.study_id != study.pk:
         raise InvalidFeedback("The series does not belong to the study.", extra={"field": "series"})
+    if kind not in KIND_MODALITY:
+        raise InvalidFeedback(
+            f"kind must be one of {FindingKind.values}, got {kind!r}.", extra={"field": "kind"}
+        )
+    modality = KIND_MODALITY[kind]
+    if series.modality != modality:
+        raise InvalidFeedback(
+            f"A {kind} is added on a {modality} series; this series is "
+            f"{series.modality or 'of no recorded modality'}.",
+            extra={"field": "series"},
+        )
     values: dict[str, Any] = {
         "time_spent_s": _check_time_spent(time_spent_s),
         "comment": comment or "",
@@ -240,14 +252,10 @@ def added_finding_create(
             )
         values["center_lps_mm"] = _check_point(center_lps_mm, series=series, field="center_lps_mm")
         values["diameter_mm"] = _check_diameter(diameter_mm, field="diameter_mm")
-    elif kind == FindingKind.GRADE:
+    else:
         if center_lps_mm is not None or diameter_mm is not None:
             raise InvalidFeedback("A grade has no position or size.", extra={"field": "kind"})
         values["grade"] = _check_grade(grade, field="grade")
-    else:
-        raise InvalidFeedback(
-            f"kind must be one of {FindingKind.values}, got {kind!r}.", extra={"field": "kind"}
-        )
     with transaction.atomic():
         added = AddedFinding.objects.create(
             project_id=study.project_id,

@@ -114,24 +114,55 @@ def test_feedback_on_a_finding_of_another_project_is_404(
     assert not FindingFeedback.objects.exists()
 
 
+@pytest.mark.parametrize(
+    ("modality", "body"),
+    [
+        ("CT", {"kind": "nodule", "center_lps_mm": [10, 10, 3], "diameter_mm": 5}),
+        ("MR", {"kind": "grade", "grade": 3, "comment": "enhancing rim"}),
+    ],
+)
+def test_added_finding_is_saved_and_listed_with_its_study(
+    project, users, radiologist_client, annotator_client, modality, body
+):
+    study = make_study(project, modality=modality)
+    make_study(project, modality=modality)  # another study: not listed with this one
+    url = reverse("added-finding-list", kwargs={"project": project.slug})
+    series_uid = study.series.get().series_instance_uid
+    response = radiologist_client.post(
+        url, {"series_instance_uid": series_uid, **body}, format="json"
+    )
+    assert response.status_code == 201, response.data
+    assert response.data["radiologist"] == users["radiologist"].username
+    for field, value in body.items():
+        assert response.data[field] == value
+    listed = annotator_client.get(url, {"study": study.study_instance_uid}).data
+    assert [a["id"] for a in listed] == [response.data["id"]]
+    assert listed[0]["series_instance_uid"] == series_uid
+
+
 ADDED_BAD = [
-    ({"kind": "nodule", "center_lps_mm": [10, 10, 3]}, 400, "diameter_mm"),
-    ({"kind": "nodule", "center_lps_mm": [10, 10, 99], "diameter_mm": 5}, 400, "outside"),
+    ("CT", {"kind": "nodule", "center_lps_mm": [10, 10, 3]}, 400, "diameter_mm"),
+    ("CT", {"kind": "nodule", "center_lps_mm": [10, 10, 99], "diameter_mm": 5}, 400, "outside"),
     (
+        "CT",
         {"kind": "nodule", "center_lps_mm": [10, 10, 3], "diameter_mm": 5, "time_spent_s": -1},
         400,
         "time_spent_s",
     ),
-    ({"kind": "grade", "grade": 0}, 400, "grade"),
-    ({"kind": "grade", "grade": 4}, 400, "grade"),
-    ({"kind": "tumour"}, 400, "kind"),
-    ({"kind": "grade", "grade": 2, "study": "1.2.3"}, 400, "Unknown field"),
+    ("MR", {"kind": "grade", "grade": 0}, 400, "grade"),
+    ("MR", {"kind": "grade", "grade": 4}, 400, "grade"),
+    ("CT", {"kind": "tumour"}, 400, "kind"),
+    ("MR", {"kind": "grade", "grade": 2, "study": "1.2.3"}, 400, "Unknown field"),
+    # Each kind on the modality its model reads, as the viewer offers it.
+    ("MR", {"kind": "nodule", "center_lps_mm": [10, 10, 3], "diameter_mm": 5}, 400, "CT series"),
+    ("CT", {"kind": "grade", "grade": 2}, 400, "MR series"),
+    ("", {"kind": "grade", "grade": 2}, 400, "no recorded modality"),
 ]
 
 
-@pytest.mark.parametrize(("body", "code", "reason"), ADDED_BAD)
-def test_bad_added_findings_are_refused(project, radiologist_client, body, code, reason):
-    series = make_study(project).series.first()
+@pytest.mark.parametrize(("modality", "body", "code", "reason"), ADDED_BAD)
+def test_bad_added_findings_are_refused(project, radiologist_client, modality, body, code, reason):
+    series = make_study(project, modality=modality).series.first()
     url = reverse("added-finding-list", kwargs={"project": project.slug})
     response = radiologist_client.post(
         url, {"series_instance_uid": series.series_instance_uid, **body}, format="json"
