@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -114,3 +115,59 @@ def test_redis_elsewhere_is_not_started_here(tmp_path):
 def test_web_needs_a_virtualenv(tmp_path):
     done = _sh("start", "web", env=_env(tmp_path, PLATFORM_VENV=str(tmp_path / "no-venv")))
     assert done.returncode != 0 and "no virtualenv" in done.stderr
+
+
+def test_worker_and_beat_start_with_their_pid_report_and_stop(tmp_path):
+    """Real Celery processes: start reports the pid each runs under (Celery rewrites its pid
+    file while it detaches, so start reads it once it has settled), status finds them, stop
+    ends them and removes the pid files. The rewrite's timing is Celery's: this run may or
+    may not hit it, so the test holds the outcome, not the race."""
+    from django.conf import settings
+
+    broker = redis.Redis.from_url(settings.REDIS_URL)
+    broker_url = f"redis://{broker.connection_pool.connection_kwargs['host']}:" + str(
+        broker.connection_pool.connection_kwargs["port"]
+    )
+    env = _env(tmp_path, REDIS_URL=f"{broker_url}/13", CELERY_QUEUES="services-test")
+    env.pop("DATABASE_URL", None)  # the worker's own SQLite under tmp_path
+    run = tmp_path / "run"
+    try:
+        started = _sh("start", "worker", "beat", env=env)
+        assert started.returncode == 0, started.stderr
+        assert started.stderr == ""  # no "cat: ...: No such file" while the pid file moves
+        pids = {}
+        for name in ("worker", "beat"):
+            found = re.search(rf"{name}: started \(pid (\d+)", started.stdout)
+            assert found, started.stdout
+            pids[name] = int(found.group(1))
+            assert int((run / f"{name}.pid").read_text()) == pids[name]
+            os.kill(pids[name], 0)  # runs
+        status = _sh("status", "worker", "beat", env=env)
+        assert status.returncode == 0
+        assert f"worker: running (pid {pids['worker']})" in status.stdout
+        assert f"beat: running (pid {pids['beat']})" in status.stdout
+        assert "already running" in _sh("start", "worker", env=env).stdout
+    finally:
+        stop = _sh("stop", "worker", "beat", env=env)
+    assert stop.returncode == 0, stop.stderr
+    assert "worker: stopped" in stop.stdout and "beat: stopped" in stop.stdout
+    for name, pid in pids.items():
+        assert not (run / f"{name}.pid").exists()
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
+
+
+@pytest.mark.parametrize("content", [None, "", "not-a-pid\n", "{gone}\n"])
+def test_a_missing_empty_or_stale_pid_file_reads_as_down_quietly(tmp_path, content):
+    finished = subprocess.Popen(["true"])
+    finished.wait()
+    run = tmp_path / "run"
+    run.mkdir()
+    if content is not None:
+        (run / "worker.pid").write_text(content.format(gone=finished.pid))
+    status = _sh("status", "worker", env=_env(tmp_path))
+    assert status.returncode == 3
+    assert status.stdout == "worker: down\n" and status.stderr == ""
+    stop = _sh("stop", "worker", env=_env(tmp_path))
+    assert stop.returncode == 0 and "worker: not running" in stop.stdout
+    assert not (run / "worker.pid").exists()
