@@ -131,11 +131,11 @@ def test_worker_and_beat_start_with_their_pid_report_and_stop(tmp_path):
     env = _env(tmp_path, REDIS_URL=f"{broker_url}/13", CELERY_QUEUES="services-test")
     env.pop("DATABASE_URL", None)  # the worker's own SQLite under tmp_path
     run = tmp_path / "run"
+    pids: dict[str, int] = {}
     try:
         started = _sh("start", "worker", "beat", env=env)
         assert started.returncode == 0, started.stderr
         assert started.stderr == ""  # no "cat: ...: No such file" while the pid file moves
-        pids = {}
         for name in ("worker", "beat"):
             found = re.search(rf"{name}: started \(pid (\d+)", started.stdout)
             assert found, started.stdout
