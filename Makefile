@@ -36,7 +36,7 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 
 # The viewer: npm ci when the lock file changes, a Vite build (with a type check) when a
 # source changes. Django serves frontend/dist/viewer/ as /static/viewer/.
-FRONTEND_SOURCES := $(wildcard frontend/src/*) frontend/vite.config.ts frontend/tsconfig.json
+FRONTEND_SOURCES := $(wildcard frontend/src/*) $(wildcard frontend/test/*) frontend/vite.config.ts frontend/tsconfig.json
 frontend: frontend/dist/viewer/viewer.js
 
 frontend/node_modules/.package-lock.json: frontend/package.json frontend/package-lock.json

@@ -73,13 +73,13 @@ export async function fetchNifti(url: string): Promise<NiftiVolume> {
   return parseNifti(await response.arrayBuffer());
 }
 
-function voxelToLps(map: NiftiVolume, i: number, j: number, k: number): Vec3 {
+export function voxelToLps(map: NiftiVolume, i: number, j: number, k: number): Vec3 {
   const m = map.toLps;
   return [0, 1, 2].map((r) => m[r][0] * i + m[r][1] * j + m[r][2] * k + m[r][3]) as Vec3;
 }
 
 /** The volume's k index (voxel units, fractional) of the plane through `point`. */
-function planeIndex(map: NiftiVolume, point: Vec3): number {
+export function planeIndex(map: NiftiVolume, point: Vec3): number {
   const m = map.toLps;
   const a = [
     [m[0][0], m[0][1], m[0][2]],

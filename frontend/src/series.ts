@@ -5,15 +5,8 @@
 import { wadors } from "@cornerstonejs/dicom-image-loader";
 
 import { ApiError, reasonOf } from "./api";
-import { type Vec3, cross, dot } from "./geometry";
-
-type DicomJson = Record<string, { vr: string; Value?: unknown[] }>;
-
-const SOP_INSTANCE_UID = "00080018";
-const INSTANCE_NUMBER = "00200013";
-const IMAGE_POSITION = "00200032";
-const IMAGE_ORIENTATION = "00200037";
-const NUMBER_OF_FRAMES = "00280008";
+import type { Vec3 } from "./geometry";
+import { type DicomJson, orderFrames, sliceNormal } from "./slices";
 
 export interface Slice {
   imageId: string;
@@ -25,17 +18,6 @@ export interface LoadedSeries {
   slices: Slice[];
   /** Unit normal of the image planes (row x column direction); null without geometry. */
   normal: Vec3 | null;
-}
-
-function first<T>(instance: DicomJson, tag: string): T | undefined {
-  return instance[tag]?.Value?.[0] as T | undefined;
-}
-
-function numbers(instance: DicomJson, tag: string, length: number): number[] | null {
-  const raw = instance[tag]?.Value;
-  if (!raw || raw.length !== length) return null;
-  const parsed = raw.map(Number);
-  return parsed.every(Number.isFinite) ? parsed : null;
 }
 
 export async function loadSeries(root: string, study: string, series: string): Promise<LoadedSeries> {
@@ -51,28 +33,11 @@ export async function loadSeries(root: string, study: string, series: string): P
   const instances = (await response.json()) as DicomJson[];
   if (!instances.length) throw new ApiError(404, "the series has no images");
 
-  const orientation = numbers(instances[0], IMAGE_ORIENTATION, 6);
-  const normal = orientation
-    ? cross([orientation[0], orientation[1], orientation[2]], [orientation[3], orientation[4], orientation[5]])
-    : null;
-  const along = (instance: DicomJson): number => {
-    const position = numbers(instance, IMAGE_POSITION, 3);
-    if (normal && position) return dot(position as Vec3, normal);
-    return Number(first<number>(instance, INSTANCE_NUMBER) ?? 0);
-  };
-  const ordered = [...instances].sort((a, b) => along(a) - along(b));
-
-  const slices: Slice[] = [];
-  for (const instance of ordered) {
-    const sop = first<string>(instance, SOP_INSTANCE_UID);
-    if (!sop) continue;
-    const frames = Math.max(1, Number(first<number>(instance, NUMBER_OF_FRAMES) ?? 1));
-    const position = numbers(instance, IMAGE_POSITION, 3) as Vec3 | null;
-    for (let frame = 1; frame <= frames; frame += 1) {
-      const imageId = `wadors:${base}/instances/${sop}/frames/${frame}`;
-      wadors.metaDataManager.add(imageId, instance as never);
-      slices.push({ imageId, position: frames === 1 ? position : null });
-    }
-  }
+  const normal = sliceNormal(instances);
+  const slices = orderFrames(instances, normal).map(({ instance, sopInstanceUid, frame, position }) => {
+    const imageId = `wadors:${base}/instances/${sopInstanceUid}/frames/${frame}`;
+    wadors.metaDataManager.add(imageId, instance as never);
+    return { imageId, position };
+  });
   return { slices, normal };
 }
