@@ -41,6 +41,7 @@ from ai_engine.registry.exceptions import (
     TrainingConflict,
 )
 from ai_engine.registry.models import DataSnapshot, Job, ModelTask, ModelVersion
+from ai_engine.registry.selectors import finding_kind_for
 
 logger = logging.getLogger(__name__)
 
@@ -78,7 +79,7 @@ def ground_truth(*, project, task: str) -> tuple[list[dict[str, Any]], int]:
     """Labelled items (by series UID, no paths yet) and the number of labels they hold."""
     from annotations.models import AddedFinding, FindingFeedback, FindingKind, Verdict
 
-    kind = FindingKind.NODULE if task == ModelTask.NODULE_DETECTION else FindingKind.GRADE
+    kind = finding_kind_for(task)
     feedback = (
         FindingFeedback.objects.filter(finding__project=project, finding__kind=kind)
         .select_related("finding__series", "finding__study")
