@@ -1,10 +1,13 @@
 """The pages: the landing page (who you are, your projects) and a project's viewer."""
 
+import json
+
 from django.conf import settings
 from django.contrib.auth.decorators import login_required
 from django.middleware.csrf import get_token
 from django.shortcuts import render
 
+from annotations.models import KIND_MODALITY
 from projects.permissions import resolve_project
 from projects.selectors import projects_visible_to, roles_of
 
@@ -30,6 +33,9 @@ def viewer(request, project: str):
         "project": found,
         "roles": " ".join(sorted(roles_of(request.user, found))),
         "csrf_token": get_token(request),
+        # What a radiologist may add on a series of each modality: the API's rule, so the
+        # viewer offers exactly what the API accepts.
+        "additions": json.dumps({modality: kind for kind, modality in KIND_MODALITY.items()}),
     }
     if not VIEWER_BUNDLE.exists():
         return render(request, "viewer_missing.html", context, status=503)

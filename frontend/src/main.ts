@@ -75,12 +75,22 @@ interface State {
 }
 
 const DEFAULT_ADDED_DIAMETER_MM = 6;
-/** What a radiologist adds to a series the model read, by modality: the platform finds
- * nodules on CT and grades tumours on MRI. */
-const ADDITIONS: Record<string, { testid: string; label: string; kind: "nodule" | "grade" }> = {
-  CT: { testid: "add-nodule", label: "Add a missed nodule…", kind: "nodule" },
-  MR: { testid: "add-grade", label: "Add a grade…", kind: "grade" },
+type AddedKind = "nodule" | "grade";
+/** The button that starts each kind of addition. Which kind a series offers, by its modality,
+ * is the API's rule, handed over by the page (`data-additions`, e.g. {"CT": "nodule"}). */
+const ADDITION_BUTTONS: Record<AddedKind, { testid: string; label: string }> = {
+  nodule: { testid: "add-nodule", label: "Add a missed nodule…" },
+  grade: { testid: "add-grade", label: "Add a grade…" },
 };
+
+/** The page's modality -> kind map, keeping only kinds this viewer knows how to add. */
+function parseAdditions(raw: string | undefined): Record<string, AddedKind> {
+  const parsed: unknown = JSON.parse(raw ?? "null");
+  if (!parsed || typeof parsed !== "object") throw new Error("#viewer lacks what can be added per modality");
+  return Object.fromEntries(
+    Object.entries(parsed).filter((entry): entry is [string, AddedKind] => entry[1] in ADDITION_BUTTONS),
+  );
+}
 
 const GRADES = [1, 2, 3];
 /** A press and release this close (CSS px) is a click that places, not a window/level drag. */
@@ -127,6 +137,8 @@ class Viewer {
     private readonly username: string,
     /** Verdicts are the radiologists' (the API refuses others); the buttons say so. */
     private readonly canJudge: boolean,
+    /** The kind of finding a radiologist may add on a series, by its modality. */
+    private readonly additions: Record<string, AddedKind>,
   ) {}
 
   async start(): Promise<void> {
@@ -444,8 +456,9 @@ class Viewer {
     } else if (this.canJudge && this.state.series?.normal) {
       const holder = element("li", { class: "plain" });
       const modality = this.state.study?.series.find((s) => s.series_instance_uid === this.state.seriesUid)?.modality;
-      const addition = modality ? ADDITIONS[modality] : undefined;
-      if (addition) {
+      const kind = modality ? this.additions[modality] : undefined;
+      if (kind) {
+        const addition = { kind, ...ADDITION_BUTTONS[kind] };
         const start = element("button", { "data-testid": addition.testid }, addition.label);
         start.addEventListener("click", () => {
           this.state.editing = null;
@@ -790,10 +803,10 @@ class Viewer {
 async function main(): Promise<void> {
   const root = document.getElementById("viewer");
   if (!root) throw new Error("the page has no #viewer element");
-  const { project, username, csrf, roles } = root.dataset;
+  const { project, username, csrf, roles, additions } = root.dataset;
   if (!project || !username || !csrf) throw new Error("#viewer lacks its project, user or CSRF token");
   const canJudge = (roles ?? "").split(" ").includes("radiologist");
-  const viewer = new Viewer(root, new Api(project, csrf), username, canJudge);
+  const viewer = new Viewer(root, new Api(project, csrf), username, canJudge, parseAdditions(additions));
   try {
     await viewer.start();
   } catch (error) {

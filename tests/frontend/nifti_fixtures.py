@@ -37,7 +37,14 @@ def _oblique_affine() -> np.ndarray:
 
 def _voxels(shape: tuple[int, int, int]) -> list[list[int]]:
     x, y, z = shape
-    return [[0, 0, 0], [x - 1, 0, 0], [0, y - 1, 0], [0, 0, z - 1], [x - 1, y - 1, z - 1], [3, 2, 1]]
+    return [
+        [0, 0, 0],
+        [x - 1, 0, 0],
+        [0, y - 1, 0],
+        [0, 0, z - 1],
+        [x - 1, y - 1, z - 1],
+        [3, 2, 1],
+    ]
 
 
 def write(out: Path) -> dict:

@@ -11,7 +11,9 @@ installation without a built viewer says so (503).
 
 from __future__ import annotations
 
+import html
 import io
+import json
 import os
 import re
 from contextlib import contextmanager
@@ -562,6 +564,12 @@ def test_viewer_page_for_non_members_anonymous_and_without_a_build(client, scene
     page = client.get(url)
     assert page.status_code == 200
     assert b"viewer/viewer.js" in page.content and b'data-project="' in page.content
+    # What the viewer offers to add on each modality is the API's rule, from the page.
+    additions = re.search(r'data-additions="([^"]*)"', page.content.decode())
+    assert additions and json.loads(html.unescape(additions.group(1))) == {
+        "CT": "nodule",
+        "MR": "grade",
+    }
 
     monkeypatch.setattr(views, "VIEWER_BUNDLE", views.VIEWER_BUNDLE.with_name("missing.js"))
     missing = client.get(url)
