@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 from django.contrib.auth import get_user_model
 from django.urls import reverse
+from pydicom.uid import generate_uid
 
 from ai_engine.active_learning import StudyScore
 from ai_engine.registry import active_learning, selectors, services
@@ -19,7 +20,7 @@ from ai_engine.registry.exceptions import JobCancelled, NoChampion
 from ai_engine.registry.models import ActiveLearningScore, Job, ModelVersion
 from annotations.models import AddedFinding, FindingFeedback, FindingKind
 from imaging.exceptions import OrthancUnavailable
-from imaging.models import Study
+from imaging.models import Series, Study
 from tests.annotations.factories import make_finding, make_job, make_study, make_version
 from tests.imaging.uploads import upload
 from tests.support.orthanc import free_port
@@ -93,12 +94,17 @@ def test_unlabeled_studies_leave_out_labeled_ones_and_other_modalities(project, 
         center_lps_mm=[1, 2, 3],
         diameter_mm=5,
     )
-    # A grade added on a CT study labels it for grading, not for nodule detection.
+    # A study with a CT and an MR series: a grade added on its MR series labels it for
+    # grading, not for nodule detection.
     graded_ct = make_study(project)
+    mr_series = Series.objects.create(
+        study=graded_ct, series_instance_uid=generate_uid(), modality="MR", series_number=2
+    )
+    Study.objects.filter(pk=graded_ct.pk).update(modalities_in_study="CT,MR")
     AddedFinding.objects.create(
         project=project,
         study=graded_ct,
-        series=graded_ct.series.first(),
+        series=mr_series,
         radiologist=radiologist,
         kind=FindingKind.GRADE,
         grade=2,
@@ -111,6 +117,7 @@ def test_unlabeled_studies_leave_out_labeled_ones_and_other_modalities(project, 
     assert unlabeled.isdisjoint({rejected.study, accepted.study, added, mr})
     assert {rejected.study, accepted.study, added} <= labeled
     assert set(selectors.unlabeled_studies(project=project, task=GRADING)) == {mr}
+    assert set(selectors.labeled_studies(project=project, task=GRADING)) == {graded_ct}
 
 
 # -- the queue is replaced in one transaction, once -----------------------------------------
