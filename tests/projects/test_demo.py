@@ -134,3 +134,40 @@ def test_demo_models_are_registered_as_champions_and_queue_inference(var_dir, se
     text = out.getvalue()
     assert "registered version 1" in text and "registered already" in text
     assert "no model folder" in text  # the grading model was not made here
+
+
+@pytest.mark.integration
+def test_demo_studies_are_chest_cts_and_brain_mris_ingested_once(var_dir, orthanc, monkeypatch):
+    """The demo's data step against a real Orthanc, with one case per set: a CT study for
+    the detector, an MR study with its four sequences for the grader; a second run makes
+    and ingests nothing again."""
+    from imaging.models import Series, Study
+
+    monkeypatch.setattr(
+        demo,
+        "PHANTOM_SETS",
+        [
+            (description, kind, 1, seed, folder)
+            for description, kind, _, seed, folder in demo.PHANTOM_SETS
+        ],
+    )
+    _demo()
+    project = Project.objects.get(slug="demo")
+    out = io.StringIO()
+    demo.Command(stdout=out)._phantoms_and_ingest(project, var_dir / "demo")
+    assert "skipped" not in out.getvalue(), out.getvalue()
+    studies = Study.objects.filter(project=project)
+    assert sorted(s.modalities_in_study for s in studies) == ["CT", "MR"]
+    mr = studies.get(modalities_in_study="MR")
+    assert Series.objects.filter(study=mr).count() == 4  # T1, T1c, T2, FLAIR
+    # The MRIs are not the grading model's training cases (mr_00000 to mr_00005).
+    assert [p.name for p in (var_dir / "demo" / "phantoms-mri").iterdir() if p.is_dir()] == [
+        "mr_00100"
+    ]
+
+    again = io.StringIO()
+    demo.Command(stdout=again)._phantoms_and_ingest(project, var_dir / "demo")
+    text = again.getvalue()
+    assert "phantom chest CTs already ingested" in text
+    assert "phantom brain MRIs already ingested" in text
+    assert Study.objects.filter(project=project).count() == 2

@@ -30,7 +30,13 @@ DEMO_USERS: dict[str, Role] = {
     "demo-annotator": Role.ANNOTATOR,
 }
 SUPERUSER = "admin"
-PHANTOM_COUNT = 3
+# The demo's studies: (description, phantom kind, count, first seed, folder under var/demo).
+# Chest CTs for the nodule detector; brain MRIs (T1, T1c, T2, FLAIR) for the tumour grader,
+# from seed 100 on, away from the cases its demo model trains on (seeds 0-5).
+PHANTOM_SETS: list[tuple[str, str, int, int, str]] = [
+    ("phantom chest CTs", "chest-ct", 3, 0, "phantoms"),
+    ("phantom brain MRIs", "brain-mri", 2, 100, "phantoms-mri"),
+]
 
 # Optional model steps: (description, module that must exist, commands after `python -m`).
 # `{out}` is var/demo/models. A step runs only when its module exists and its last
@@ -118,7 +124,7 @@ class Command(BaseCommand):
             slug=slug,
             defaults={
                 "name": "Demo project",
-                "description": "Phantom chest CTs and demo models, made by `make demo`.",
+                "description": "Phantom chest CTs and brain MRIs, and demo models, made by `make demo`.",
             },
         )
         superuser, _ = User.objects.get_or_create(username=SUPERUSER)
@@ -142,31 +148,40 @@ class Command(BaseCommand):
 
     def _phantoms_and_ingest(self, project: Project, demo_dir: Path) -> None:
         if not _module_exists("ai_engine.data.phantoms"):
-            self._skip("phantom chest CTs", "ai_engine.data.phantoms does not exist yet")
+            self._skip("phantom studies", "ai_engine.data.phantoms does not exist yet")
             return
-        phantom_dir = demo_dir / "phantoms"
-        if not (phantom_dir / "datalist.json").exists():
-            shutil.rmtree(phantom_dir, ignore_errors=True)  # a half-written earlier attempt
-            cmd = [
-                sys.executable, "-m", "ai_engine", "phantoms", "--kind", "chest-ct",
-                "--count", str(PHANTOM_COUNT), "--quiet", "--out", str(phantom_dir),
-            ]  # fmt: skip
-            if not self._run(f"{PHANTOM_COUNT} phantom chest CTs", cmd):
-                return
-        else:
-            self.stdout.write(f"phantom chest CTs: already in {phantom_dir}")
-
-        marker = demo_dir / f"ingested-{project.slug}"
         if "ingest" not in get_commands():
             self._skip("ingest", "the `ingest` management command does not exist yet")
             return
-        if marker.exists():
-            self.stdout.write(f"ingest: phantoms already ingested into '{project.slug}'")
-            return
-        cases = sorted(str(p) for p in phantom_dir.iterdir() if p.is_dir())
-        call_command("ingest", *cases, project=project.slug, stdout=self.stdout)
-        marker.write_text("done\n")
-        self.stdout.write(self.style.SUCCESS(f"ingested {phantom_dir} into '{project.slug}'"))
+        for description, kind, count, seed, folder in PHANTOM_SETS:
+            phantom_dir = demo_dir / folder
+            if not (phantom_dir / "datalist.json").exists():
+                shutil.rmtree(phantom_dir, ignore_errors=True)  # a half-written earlier attempt
+                cmd = [
+                    sys.executable, "-m", "ai_engine", "phantoms", "--kind", kind,
+                    "--count", str(count), "--seed", str(seed), "--quiet", "--out", str(phantom_dir),
+                ]  # fmt: skip
+                if not self._run(f"{count} {description}", cmd):
+                    continue
+            else:
+                self.stdout.write(f"{description}: already in {phantom_dir}")
+            # The chest CTs' marker keeps its first name: a demo made before the MRIs came
+            # does not ingest its CTs a second time.
+            marker = demo_dir / f"ingested-{project.slug}{'' if kind == 'chest-ct' else '-' + kind}"
+            if marker.exists():
+                self.stdout.write(f"ingest: {description} already ingested into '{project.slug}'")
+                continue
+            # A brain MRI case is a folder of series (T1, T1c, T2, FLAIR); a CT case is one.
+            cases = sorted(
+                str(series)
+                for case in phantom_dir.iterdir()
+                if case.is_dir()
+                for series in ([case] if kind == "chest-ct" else sorted(case.iterdir()))
+                if series.is_dir()
+            )
+            call_command("ingest", *cases, project=project.slug, stdout=self.stdout)
+            marker.write_text("done\n")
+            self.stdout.write(self.style.SUCCESS(f"ingested {phantom_dir} into '{project.slug}'"))
 
     def _models(self, demo_dir: Path) -> None:
         out = demo_dir / "models"
