@@ -287,7 +287,17 @@ start_worker() {
     --concurrency "${CELERY_CONCURRENCY:-1}" --hostname "platform@%h" \
     --detach --pidfile "$WORKER_PID" --logfile "$LOG/worker.log")
   wait_for 30 worker pid_alive "$WORKER_PID"
-  say "worker: started (pid $(settled_pid "$WORKER_PID"), queues ${CELERY_QUEUES:-cpu,gpu}, log $LOG/worker.log)"
+  local pid; pid=$(settled_pid "$WORKER_PID")
+  # Started means ready for jobs: the node answers a ping (its first boot imports torch and
+  # MONAI, which takes a while on a busy machine). A worker that exits meanwhile is an error.
+  local node; node="platform@$("$VENV/bin/python" -c 'import socket; print(socket.gethostname())')"
+  local deadline=$((SECONDS + ${WORKER_READY_TIMEOUT_S:-180}))
+  until (cd "$REPO" && "$VENV/bin/celery" -A worker inspect ping -d "$node" -t 2 >/dev/null 2>&1); do
+    pid_alive "$WORKER_PID" || die "worker exited while starting; see $LOG/worker.log"
+    (( SECONDS < deadline )) || die "worker (pid $pid) did not answer a ping within ${WORKER_READY_TIMEOUT_S:-180} s; see $LOG/worker.log"
+    sleep 1
+  done
+  say "worker: started and answering (pid $pid, queues ${CELERY_QUEUES:-cpu,gpu}, log $LOG/worker.log)"
 }
 
 start_beat() {

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import redis
 import requests
+from celery import Celery
 
 from tests.support.orthanc import free_port
 
@@ -119,9 +120,10 @@ def test_web_needs_a_virtualenv(tmp_path):
 
 def test_worker_and_beat_start_with_their_pid_report_and_stop(tmp_path):
     """Real Celery processes: start reports the pid each runs under (Celery rewrites its pid
-    file while it detaches, so start reads it once it has settled), status finds them, stop
-    ends them and removes the pid files. The rewrite's timing is Celery's: this run may or
-    may not hit it, so the test holds the outcome, not the race."""
+    file while it detaches, so start reads it once it has settled) and returns once the
+    worker answers pings; status finds them; stop ends them and removes the pid files.
+    The rewrite's timing is Celery's: this run may or may not hit it, so the test holds the
+    outcome, not the race."""
     from django.conf import settings
 
     broker = redis.Redis.from_url(settings.REDIS_URL)
@@ -133,15 +135,20 @@ def test_worker_and_beat_start_with_their_pid_report_and_stop(tmp_path):
     run = tmp_path / "run"
     pids: dict[str, int] = {}
     try:
-        started = _sh("start", "worker", "beat", env=env)
-        assert started.returncode == 0, started.stderr
-        assert started.stderr == ""  # no "cat: ...: No such file" while the pid file moves
-        for name in ("worker", "beat"):
-            found = re.search(rf"{name}: started \(pid (\d+)", started.stdout)
+        worker = _sh("start", "worker", env=env)
+        # "Answering" is true: the worker replies to a ping the moment start returns.
+        replies = Celery(broker=f"{broker_url}/13").control.ping(timeout=0.5)
+        beat = _sh("start", "beat", env=env)
+        for name, started in (("worker", worker), ("beat", beat)):
+            assert started.returncode == 0, started.stderr
+            assert started.stderr == ""  # no "cat: ...: No such file" while the pid file moves
+            found = re.search(rf"{name}: started(?: and answering)? \(pid (\d+)", started.stdout)
             assert found, started.stdout
             pids[name] = int(found.group(1))
             assert int((run / f"{name}.pid").read_text()) == pids[name]
             os.kill(pids[name], 0)  # runs
+        assert "worker: started and answering" in worker.stdout
+        assert replies and all(reply.popitem()[1] == {"ok": "pong"} for reply in replies)
         status = _sh("status", "worker", "beat", env=env)
         assert status.returncode == 0
         assert f"worker: running (pid {pids['worker']})" in status.stdout
