@@ -12,6 +12,7 @@ from django.conf import settings
 from django.db import models
 from django.db.models import Q
 
+from ai_engine.registry.models import TASK_MODALITY, ModelTask
 from projects.models import Project
 
 #: Grades the grading model and radiologists may give (WHO-like grade 1-3).
@@ -23,10 +24,15 @@ class FindingKind(models.TextChoices):
     GRADE = "grade", "Tumor grade"
 
 
-#: The modality of the series each kind of finding is read on: the nodule detector reads CT,
-#: the tumour grader multimodal MR (`ai_engine.registry.models.TASK_MODALITY`). A radiologist
-#: adds a missed finding on a series of its kind's modality, as the viewer offers it.
-KIND_MODALITY: dict[str, str] = {FindingKind.NODULE: "CT", FindingKind.GRADE: "MR"}
+#: The task whose models make each kind of finding (and whose labels it is).
+KIND_TASK: dict[str, str] = {
+    FindingKind.NODULE: ModelTask.NODULE_DETECTION,
+    FindingKind.GRADE: ModelTask.TUMOR_GRADING,
+}
+#: The modality of the series each kind of finding is read on: its task's
+#: (`TASK_MODALITY`). A radiologist adds a missed finding on a series of that modality, as
+#: the viewer offers it.
+KIND_MODALITY: dict[str, str] = {kind: TASK_MODALITY[task] for kind, task in KIND_TASK.items()}
 
 
 class Finding(models.Model):

@@ -614,6 +614,7 @@ def _measure(
         fg, comps = scorer.foreground(volume)
         return _Measure(key, fg, components=comps)
     study_seed = derive_seed(seed, "mc-dropout", key)
+    descriptor = None
     if isinstance(scorer, _DetectionScorer):
         comps, emb, u, fg, fg_comps = scorer.measure(
             volume, mc_samples, tta, injected_p, study_seed, tta_weight
@@ -623,8 +624,7 @@ def _measure(
         comps, emb, u, descriptor = scorer.measure(
             volume, mc_samples, tta, injected_p, study_seed, labeled_counts, tta_weight, describe
         )
-        return _Measure(key, fg, u, emb, {**comps, **fg_comps}, descriptor)
-    return _Measure(key, fg, u, emb, {**comps, **fg_comps})
+    return _Measure(key, fg, u, emb, {**comps, **fg_comps}, descriptor)
 
 
 def _descriptor_space(measures: list[_Measure], reference: np.ndarray | None) -> np.ndarray | None:

@@ -54,9 +54,9 @@ def last_training_start(*, project: Project, task: str):
 
 def finding_kind_for(task: str) -> str:
     """The kind of finding a task's models produce (and radiologists label)."""
-    from annotations.models import FindingKind
+    from annotations.models import KIND_TASK
 
-    return FindingKind.NODULE if task == ModelTask.NODULE_DETECTION else FindingKind.GRADE
+    return next(kind for kind, of_task in KIND_TASK.items() if of_task == task)
 
 
 def labeled_studies(*, project: Project, task: str) -> QuerySet[Study]:

@@ -458,17 +458,11 @@ class Viewer {
       const modality = this.state.study?.series.find((s) => s.series_instance_uid === this.state.seriesUid)?.modality;
       const kind = modality ? this.additions[modality] : undefined;
       if (kind) {
-        const addition = { kind, ...ADDITION_BUTTONS[kind] };
-        const start = element("button", { "data-testid": addition.testid }, addition.label);
+        const { testid, label } = ADDITION_BUTTONS[kind];
+        const start = element("button", { "data-testid": testid }, label);
         start.addEventListener("click", () => {
           this.state.editing = null;
-          this.state.adding = {
-            kind: addition.kind,
-            center: null,
-            diameter: DEFAULT_ADDED_DIAMETER_MM,
-            grade: null,
-            comment: "",
-          };
+          this.state.adding = { kind, center: null, diameter: DEFAULT_ADDED_DIAMETER_MM, grade: null, comment: "" };
           this.renderFindings();
           this.redraw();
         });
@@ -806,8 +800,8 @@ async function main(): Promise<void> {
   const { project, username, csrf, roles, additions } = root.dataset;
   if (!project || !username || !csrf) throw new Error("#viewer lacks its project, user or CSRF token");
   const canJudge = (roles ?? "").split(" ").includes("radiologist");
-  const viewer = new Viewer(root, new Api(project, csrf), username, canJudge, parseAdditions(additions));
   try {
+    const viewer = new Viewer(root, new Api(project, csrf), username, canJudge, parseAdditions(additions));
     await viewer.start();
   } catch (error) {
     root.dataset.state = "failed";

@@ -171,15 +171,17 @@ class Command(BaseCommand):
             if marker.exists():
                 self.stdout.write(f"ingest: {description} already ingested into '{project.slug}'")
                 continue
-            # A brain MRI case is a folder of series (T1, T1c, T2, FLAIR); a CT case is one.
-            cases = sorted(
-                str(series)
-                for case in phantom_dir.iterdir()
-                if case.is_dir()
-                for series in ([case] if kind == "chest-ct" else sorted(case.iterdir()))
-                if series.is_dir()
+            # The series folders, as the phantoms' datalist names them: a CT case is one,
+            # a brain MRI case four (T1, T1c, T2, FLAIR; its tumour mask is not DICOM).
+            from ai_engine.data.datalist import load_datalist
+
+            series = sorted(
+                path
+                for items in load_datalist(phantom_dir / "datalist.json").values()
+                for item in items
+                for path in ([item["image"]] if "image" in item else item["images"].values())
             )
-            call_command("ingest", *cases, project=project.slug, stdout=self.stdout)
+            call_command("ingest", *series, project=project.slug, stdout=self.stdout)
             marker.write_text("done\n")
             self.stdout.write(self.style.SUCCESS(f"ingested {phantom_dir} into '{project.slug}'"))
 
